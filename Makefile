@@ -1,0 +1,55 @@
+# zopilotgpu developer entry points. `make help` lists them.
+#
+# The two that set up a fresh machine:
+#   make run   installs if needed, then serves the embedded default model on 127.0.0.1:50051
+#   make test  installs if needed, then runs every test
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt \
+	client/pyproject.toml server/pyproject.toml scripts/install_dev.sh scripts/dev_constraints.py
+PROTOS := $(wildcard protos/zopilot/v1/*.proto)
+PB_OUT := client/zopilot_client/pb
+HOST ?= 127.0.0.1
+PORT ?= 50051
+PYTEST_ARGS ?=
+
+.PHONY: help install run test proto lint format check clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## build .venv (idempotent: does nothing when no input changed)
+
+$(STAMP): $(INSTALL_INPUTS)
+	bash scripts/install_dev.sh $(VENV)
+	touch $@
+
+run: install ## serve the embedded default model on $(HOST):$(PORT)
+	$(PY) -m zopilot_server --host $(HOST) --port $(PORT)
+
+test: install ## run all tests
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The generated stubs are committed so the client installs without grpcio-tools;
+# tests/test_proto_stubs.py fails when they are stale. The path mapping
+# (zopilot_client/pb=protos/zopilot/v1) makes the generated imports package-relative.
+proto: install ## regenerate client/zopilot_client/pb from protos/
+	$(PY) -m grpc_tools.protoc -Izopilot_client/pb=protos/zopilot/v1 \
+		--python_out=client --pyi_out=client --grpc_python_out=client \
+		$(patsubst protos/zopilot/v1/%,zopilot_client/pb/%,$(PROTOS))
+
+lint: install ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## ruff fix + format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+check: lint test ## everything a reviewer runs
+
+clean: ## remove the venv and caches
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""zopilotgpu gRPC inference server."""

@@ -1,0 +1,45 @@
+"""``python -m zopilot_server`` / ``zopilot-server``: run the gRPC server until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import load_config
+from .generation.default_model import DefaultModelUnavailable
+from .generation.model_loader import ModelLoadError
+from .generation.quantization import QuantizationUnsupported
+
+# Startup problems the operator can fix: one clear line and exit code 2, no traceback.
+CONFIGURATION_ERRORS = (ModelLoadError, QuantizationUnsupported, DefaultModelUnavailable)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # transformers' progress bars and advice are noise in a server log.
+    for noisy in ("transformers", "accelerate", "docstrange"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    configure_logging(config.log_level)
+    from .app import serve  # after logging: importing grpc/torch can log
+
+    try:
+        return asyncio.run(serve(config))
+    except CONFIGURATION_ERRORS as exc:
+        logging.getLogger("zopilot_server").error("cannot start: %s", exc)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Builds and runs the grpc.aio server: services, health, reflection, auth, shutdown.
+
+Lifecycle: the port opens first with health NOT_SERVING, so orchestrators see a live but
+unready process while the model loads (generation RPCs answer UNAVAILABLE meanwhile);
+health turns SERVING once the model is loaded. SIGTERM / SIGINT set an event; we then
+report NOT_SERVING, give in-flight RPCs the grace period and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2, generation_pb2_grpc
+
+from .config import ServerConfig
+from .documents.servicer import DocumentsServicer
+from .errors import Unauthenticated, abort
+from .generation.engine import GenerationEngine
+from .generation.model_loader import LoadedModel, load_model
+from .generation.servicer import GenerationServicer
+
+log = logging.getLogger(__name__)
+
+GENERATION_SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+DOCUMENTS_SERVICE = documents_pb2.DESCRIPTOR.services_by_name["Documents"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+OVERALL = ""  # the health service name for "the whole server"
+
+SEND_LIMIT_BYTES = 256 * 1024 * 1024
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Channel arguments, each chosen on purpose."""
+    return [
+        # Documents arrive whole in one message: accept the largest allowed document plus
+        # room for the other fields; DocumentParse still names the limit when exceeded.
+        ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+        # Parsed spreadsheets can be several times larger than their source file.
+        ("grpc.max_send_message_length", SEND_LIMIT_BYTES),
+        # Ping idle connections every 30 s so a vanished client's stream is noticed (and
+        # its generation cancelled) even when no tokens flow; give up after 10 s.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # Let clients keep long streams alive with their own pings, at most every 10 s,
+        # also between calls, without the server answering GOAWAY "too_many_pings".
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <key>``; health stays open for probes."""
+
+    def __init__(self, api_key: str) -> None:
+        self._expected = f"Bearer {api_key}"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        method = handler_call_details.method or ""
+        if method.startswith(f"/{HEALTH_SERVICE}/"):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if metadata.get("authorization") == self._expected:
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        return _deny_like(handler)
+
+
+def _deny_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming shape that answers UNAUTHENTICATED."""
+    error = Unauthenticated("missing or wrong API key (send 'authorization: Bearer <key>')")
+
+    async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await abort(context, error)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await abort(context, error)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler is None:
+        return grpc.unary_unary_rpc_method_handler(deny_unary)
+    deserializer = handler.request_deserializer
+    serializer = handler.response_serializer
+    if handler.request_streaming:
+        # Reflection: a bidirectional stream. The requests are never read.
+        return grpc.stream_stream_rpc_method_handler(
+            deny_stream, request_deserializer=deserializer, response_serializer=serializer
+        )
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(
+            deny_stream, request_deserializer=deserializer, response_serializer=serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        deny_unary, request_deserializer=deserializer, response_serializer=serializer
+    )
+
+
+@dataclass
+class RunningServer:
+    """A started server and the parts tests and shutdown need to reach."""
+
+    server: grpc.aio.Server
+    port: int
+    config: ServerConfig
+    health: health.aio.HealthServicer
+    generation: GenerationServicer
+    documents: DocumentsServicer
+    ready: asyncio.Event
+    load_task: asyncio.Task[None] | None = None
+
+    @property
+    def engine(self) -> GenerationEngine | None:
+        return self.generation.engine
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in (OVERALL, GENERATION_SERVICE, DOCUMENTS_SERVICE):
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, let in-flight RPCs finish within the grace period, stop."""
+        grace = self.config.grace_period_s if grace is None else grace
+        log.info("draining (grace %.1f s)", grace)
+        await self.health.enter_graceful_shutdown()
+        if self.load_task is not None and not self.load_task.done():
+            self.load_task.cancel()
+        await self.server.stop(grace)
+        if self.engine is not None:
+            self.engine.close()
+        await self.documents.close()
+        log.info("stopped")
+
+
+ModelLoader = Callable[[ServerConfig], LoadedModel]
+
+
+async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -> RunningServer:
+    """Bind, start serving health/reflection at once, and load the model in the background."""
+    interceptors = [ApiKeyInterceptor(config.api_key)] if config.api_key else []
+    server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors)
+    health_servicer = health.aio.HealthServicer()
+    generation = GenerationServicer(config)
+    documents = DocumentsServicer(config)
+    generation_pb2_grpc.add_GenerationServicer_to_server(generation, server)
+    documents_pb2_grpc.add_DocumentsServicer_to_server(documents, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (GENERATION_SERVICE, DOCUMENTS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {config.host}:{config.port}")
+    running = RunningServer(
+        server, port, config, health_servicer, generation, documents, asyncio.Event()
+    )
+    await running.set_serving(False)
+    await server.start()
+    log.info("listening on %s:%d (loading model, health NOT_SERVING)", config.host, port)
+    running.load_task = asyncio.create_task(_load(running, loader))
+    return running
+
+
+async def _load(running: RunningServer, loader: ModelLoader) -> None:
+    loaded = await asyncio.to_thread(loader, running.config)
+    config = running.config
+    running.generation.engine = GenerationEngine(
+        loaded, max_concurrent=config.max_concurrent, max_queue=config.max_queue
+    )
+    await running.documents.start()
+    await running.set_serving(True)
+    running.ready.set()
+    target = f"{config.host}:{running.port}"
+    log.info("ready: health SERVING on %s", target)
+    log.info(
+        'try: grpcurl -plaintext -d \'{"prompt": "Hello"}\' %s '
+        "zopilot.v1.Generation/GenerateStream   (or: zopilot --target %s generate Hello)",
+        target,
+        target,
+    )
+
+
+async def serve(config: ServerConfig, loader: ModelLoader = load_model) -> int:
+    """Run until SIGTERM / SIGINT; return the process exit code."""
+    running = await start_server(config, loader)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    assert running.load_task is not None
+    stop_task = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait(
+        {running.load_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+    )
+    if running.load_task in done and running.load_task.exception() is not None:
+        stop_task.cancel()
+        await running.server.stop(0)
+        raise running.load_task.exception()  # type: ignore[misc]
+    await stop.wait()
+    log.info("signal received")
+    await running.stop()
+    return 0

@@ -1,0 +1,210 @@
+"""The one server configuration object, built from flags with ``ZOPILOT_*`` env fallbacks.
+
+Every setting is declared once, as a dataclass field whose metadata carries its help
+text. The argument parser is derived from those fields, so a new setting cannot forget
+its flag, its environment variable or its line in ``--help``. Precedence: flag, then
+environment variable, then the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ZOPILOT_"
+MIB = 1024 * 1024
+
+
+def _opt(help_text: str, default: Any, *, choices: Sequence[str] | None = None) -> Any:
+    """Declare a setting: its default and the help line shown by ``--help``."""
+    return field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "zopilot")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server process can be told. Passed down whole, never unpacked."""
+
+    # --- network ---
+    host: str = _opt("interface to listen on", "127.0.0.1")
+    port: int = _opt("port to listen on (0 picks a free one)", 50051)
+    grace_period_s: float = _opt("seconds in-flight RPCs get to finish on SIGTERM/SIGINT", 10.0)
+    api_key: str = _opt(
+        "require 'authorization: Bearer <key>' metadata on every RPC (health excepted); "
+        "empty disables auth",
+        "",
+    )
+    log_level: str = _opt("log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    # --- model ---
+    model: str = _opt(
+        "local HF model directory or .gguf file; empty = the embedded SmolLM2-135M-Instruct",
+        "",
+    )
+    cache_dir: str = _opt(
+        "where the embedded model is converted once and reused", _default_cache_dir()
+    )
+    device: str = _opt("where the model runs", "auto", choices=("auto", "cpu", "cuda"))
+    dtype: str = _opt(
+        "weights dtype; auto = bfloat16 on CUDA, float32 on CPU",
+        "auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+    )
+    quantize: str = _opt(
+        "bitsandbytes quantization (needs CUDA with the image's bitsandbytes)",
+        "none",
+        choices=("none", "8bit", "4bit"),
+    )
+    bnb_4bit_quant_type: str = _opt("4-bit quantization type", "nf4", choices=("nf4", "fp4"))
+    bnb_4bit_compute_dtype: str = _opt(
+        "4-bit compute dtype; auto = the model dtype",
+        "auto",
+        choices=("auto", "float32", "float16", "bfloat16"),
+    )
+    bnb_double_quant: bool = _opt("4-bit: quantize the quantization constants too", False)
+    bnb_int8_threshold: float = _opt("8-bit: LLM.int8() outlier threshold", 6.0)
+
+    # --- generation limits ---
+    default_max_new_tokens: int = _opt("max_new_tokens when a request leaves it unset", 256)
+    max_new_tokens_limit: int = _opt("largest max_new_tokens a request may ask for", 4096)
+    max_stop_sequences: int = _opt("most stop sequences per request", 8)
+    max_stop_sequence_chars: int = _opt("longest stop sequence, in characters", 256)
+    max_top_n_tokens: int = _opt("most alternatives per token in token details", 10)
+    max_queue: int = _opt(
+        "requests that may wait for a generation slot; beyond it RESOURCE_EXHAUSTED", 32
+    )
+    max_concurrent: int = _opt("generations that run at the same time", 1)
+    deadline_margin_ms: int = _opt(
+        "stop generating this long before a call's deadline, to deliver the text", 150
+    )
+
+    # --- documents ---
+    doc_max_bytes: int = _opt("largest document DocumentParse accepts", 32 * MIB)
+    doc_workers: int = _opt("parser worker processes (documents parsed at the same time)", 2)
+    doc_timeout_s: float = _opt("wall-clock limit for parsing one document", 60.0)
+    doc_model_dir: str = _opt(
+        "docstrange OCR model cache (scanned PDFs, images); empty = ~/.cache/docstrange/models",
+        "",
+    )
+
+    def validated(self) -> ServerConfig:
+        """Return self after checking cross-field rules; raise ValueError naming the flag."""
+        checks = [
+            (0 <= self.port <= 65535, "--port must be 0..65535"),
+            (self.grace_period_s >= 0, "--grace-period-s must be >= 0"),
+            (self.default_max_new_tokens >= 1, "--default-max-new-tokens must be >= 1"),
+            (
+                self.default_max_new_tokens <= self.max_new_tokens_limit,
+                "--default-max-new-tokens must not exceed --max-new-tokens-limit",
+            ),
+            (self.max_stop_sequences >= 0, "--max-stop-sequences must be >= 0"),
+            (self.max_queue >= 0, "--max-queue must be >= 0"),
+            (self.max_concurrent >= 1, "--max-concurrent must be >= 1"),
+            (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),
+            (self.doc_max_bytes >= 1, "--doc-max-bytes must be >= 1"),
+            (self.doc_workers >= 1, "--doc-workers must be >= 1"),
+            (self.doc_timeout_s > 0, "--doc-timeout-s must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+    @property
+    def max_receive_message_bytes(self) -> int:
+        """gRPC receive limit: a maximal document plus room for the other request fields."""
+        return self.doc_max_bytes + MIB
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if kind == "bool":
+        return _parse_bool(raw)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """An argument parser whose defaults come from ``env`` (``ZOPILOT_*``) or the dataclass."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="zopilot-server",
+        description=(
+            "gRPC inference server: streams tokens from a Hugging Face causal LM and parses "
+            "documents with docstrange. Every flag can also be set with the environment "
+            "variable shown next to it."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(ServerConfig):
+        env_name = _env_name(f.name)
+        default = f.default
+        if env_name in env:
+            try:
+                default = _convert(f, env[env_name])
+            except ValueError as exc:
+                parser.error(f"{env_name}: {exc}")
+        help_text = f"{f.metadata['help']} [env {env_name}]"
+        choices = f.metadata.get("choices")
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if kind == "bool":
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=lambda raw, f=f: _convert(f, raw),
+                default=default,
+                choices=choices,
+                help=help_text,
+                metavar=f.name.upper() if choices is None else None,
+            )
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Parse flags (falling back to env, then defaults) into a validated ServerConfig."""
+    parser = build_parser(env)
+    namespace = parser.parse_args(argv)
+    try:
+        return ServerConfig(**vars(namespace)).validated()
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # pragma: no cover - parser.error exits

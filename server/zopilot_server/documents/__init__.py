@@ -1,0 +1,1 @@
+"""DocumentParse: docstrange behind an offline, isolated worker pool."""

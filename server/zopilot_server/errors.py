@@ -1,0 +1,205 @@
+"""One error wrapper for every handler: exceptions in, specific gRPC statuses out.
+
+Domain code raises ServiceError (or lets a known library exception escape); the
+``rpc_errors`` decorator, applied to unary and streaming handlers alike, turns it into
+a status with rich details (google.rpc.BadRequest, RetryInfo) in the standard
+``grpc-status-details-bin`` trailer, which grpcurl and grpcio-status clients decode.
+Anything unexpected becomes INTERNAL, logged with the request id, and the server keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad request field (``field`` uses the proto field name, e.g. ``top_p``)."""
+
+    field: str
+    description: str
+
+
+class ServiceError(Exception):
+    """An error with a definite gRPC status. ``details`` are packed into the status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(
+        self, message: str, *, code: grpc.StatusCode | None = None, details: Sequence[Any] = ()
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = tuple(details)
+
+
+class InvalidArgument(ServiceError):
+    """INVALID_ARGUMENT with a google.rpc.BadRequest listing every bad field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: Sequence[FieldViolation]) -> None:
+        self.violations = tuple(violations)
+        message = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in self.violations
+            ]
+        )
+        super().__init__(message, details=[bad_request])
+
+    @classmethod
+    def single(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class ResourceExhausted(ServiceError):
+    """RESOURCE_EXHAUSTED, with RetryInfo when waiting and retrying helps."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        details = []
+        if retry_after_s is not None:
+            delay = duration_pb2.Duration()
+            delay.FromMilliseconds(max(1, round(retry_after_s * 1000)))
+            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        super().__init__(message, details=details)
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Message(str, enum.Enum):
+    """Validation messages, in one place so the wording stays consistent."""
+
+    REQUIRED = "is required"
+    PROMPT_XOR_MESSAGES = "set either prompt or messages, not both"
+    PROMPT_OR_MESSAGES = "set prompt or messages"
+    NO_CHAT_TEMPLATE = "the model has no chat template; send a raw prompt instead"
+    EMPTY_ROLE = "role must not be empty"
+    OUT_OF_RANGE = "must be in {range} (got {value})"
+    TOO_MANY = "at most {limit} allowed (got {value})"
+    EMPTY_ITEM = "must not contain an empty string (index {index})"
+    TOO_LONG_ITEM = "index {index} is longer than {limit} characters"
+    EMPTY_AFTER_TOKENIZE = "tokenizes to zero tokens"
+    PROMPT_TOO_LONG = (
+        "prompt has {tokens} tokens; with max_new_tokens {max_new} that exceeds the model "
+        "context of {context} tokens. Shorten it, lower max_new_tokens or set "
+        "truncate_input_tokens"
+    )
+
+    def format(self, **kwargs: object) -> str:  # type: ignore[override]
+        return self.value.format(**kwargs)
+
+
+_OOM_NAMES = ("OutOfMemoryError",)
+_TRANSLATORS: dict[type[BaseException], Callable[[Any], ServiceError]] = {}
+
+
+def register(exc_type: type[BaseException], translate: Callable[[Any], ServiceError]) -> None:
+    """Teach ``to_service_error`` a domain exception, so domain code stays free of gRPC."""
+    _TRANSLATORS[exc_type] = translate
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (and friends) without importing torch here."""
+    return type(exc).__name__ in _OOM_NAMES or "out of memory" in str(exc).lower()
+
+
+def to_service_error(exc: BaseException, request_id: str = "") -> ServiceError:
+    """Map any exception to a ServiceError; unknown ones become INTERNAL and are logged."""
+    if isinstance(exc, ServiceError):
+        return exc
+    for exc_type, translate in _TRANSLATORS.items():
+        if isinstance(exc, exc_type):
+            return translate(exc)
+    request_id = getattr(exc, "request_id", "") or request_id
+    cause = getattr(exc, "cause", None)
+    if (isinstance(cause, BaseException) and is_out_of_memory(cause)) or is_out_of_memory(exc):
+        return ResourceExhausted("out of memory while generating; retry with a shorter request")
+    log.error("request %s: internal error", request_id or "-", exc_info=exc)
+    suffix = f" (request id {request_id})" if request_id else ""
+    return ServiceError(
+        f"internal error{suffix}; see the server log", code=grpc.StatusCode.INTERNAL
+    )
+
+
+def status_trailer(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
+    """The ``grpc-status-details-bin`` trailer carrying ``error``'s rich details."""
+    if not error.details:
+        return ()
+    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
+    for detail in error.details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    await context.abort(error.code, error.message, trailing_metadata=status_trailer(error))
+
+
+def _request_id(request: Any) -> str:
+    return getattr(request, "request_id", "") or ""
+
+
+def rpc_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a grpc.aio servicer method (unary or server-streaming) with error mapping."""
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status, never lost
+                await abort(context, to_service_error(exc, _request_id(request)))
+
+        return stream_wrapper
+
+    @functools.wraps(handler)
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await handler(self, request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status, never lost
+            await abort(context, to_service_error(exc, _request_id(request)))
+
+    return unary_wrapper

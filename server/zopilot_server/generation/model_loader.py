@@ -1,0 +1,194 @@
+"""Loading a causal LM and its tokenizer from a local directory, a GGUF file or the default.
+
+The server never reaches the Hugging Face hub: a value of ``--model`` that is not a
+local path fails at once with a message saying how to get the files, instead of
+hanging on a download or printing a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ServerConfig
+from . import default_model
+from .quantization import (
+    QuantizationInfo,
+    bitsandbytes_config,
+    check_supported,
+    quantization_info,
+)
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says what to do about it."""
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and the facts GetModelInfo reports about them."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    device: str
+    dtype: str
+    quantization: QuantizationInfo
+    load_seconds: float
+    max_context_length: int
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.model.config, "architectures", None) or []
+        return archs[0] if archs else type(self.model).__name__
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def memory_footprint_bytes(self) -> int:
+        return int(self.model.get_memory_footprint())
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where to load from: a directory, or a directory plus a GGUF file name in it."""
+
+    directory: Path
+    gguf_file: str | None
+    model_id: str
+
+
+def resolve_source(config: ServerConfig) -> ModelSource:
+    """Turn ``--model`` into a local source, converting the embedded default if needed."""
+    if not config.model:
+        directory = default_model.ensure_converted(config.cache_dir)
+        return ModelSource(directory, None, default_model.MODEL_NAME)
+    path = Path(config.model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(path.parent, path.name, config.model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"--model {config.model}: directory has no config.json")
+        return ModelSource(path, None, config.model)
+    if _HUB_ID.match(config.model) and not path.exists():
+        raise ModelLoadError(
+            f"--model {config.model} looks like a Hugging Face hub id, but this server loads "
+            "local files only (no hub access at run time). Download it where the hub is "
+            f"reachable (`huggingface-cli download {config.model} --local-dir DIR`) and pass "
+            "--model DIR, or mount DIR into the container."
+        )
+    raise ModelLoadError(
+        f"--model {config.model}: no such directory or .gguf file "
+        "(leave --model empty for the embedded SmolLM2-135M-Instruct)"
+    )
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` picks CUDA when a GPU is visible; asking for CUDA without one is an error."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda:0" if has_cuda else "cpu"
+    if requested == "cuda":
+        if not has_cuda:
+            raise ModelLoadError("--device cuda, but torch sees no CUDA GPU (use --device cpu)")
+        return "cuda:0"
+    return "cpu"
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def load_model(config: ServerConfig) -> LoadedModel:
+    """Load the configured model; raise ModelLoadError / QuantizationUnsupported on misuse."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    device = resolve_device(config.device)
+    check_supported(config, device)  # before any weights load
+    source = resolve_source(config)
+    dtype_name = resolve_dtype(config.dtype, device)
+    quant = quantization_info(config, dtype_name)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    kwargs: dict[str, Any] = {"torch_dtype": getattr(torch, dtype_name)}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    bnb = bitsandbytes_config(quant)
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
+    if bnb is not None or device.startswith("cuda"):
+        kwargs["device_map"] = {"": device}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.directory), gguf_file=source.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(str(source.directory), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load model from {source.directory}: {exc}") from exc
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=source.model_id,
+        device=device,
+        dtype=dtype_name,
+        quantization=quant,
+        load_seconds=time.monotonic() - started,
+        max_context_length=_max_context(model, tokenizer),
+        eos_token_ids=_eos_ids(model, tokenizer),
+    )
+    log.info(
+        "loaded %s (%s, %.1fM params) on %s as %s, quantization %s, %.1f MiB, in %.2f s",
+        loaded.model_id,
+        loaded.architecture,
+        loaded.parameter_count / 1e6,
+        loaded.device,
+        loaded.dtype,
+        quant.describe(),
+        loaded.memory_footprint_bytes / 2**20,
+        loaded.load_seconds,
+    )
+    return loaded
+
+
+def _max_context(model: Any, tokenizer: Any) -> int:
+    from_config = getattr(model.config, "max_position_embeddings", None)
+    if from_config:
+        return int(from_config)
+    from_tokenizer = getattr(tokenizer, "model_max_length", 0) or 0
+    return int(from_tokenizer) if 0 < from_tokenizer < 10**7 else 2048
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

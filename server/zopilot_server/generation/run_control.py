@@ -1,0 +1,77 @@
+"""What can end a generation from outside the token stream: cancellation and time.
+
+A StoppingCriteria is consulted after every decoding step, so a cancelled or timed-out
+request frees the generation worker within one step. For time limits we also predict:
+if the next step (estimated from the last one) would overrun the deadline, we stop now,
+so the text reaches the client before its deadline does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .domain import FinishReason
+
+
+class RunControl:
+    """Shared between the gRPC handler (cancel) and the generate thread (everything else)."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self._cancelled = threading.Event()
+        self._finish: FinishReason | None = None
+        self._last_step_at: float | None = None
+        self._step_estimate = 0.0
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        return self._finish
+
+    def finish(self, reason: FinishReason) -> None:
+        """Record why generation ends; the first reason wins."""
+        if self._finish is None:
+            self._finish = reason
+
+    def out_of_time(self, now: float | None = None) -> bool:
+        if self.deadline is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now + self._step_estimate >= self.deadline
+
+    def should_stop(self) -> bool:
+        """Called once per decoding step by the generate thread."""
+        now = time.monotonic()
+        if self._last_step_at is not None:
+            self._step_estimate = now - self._last_step_at
+        self._last_step_at = now
+        if self._finish is not None:
+            return True
+        if self.cancelled:
+            self.finish(FinishReason.CANCELLED)
+        elif self.out_of_time(now):
+            self.finish(FinishReason.TIME_LIMIT)
+        return self._finish is not None
+
+
+def stopping_criteria(control: RunControl) -> Any:
+    """A transformers StoppingCriteria that stops when ``control`` says so."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _ControlCriteria(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            stop = control.should_stop()
+            return torch.full(
+                (input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device
+            )
+
+    return _ControlCriteria()

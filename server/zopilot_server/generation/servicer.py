@@ -1,0 +1,180 @@
+"""The zopilot.v1.Generation servicer: protobuf in, engine, protobuf out. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from zopilot_client.pb import generation_pb2 as pb
+from zopilot_client.pb import generation_pb2_grpc as pb_grpc
+
+from .. import errors
+from ..config import ServerConfig
+from ..errors import InvalidArgument, ResourceExhausted, Unavailable, rpc_errors
+from .domain import Chunk, Completion, TokenDetail
+from .engine import EngineClosed, GenerationEngine, QueueFull, stream_chunks
+from .validation import to_generation_request, truncate_left
+
+log = logging.getLogger(__name__)
+
+errors.register(QueueFull, lambda e: ResourceExhausted(str(e), retry_after_s=e.retry_after_s))
+errors.register(EngineClosed, lambda e: Unavailable(str(e)))
+
+
+class GenerationServicer(pb_grpc.GenerationServicer):
+    """Serves generation once an engine is attached; UNAVAILABLE until then."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self.engine: GenerationEngine | None = None
+
+    def _ready_engine(self) -> GenerationEngine:
+        if self.engine is None:
+            raise Unavailable("the model is still loading; retry shortly (health: NOT_SERVING)")
+        return self.engine
+
+    async def _chunks(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tuple[str, Chunk]]:
+        engine = self._ready_engine()
+        domain = to_generation_request(
+            request,
+            loaded=engine.loaded,
+            config=self._config,
+            grpc_time_remaining=context.time_remaining(),
+        )
+        log.debug("request %s: %d input tokens", domain.request_id, len(domain.input_ids))
+        async for chunk in stream_chunks(engine, domain):
+            yield domain.request_id, chunk
+
+    @rpc_errors
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        async for request_id, chunk in self._chunks(request, context):
+            yield chunk_to_pb(chunk, request_id)
+
+    @rpc_errors
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        response = pb.GenerateResponse()
+        texts: list[str] = []
+        async for request_id, chunk in self._chunks(request, context):
+            texts.append(chunk.text)
+            response.tokens.extend(token_to_pb(t) for t in chunk.tokens)
+            response.request_id = request_id
+            if chunk.completion is not None:
+                completion_to_pb(chunk.completion, response)
+        response.text = "".join(texts)
+        return response
+
+    @rpc_errors
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
+        engine = self._ready_engine()
+        if not request.text:
+            raise InvalidArgument.single("text", "is required")
+        if request.truncate_input_tokens < 0:
+            raise InvalidArgument.single("truncate_input_tokens", "must be >= 0")
+        return tokenize(engine, request)
+
+    @rpc_errors
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        return model_info(self._ready_engine(), self._config)
+
+
+def tokenize(engine: GenerationEngine, request: pb.TokenizeRequest) -> pb.TokenizeResponse:
+    tokenizer = engine.loaded.tokenizer
+    encoding = tokenizer(
+        request.text, add_special_tokens=request.add_special_tokens, return_offsets_mapping=True
+    )
+    ids = list(encoding["input_ids"])
+    offsets = list(encoding["offset_mapping"])
+    ids, truncated = truncate_left(ids, request.truncate_input_tokens)
+    offsets = offsets[len(offsets) - len(ids) :]
+    return pb.TokenizeResponse(
+        ids=ids,
+        tokens=tokenizer.convert_ids_to_tokens(ids),
+        offsets=[pb.Offset(start=s, end=e) for s, e in offsets],
+        token_count=len(ids),
+        truncated=truncated,
+    )
+
+
+def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
+    loaded = engine.loaded
+    quant = loaded.quantization
+    tokenizer = loaded.tokenizer
+    return pb.ModelInfo(
+        model_id=loaded.model_id,
+        architecture=loaded.architecture,
+        parameter_count=loaded.parameter_count,
+        dtype=loaded.dtype,
+        device=loaded.device,
+        quantization=pb.Quantization(
+            mode=quant.mode,
+            quant_type=quant.quant_type,
+            compute_dtype=quant.compute_dtype,
+            double_quant=quant.double_quant,
+            int8_threshold=quant.int8_threshold,
+        ),
+        memory_footprint_bytes=loaded.memory_footprint_bytes,
+        max_context_length=loaded.max_context_length,
+        has_chat_template=loaded.has_chat_template,
+        eos_token=tokenizer.eos_token or "",
+        eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else -1,
+        vocab_size=len(tokenizer),
+        default_max_new_tokens=config.default_max_new_tokens,
+        max_new_tokens_limit=config.max_new_tokens_limit,
+        max_stop_sequences=config.max_stop_sequences,
+        max_top_n_tokens=config.max_top_n_tokens,
+        load_seconds=loaded.load_seconds,
+    )
+
+
+def token_to_pb(token: TokenDetail) -> pb.TokenDetail:
+    return pb.TokenDetail(
+        id=token.id,
+        text=token.text,
+        logprob=token.logprob,
+        top_tokens=[pb.TopToken(id=t.id, text=t.text, logprob=t.logprob) for t in token.top_tokens],
+    )
+
+
+def completion_to_pb(completion: Completion, response: pb.GenerateResponse) -> None:
+    response.finish_reason = completion.finish_reason.value
+    response.stop_sequence = completion.stop_sequence
+    response.seed = completion.seed
+    usage, timings = completion.usage, completion.timings
+    response.usage.CopyFrom(
+        pb.Usage(
+            input_tokens=usage.input_tokens,
+            generated_tokens=usage.generated_tokens,
+            input_truncated=usage.input_truncated,
+        )
+    )
+    response.timings.CopyFrom(
+        pb.Timings(
+            queue_ms=timings.queue_ms,
+            time_to_first_token_ms=timings.time_to_first_token_ms,
+            generation_ms=timings.generation_ms,
+            tokens_per_second=timings.tokens_per_second,
+            total_ms=timings.total_ms,
+        )
+    )
+
+
+def chunk_to_pb(chunk: Chunk, request_id: str) -> pb.GenerateResponse:
+    response = pb.GenerateResponse(
+        text=chunk.text,
+        tokens=[token_to_pb(t) for t in chunk.tokens],
+        request_id=request_id,
+    )
+    if chunk.completion is not None:
+        completion_to_pb(chunk.completion, response)
+    return response

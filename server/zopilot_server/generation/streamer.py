@@ -1,0 +1,146 @@
+"""The streamer that turns generate()'s tokens into Chunks.
+
+It builds on transformers' ``TextIteratorStreamer`` (its queue and iterator protocol:
+iterating a TokenStreamer yields Chunks, which the in-process benchmark uses) but
+replaces its text segmentation: TextIteratorStreamer holds text back until a space or
+newline, which delays every word; we emit a delta as soon as a token completes a
+character, hold back only what may start a stop sequence, and attach token details.
+The work happens in the generate thread, so a matched stop sequence ends generation at
+exactly that token (RunControl, checked by the StoppingCriteria right after ``put``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TextIteratorStreamer
+
+from .detokenizer import IncrementalDetokenizer
+from .domain import (
+    Chunk,
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    Timings,
+    TokenDetail,
+    Usage,
+)
+from .run_control import RunControl
+from .stop_sequences import StopSequenceMatcher
+from .token_details import LogprobRecorder
+
+Sink = Callable[[object], None]
+
+
+class TokenStreamer(TextIteratorStreamer):
+    """Receives token ids from generate(); emits Chunks to ``sink`` (default: its queue)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        request: GenerationRequest,
+        control: RunControl,
+        *,
+        eos_token_ids: frozenset[int],
+        recorder: LogprobRecorder | None = None,
+        sink: Sink | None = None,
+    ) -> None:
+        super().__init__(tokenizer, skip_prompt=True)
+        self.request = request
+        self.control = control
+        self._eos = frozenset() if request.ignore_eos else eos_token_ids
+        self._recorder = recorder
+        self._uses_queue = sink is None
+        self._sink: Sink = self.text_queue.put if sink is None else sink
+        self._detok = IncrementalDetokenizer(tokenizer)
+        self._stops = StopSequenceMatcher(
+            request.stop_sequences, include_stop_sequence=request.include_stop_sequence
+        )
+        self._pending_details: list[TokenDetail] = []
+        self.generated_tokens = 0
+        self.started_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self._matched_stop = ""
+        self._completed = False
+
+    # -- called by generate() in the generate thread ---------------------------------
+    def put(self, value: Any) -> None:
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        for token_id in value.reshape(-1).tolist():
+            self._on_token(int(token_id))
+
+    def end(self) -> None:
+        """generate() returned normally: finish with whatever reason ended it."""
+        self.complete(self.control.finish_reason or FinishReason.LENGTH)
+
+    # -- internals -------------------------------------------------------------------
+    def _on_token(self, token_id: int) -> None:
+        if self.control.finish_reason is not None:
+            return  # tokens after the end (e.g. past a stop sequence) are not output
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if token_id in self._eos:
+            self.control.finish(FinishReason.EOS_TOKEN)
+            return
+        self.generated_tokens += 1
+        if self._recorder is not None:
+            self._pending_details.append(self._recorder.detail(token_id))
+        result = self._stops.feed(self._detok.push(token_id))
+        if result.matched is not None:
+            self._matched_stop = result.matched
+            self.control.finish(FinishReason.STOP_SEQUENCE)
+        if result.text or self._pending_details:
+            self._emit_text(result.text)
+
+    def _emit_text(self, text: str) -> None:
+        details = tuple(self._pending_details)
+        self._pending_details.clear()
+        self._sink(Chunk(text=text, tokens=details))
+
+    def complete(self, reason: FinishReason) -> None:
+        """Emit the last chunk (held-back text, usage, timings). Idempotent."""
+        if self._completed:
+            return
+        self._completed = True
+        self.control.finish(reason)
+        reason = self.control.finish_reason or reason
+        tail = ""
+        if reason is not FinishReason.STOP_SEQUENCE:
+            tail = self._stops.feed(self._detok.flush()).text + self._stops.flush()
+        self._sink(
+            Chunk(
+                text=tail,
+                tokens=tuple(self._pending_details),
+                completion=self._completion(reason),
+            )
+        )
+        self._pending_details.clear()
+        if self._uses_queue:
+            self.text_queue.put(self.stop_signal)  # ends iteration for queue consumers
+
+    def _completion(self, reason: FinishReason) -> Completion:
+        now = time.monotonic()
+        arrival = self.request.arrival or self.started_at
+        generation_s = now - self.started_at
+        first = self.first_token_at if self.first_token_at is not None else now
+        return Completion(
+            finish_reason=reason,
+            stop_sequence=self._matched_stop,
+            seed=self.request.sampling.seed,
+            usage=Usage(
+                input_tokens=len(self.request.input_ids),
+                generated_tokens=self.generated_tokens,
+                input_truncated=self.request.input_truncated,
+            ),
+            timings=Timings(
+                queue_ms=(self.started_at - arrival) * 1000,
+                time_to_first_token_ms=(first - arrival) * 1000,
+                generation_ms=generation_s * 1000,
+                tokens_per_second=self.generated_tokens / generation_s if generation_s else 0.0,
+                total_ms=(now - arrival) * 1000,
+            ),
+        )

@@ -1,0 +1,211 @@
+"""GenerateRequest / TokenizeRequest (protobuf) to domain objects, or INVALID_ARGUMENT.
+
+Every rule lives here, every violation is collected (a client fixing its request sees
+all problems at once) and reported as a google.rpc.BadRequest field violation.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import uuid
+from typing import Any
+
+from zopilot_client.pb import generation_pb2 as pb
+
+from ..config import ServerConfig
+from ..errors import FieldViolation, InvalidArgument, Message
+from .domain import GenerationRequest, SamplingParams
+from .model_loader import LoadedModel
+
+MAX_TEMPERATURE = 100.0
+MAX_REPETITION_PENALTY = 10.0
+
+
+class _Violations:
+    """Collects field violations; raises them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, message: Message | str, **kwargs: object) -> None:
+        text = message.format(**kwargs) if isinstance(message, Message) else message
+        self.items.append(FieldViolation(field, text))
+
+    def check_range(
+        self, field: str, value: float, low: float, high: float, *, low_open: bool = False
+    ) -> None:
+        below = value <= low if low_open else value < low
+        if math.isnan(value) or below or value > high:
+            bracket = "(" if low_open else "["
+            self.add(field, Message.OUT_OF_RANGE, range=f"{bracket}{low:g}, {high:g}]", value=value)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def new_request_id(client_id: str) -> str:
+    return client_id or uuid.uuid4().hex
+
+
+def to_generation_request(
+    message: pb.GenerateRequest,
+    *,
+    loaded: LoadedModel,
+    config: ServerConfig,
+    grpc_time_remaining: float | None = None,
+    arrival: float | None = None,
+) -> GenerationRequest:
+    """Validate ``message`` and build the GenerationRequest the engine runs."""
+    arrival = time.monotonic() if arrival is None else arrival
+    v = _Violations()
+    max_new = _check_limits(message, config, v)
+    _check_stop_sequences(message, config, v)
+    text = _render_input(message, loaded, v)
+    v.raise_if_any()
+
+    ids = encode(loaded.tokenizer, text, add_special_tokens=not message.messages)
+    if not ids:
+        v.add("messages" if message.messages else "prompt", Message.EMPTY_AFTER_TOKENIZE)
+    ids, truncated = truncate_left(ids, message.truncate_input_tokens)
+    if len(ids) + max_new > loaded.max_context_length:
+        v.add(
+            "prompt" if message.prompt else "messages",
+            Message.PROMPT_TOO_LONG,
+            tokens=len(ids),
+            max_new=max_new,
+            context=loaded.max_context_length,
+        )
+    v.raise_if_any()
+
+    top_n = message.top_n_tokens
+    return GenerationRequest(
+        request_id=new_request_id(message.request_id),
+        input_ids=tuple(ids),
+        input_truncated=truncated,
+        max_new_tokens=max_new,
+        min_new_tokens=message.min_new_tokens,
+        sampling=_sampling(message),
+        stop_sequences=tuple(message.stop_sequences),
+        include_stop_sequence=message.include_stop_sequence,
+        ignore_eos=message.ignore_eos,
+        token_details=message.return_token_details or top_n > 0,
+        top_n_tokens=top_n,
+        deadline=_deadline(message, config, arrival, grpc_time_remaining),
+        arrival=arrival,
+    )
+
+
+def _check_limits(message: pb.GenerateRequest, config: ServerConfig, v: _Violations) -> int:
+    """Check numeric fields; return the effective max_new_tokens."""
+    max_new = config.default_max_new_tokens
+    if message.HasField("max_new_tokens"):
+        max_new = message.max_new_tokens
+        v.check_range("max_new_tokens", max_new, 1, config.max_new_tokens_limit)
+    v.check_range("min_new_tokens", message.min_new_tokens, 0, max(max_new, 0))
+    if message.HasField("temperature"):
+        v.check_range("temperature", message.temperature, 0, MAX_TEMPERATURE)
+    if message.HasField("top_p"):
+        v.check_range("top_p", message.top_p, 0, 1, low_open=True)
+    if message.HasField("top_k"):
+        v.check_range("top_k", message.top_k, 0, 2**31 - 1)
+    if message.HasField("repetition_penalty"):
+        v.check_range(
+            "repetition_penalty",
+            message.repetition_penalty,
+            0,
+            MAX_REPETITION_PENALTY,
+            low_open=True,
+        )
+    v.check_range("truncate_input_tokens", message.truncate_input_tokens, 0, 2**31 - 1)
+    v.check_range("time_limit_ms", message.time_limit_ms, 0, 2**31 - 1)
+    v.check_range("top_n_tokens", message.top_n_tokens, 0, config.max_top_n_tokens)
+    return max_new
+
+
+def _check_stop_sequences(
+    message: pb.GenerateRequest, config: ServerConfig, v: _Violations
+) -> None:
+    stops = message.stop_sequences
+    if len(stops) > config.max_stop_sequences:
+        v.add("stop_sequences", Message.TOO_MANY, limit=config.max_stop_sequences, value=len(stops))
+    for index, stop in enumerate(stops):
+        if not stop:
+            v.add("stop_sequences", Message.EMPTY_ITEM, index=index)
+        elif len(stop) > config.max_stop_sequence_chars:
+            v.add(
+                "stop_sequences",
+                Message.TOO_LONG_ITEM,
+                index=index,
+                limit=config.max_stop_sequence_chars,
+            )
+
+
+def _render_input(message: pb.GenerateRequest, loaded: LoadedModel, v: _Violations) -> str:
+    """The text to tokenize: the raw prompt, or the chat messages through the template."""
+    if message.prompt and message.messages:
+        v.add("prompt", Message.PROMPT_XOR_MESSAGES)
+        return ""
+    if message.prompt:
+        return message.prompt
+    if not message.messages:
+        v.add("prompt", Message.PROMPT_OR_MESSAGES)
+        return ""
+    for index, turn in enumerate(message.messages):
+        if not turn.role.strip():
+            v.add(f"messages[{index}].role", Message.EMPTY_ROLE)
+    if not loaded.has_chat_template:
+        v.add("messages", Message.NO_CHAT_TEMPLATE)
+    if v.items:
+        return ""
+    try:
+        return loaded.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in message.messages],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - jinja errors are the client's input problem
+        v.add("messages", f"the chat template rejected the messages: {exc}")
+        return ""
+
+
+def encode(tokenizer: Any, text: str, *, add_special_tokens: bool) -> list[int]:
+    """Token ids of ``text``. Never passes truncation options: they mutate the (shared)
+    Rust tokenizer and make concurrent use fail with 'Already borrowed'."""
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def truncate_left(ids: list[int], keep_last: int) -> tuple[list[int], bool]:
+    if keep_last > 0 and len(ids) > keep_last:
+        return ids[-keep_last:], True
+    return ids, False
+
+
+def _sampling(message: pb.GenerateRequest) -> SamplingParams:
+    temperature = message.temperature if message.HasField("temperature") else 0.0
+    return SamplingParams(
+        temperature=temperature,
+        top_p=message.top_p if message.HasField("top_p") else 1.0,
+        top_k=message.top_k if message.HasField("top_k") else 0,
+        repetition_penalty=(
+            message.repetition_penalty if message.HasField("repetition_penalty") else 1.0
+        ),
+        seed=message.seed if message.HasField("seed") else secrets.randbits(63),
+    )
+
+
+def _deadline(
+    message: pb.GenerateRequest,
+    config: ServerConfig,
+    arrival: float,
+    grpc_time_remaining: float | None,
+) -> float | None:
+    """The earlier of time_limit_ms and the gRPC deadline less the delivery margin."""
+    candidates = []
+    if message.time_limit_ms > 0:
+        candidates.append(arrival + message.time_limit_ms / 1000)
+    if grpc_time_remaining is not None:
+        candidates.append(arrival + grpc_time_remaining - config.deadline_margin_ms / 1000)
+    return min(candidates) if candidates else None

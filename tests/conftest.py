@@ -1,0 +1,114 @@
+"""Shared fixtures: model directories (tiny random Llama, real SmolLM2) and servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from support import InProcessServer
+from zopilot_client.pb import generation_pb2_grpc
+from zopilot_server.config import ServerConfig
+from zopilot_server.generation import default_model
+
+REPO = Path(__file__).resolve().parents[1]
+# Converted models are cached across runs (the conversion takes ~15 s); CI starts empty.
+CACHE_DIR = Path(os.environ.get("ZOPILOT_TEST_CACHE", REPO / ".cache" / "test-models"))
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    return CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(model_cache_dir: Path) -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted once into the cache."""
+    return default_model.ensure_converted(model_cache_dir)
+
+
+def build_tiny_llama(tokenizer_dir: Path, out_dir: Path) -> Path:
+    """A 2-layer random Llama with SmolLM2's real tokenizer: fast, its text is nonsense."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(smollm2_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_model_dir: Path, model_cache_dir: Path) -> ServerConfig:
+    return ServerConfig(model=str(tiny_model_dir), cache_dir=str(model_cache_dir), max_queue=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_config: ServerConfig) -> Iterator[InProcessServer]:
+    """A shared server on the tiny model. Tests must not change its configuration."""
+    server = InProcessServer(tiny_config)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_dir: Path, model_cache_dir: Path) -> Iterator[InProcessServer]:
+    """A shared server on the real embedded SmolLM2 (model flag empty = the default)."""
+    server = InProcessServer(ServerConfig(cache_dir=str(model_cache_dir)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_server(tiny_config: ServerConfig) -> Iterator[Callable[..., InProcessServer]]:
+    """Start a dedicated tiny-model server with config overrides; stopped after the test."""
+    import dataclasses
+
+    started: list[InProcessServer] = []
+
+    def start(**overrides: Any) -> InProcessServer:
+        server = InProcessServer(dataclasses.replace(tiny_config, **overrides))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def tiny_stub(tiny_server: InProcessServer) -> Iterator[generation_pb2_grpc.GenerationStub]:
+    with grpc.insecure_channel(tiny_server.target) as channel:
+        yield generation_pb2_grpc.GenerationStub(channel)
+
+
+@pytest.fixture
+def smollm2_stub(smollm2_server: InProcessServer) -> Iterator[generation_pb2_grpc.GenerationStub]:
+    with grpc.insecure_channel(smollm2_server.target) as channel:
+        yield generation_pb2_grpc.GenerationStub(channel)
