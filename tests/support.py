@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from zopilot_server.app import RunningServer, start_server
+from grpc_status import rpc_status
+from zopilot_server.app import ModelLoader, RunningServer, start_server
 from zopilot_server.config import ServerConfig
+from zopilot_server.generation.model_loader import load_model
 
 READY_TIMEOUT_S = 120
 
@@ -23,13 +27,19 @@ class InProcessServer:
     example the engine's active count) to observe what a client cannot see.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, *, loader: ModelLoader = load_model, wait_ready: bool = True
+    ) -> None:
         self.config = dataclasses.replace(config, host="127.0.0.1", port=0)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self.running: RunningServer = self.call(start_server(self.config))
+        self.running: RunningServer = self.call(start_server(self.config, loader))
         self.target = f"127.0.0.1:{self.running.port}"
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         self.call(asyncio.wait_for(self._ready_or_failed(), READY_TIMEOUT_S))
 
     async def _ready_or_failed(self) -> None:
@@ -54,3 +64,44 @@ class InProcessServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+) -> bool:
+    """Poll ``predicate`` until true or ``timeout``; return its last value.
+
+    Used for events that happen on the server "soon" (a worker freeing up); the timeout is
+    a generous bound for a hang, not a performance assertion.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def rich_status(error: grpc.RpcError) -> Any:
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status details on {error.code()}: {error.details()}"
+    return status
+
+
+def field_violations(error: grpc.RpcError) -> dict[str, str]:
+    """google.rpc.BadRequest field violations of an INVALID_ARGUMENT error, by field."""
+    for detail in rich_status(error).details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return {v.field: v.description for v in bad.field_violations}
+    raise AssertionError("no BadRequest detail")
+
+
+def retry_delay_s(error: grpc.RpcError) -> float:
+    for detail in rich_status(error).details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    raise AssertionError("no RetryInfo detail")

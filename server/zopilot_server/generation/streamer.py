@@ -110,7 +110,7 @@ class TokenStreamer(TextIteratorStreamer):
         reason = self.control.finish_reason or reason
         tail = ""
         if reason is not FinishReason.STOP_SEQUENCE:
-            tail = self._stops.feed(self._detok.flush()).text + self._stops.flush()
+            tail, reason = self._release_held_back(reason)
         self._sink(
             Chunk(
                 text=tail,
@@ -121,6 +121,14 @@ class TokenStreamer(TextIteratorStreamer):
         self._pending_details.clear()
         if self._uses_queue:
             self.text_queue.put(self.stop_signal)  # ends iteration for queue consumers
+
+    def _release_held_back(self, reason: FinishReason) -> tuple[str, FinishReason]:
+        """Text still held back at the end; the flushed bytes may complete a stop sequence."""
+        result = self._stops.feed(self._detok.flush())
+        if result.matched is not None:
+            self._matched_stop = result.matched
+            return result.text, FinishReason.STOP_SEQUENCE
+        return result.text + self._stops.flush(), reason
 
     def _completion(self, reason: FinishReason) -> Completion:
         now = time.monotonic()
