@@ -10,8 +10,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt \
 	client/pyproject.toml server/pyproject.toml scripts/install_dev.sh scripts/dev_constraints.py
-PROTOS := $(wildcard protos/zopilot/v1/*.proto)
-PB_OUT := client/zopilot_client/pb
 HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
@@ -34,12 +32,9 @@ test: install ## run all tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The generated stubs are committed so the client installs without grpcio-tools;
-# tests/test_proto_stubs.py fails when they are stale. The path mapping
-# (zopilot_client/pb=protos/zopilot/v1) makes the generated imports package-relative.
+# tests/test_proto_stubs.py fails when they are stale (scripts/gen_proto.py says how).
 proto: install ## regenerate client/zopilot_client/pb from protos/
-	$(PY) -m grpc_tools.protoc -Izopilot_client/pb=protos/zopilot/v1 \
-		--python_out=client --pyi_out=client --grpc_python_out=client \
-		$(patsubst protos/zopilot/v1/%,zopilot_client/pb/%,$(PROTOS))
+	$(PY) scripts/gen_proto.py client
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .

@@ -17,9 +17,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2, generation_pb2_grpc
 
+from . import reflection
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
 from .errors import Unauthenticated, abort
@@ -160,9 +160,7 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     generation_pb2_grpc.add_GenerationServicer_to_server(generation, server)
     documents_pb2_grpc.add_DocumentsServicer_to_server(documents, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (GENERATION_SERVICE, DOCUMENTS_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), server
-    )
+    reflection.enable(server, (GENERATION_SERVICE, DOCUMENTS_SERVICE, HEALTH_SERVICE))
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")

@@ -1,0 +1,54 @@
+"""Server reflection that also serves the proto comments, so ``grpcurl describe`` shows them.
+
+grpcio-reflection serializes descriptors from the runtime pool, and the generated
+``_pb2`` modules carry descriptors without SourceCodeInfo, i.e. without comments. ``make
+proto`` also writes a descriptor set with source info (``zopilot_v1.binpb``, next to the
+stubs); for our own files we answer with those documented descriptors instead.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+DESCRIPTOR_SET = "zopilot_v1.binpb"
+
+
+def documented_files() -> dict[str, bytes]:
+    """Serialized FileDescriptorProtos with comments, by file name."""
+    data = resources.files("zopilot_client.pb").joinpath(DESCRIPTOR_SET).read_bytes()
+    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(data)
+    return {f.name: f.SerializeToString() for f in descriptor_set.file}
+
+
+class DocumentedReflectionServicer(ReflectionServicer):
+    """The standard v1alpha reflection service, with comments on our own files."""
+
+    def __init__(self, service_names: tuple[str, ...]) -> None:
+        super().__init__(service_names)
+        self._documented = documented_files()
+
+    def _with_comments(self, response: Any) -> Any:
+        files = response.file_descriptor_response.file_descriptor_proto
+        for index, serialized in enumerate(files):
+            name = descriptor_pb2.FileDescriptorProto.FromString(serialized).name
+            if name in self._documented:
+                files[index] = self._documented[name]
+        return response
+
+    def _file_by_filename(self, request: Any, filename: str) -> Any:
+        return self._with_comments(super()._file_by_filename(request, filename))
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        return self._with_comments(super()._file_containing_symbol(request, fully_qualified_name))
+
+
+def enable(server: Any, service_names: tuple[str, ...]) -> None:
+    names = (*service_names, reflection.SERVICE_NAME)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        DocumentedReflectionServicer(names), server
+    )

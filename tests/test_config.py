@@ -1,0 +1,58 @@
+"""One ServerConfig from flags, with ZOPILOT_* env fallbacks shown in --help."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from zopilot_server.config import ServerConfig, build_parser, load_config
+
+
+def test_defaults():
+    config = load_config([], env={})
+    assert config == ServerConfig()
+    assert (config.host, config.port) == ("127.0.0.1", 50051)
+    assert config.doc_max_bytes == 32 * 1024 * 1024
+    assert config.max_concurrent == 1
+
+
+def test_env_fallback_and_flag_precedence():
+    env = {"ZOPILOT_PORT": "6000", "ZOPILOT_MAX_QUEUE": "3", "ZOPILOT_BNB_DOUBLE_QUANT": "true"}
+    config = load_config([], env=env)
+    assert (config.port, config.max_queue, config.bnb_double_quant) == (6000, 3, True)
+    config = load_config(["--port", "7000", "--no-bnb-double-quant"], env=env)
+    assert (config.port, config.bnb_double_quant) == (7000, False)
+
+
+def test_every_setting_has_a_flag_and_env_in_help():
+    help_text = " ".join(build_parser(env={}).format_help().split())
+    for field in dataclasses.fields(ServerConfig):
+        assert "--" + field.name.replace("_", "-") in help_text
+        assert f"env ZOPILOT_{field.name.upper()}" in help_text
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--port", "70000"], {}, "--port must be 0..65535"),
+        (["--max-concurrent", "0"], {}, "--max-concurrent must be >= 1"),
+        (["--device", "tpu"], {}, "invalid choice"),
+        ([], {"ZOPILOT_PORT": "abc"}, "ZOPILOT_PORT"),
+        (["--default-max-new-tokens", "9000"], {}, "must not exceed --max-new-tokens-limit"),
+    ],
+)
+def test_bad_values_are_usage_errors(argv, env, needle, capsys):
+    with pytest.raises(SystemExit) as info:
+        load_config(argv, env=env)
+    assert info.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_help_runs_as_a_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "zopilot_server", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "ZOPILOT_MODEL" in result.stdout and "--quantize" in result.stdout

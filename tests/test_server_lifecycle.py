@@ -1,0 +1,142 @@
+"""Health while loading / serving / draining, and the real process: start, signal, exit."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import InProcessServer
+from zopilot_client.pb import generation_pb2 as pb
+from zopilot_client.pb import generation_pb2_grpc
+from zopilot_server.generation.model_loader import load_model
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_not_serving_and_unavailable_while_the_model_loads(tiny_config):
+    release = threading.Event()
+
+    def slow_loader(config):
+        release.wait(30)
+        return load_model(config)
+
+    server = InProcessServer(tiny_config, loader=slow_loader, wait_ready=False)
+    try:
+        assert server.health() == NOT_SERVING
+        assert server.health("zopilot.v1.Generation") == NOT_SERVING
+        with server.channel() as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Generate(pb.GenerateRequest(prompt="hi"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "loading" in info.value.details()
+            release.set()
+            server.wait_ready()
+            assert server.health() == SERVING
+            assert stub.Generate(pb.GenerateRequest(prompt="hi", max_new_tokens=2), timeout=30)
+    finally:
+        release.set()
+        server.stop()
+
+
+def test_drain_reports_not_serving_and_lets_in_flight_streams_finish(tiny_config):
+    server = InProcessServer(tiny_config)
+    channel = server.channel()
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    assert next(watch).status == SERVING
+    stub = generation_pb2_grpc.GenerationStub(channel)
+    in_flight = stub.GenerateStream(
+        pb.GenerateRequest(prompt="drain", max_new_tokens=300, ignore_eos=True), timeout=60
+    )
+    next(in_flight)
+    stopper = threading.Thread(target=server.stop, kwargs={"grace": 20})
+    stopper.start()
+    try:
+        assert next(watch).status == NOT_SERVING
+        watch.cancel()  # a Watch would otherwise hold the drain open for the whole grace
+        rest = list(in_flight)  # completes within the grace period instead of being cut
+        assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    finally:
+        stopper.join(30)
+        channel.close()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_process(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "zopilot_server", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def read_until(process: subprocess.Popen[str], pattern: str, timeout: float = 120) -> str:
+    """Read the process log until ``pattern`` appears; return the log so far."""
+    log: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        log.append(line)
+        if re.search(pattern, line):
+            return "".join(log)
+    process.kill()
+    raise AssertionError(f"{pattern!r} not seen in log:\n{''.join(log)}")
+
+
+def test_process_serves_and_exits_cleanly_on_sigterm(tiny_model_dir, model_cache_dir):
+    process = start_process(
+        "--port",
+        "0",
+        "--grace-period-s",
+        "2",
+        env_extra={"ZOPILOT_MODEL": str(tiny_model_dir), "ZOPILOT_CACHE_DIR": str(model_cache_dir)},
+    )
+    try:
+        log = read_until(process, r"ready: health SERVING")
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+        assert "loaded" in log and "MiB" in log, "the load log states time and memory"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            assert stub.Generate(pb.GenerateRequest(prompt="hi", max_new_tokens=2), timeout=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        rest = process.stdout.read()
+        assert "draining" in rest and "stopped" in rest
+        assert "Traceback" not in log + rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "looks like a Hugging Face hub id"),
+        ("/nonexistent/model-dir", "no such directory or .gguf file"),
+    ],
+)
+def test_unloadable_model_fails_fast_with_a_message(model, needle, model_cache_dir):
+    process = start_process("--port", "0", "--model", model, "--cache-dir", str(model_cache_dir))
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert needle in out
+    assert "Traceback" not in out
