@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,13 @@ from typing import Any
 import grpc
 from support import InProcessServer
 from zopilot_server.generation.domain import Chunk, FinishReason
+
+
+def free_port() -> int:
+    """A port nothing listens on (for "unreachable" and "starts later" tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
@@ -143,3 +151,31 @@ class _Status(grpc.Status):
         self.code = code
         self.details = details
         self.trailing_metadata = trailing_metadata
+
+
+def serving_health(request: Any, context: grpc.ServicerContext) -> bytes:
+    """A Health/Check behavior that answers SERVING."""
+    from grpc_health.v1 import health_pb2
+
+    status = health_pb2.HealthCheckResponse.SERVING
+    return health_pb2.HealthCheckResponse(status=status).SerializeToString()
+
+
+@contextmanager
+def health_server_later(port: int, delay: float = 0.5) -> Iterator[None]:
+    """Start a fake server answering health SERVING on ``port`` after ``delay`` seconds."""
+    started: list[FakeServer] = []
+
+    def start() -> None:
+        server = FakeServer(port=port)
+        server.unary["/grpc.health.v1.Health/Check"] = serving_health
+        started.append(server)
+
+    timer = threading.Timer(delay, start)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+        for server in started:
+            server.stop()

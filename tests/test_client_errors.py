@@ -7,18 +7,15 @@ code with given details, failing the first attempts, breaking a stream midway).
 from __future__ import annotations
 
 import datetime
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 import zopilot_client as zc
-from client_helpers import FakeServer, abort_with
+from client_helpers import FakeServer, abort_with, free_port, health_server_later, serving_health
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2
 from zopilot_client.pb import generation_pb2 as pb
 
 GENERATE = "/zopilot.v1.Generation/Generate"
@@ -38,12 +35,6 @@ def fake() -> Iterator[FakeServer]:
 def fake_client(fake: FakeServer, **kwargs: Any) -> zc.Client:
     kwargs.setdefault("retry", FAST_RETRY)
     return zc.Client(fake.target, timeout=10, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ the real server
@@ -214,24 +205,10 @@ def test_a_stream_that_delivered_a_chunk_is_never_replayed(fake):
 
 def test_wait_for_ready_waits_for_a_server_that_starts_later():
     port = free_port()
-    started: list[FakeServer] = []
-
-    def start_later() -> None:
-        server = FakeServer(port=port)
-        server.unary[HEALTH] = lambda request, context: health_pb2.HealthCheckResponse(
-            status=health_pb2.HealthCheckResponse.SERVING
-        ).SerializeToString()
-        started.append(server)
-
-    timer = threading.Timer(0.5, start_later)
-    timer.start()
-    try:
-        with zc.Client(f"127.0.0.1:{port}", timeout=30, wait_for_ready=True) as client:
+    with health_server_later(port):
+        client = zc.Client(f"127.0.0.1:{port}", timeout=30, wait_for_ready=True)
+        with client:
             assert client.health() is zc.HealthStatus.SERVING
-    finally:
-        timer.join()
-        for server in started:
-            server.stop()
 
 
 # ------------------------------------------------------------------ TLS and metadata
@@ -277,7 +254,7 @@ def test_tls_with_a_private_ca_carries_api_key_and_metadata(tmp_path):
 
     def check(request: Any, context: grpc.ServicerContext) -> bytes:
         seen.update(dict(context.invocation_metadata()))
-        return health_pb2.HealthCheckResponse(status=1).SerializeToString()
+        return serving_health(request, context)
 
     server.unary[HEALTH] = check
     tls = zc.TLS(root_certificates=ca_file, server_name="zopilot.test")
