@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
 
-from ._base import BaseClient, PreparedCall, StreamBase
+from ._base import AsyncClosesOnExit, BaseClient, PreparedCall, StreamBase
 from ._exceptions import from_grpc_error
 from ._types import (
     GenerateChunk,
@@ -22,11 +20,6 @@ from ._types import (
     TokenizeResult,
 )
 
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-elif TYPE_CHECKING:
-    from typing_extensions import Unpack
-
 if TYPE_CHECKING:
     from ._requests import (
         CallOptions,
@@ -34,12 +27,13 @@ if TYPE_CHECKING:
         GenerateOptions,
         ParseOptions,
         TokenizeOptions,
+        Unpack,
     )
 
 T = TypeVar("T")
 
 
-class AsyncGenerateStream(StreamBase):
+class AsyncGenerateStream(StreamBase, AsyncClosesOnExit):
     """An async iterator of GenerateChunk. Use it in an ``async with`` block (or call
     ``aclose()``) to cancel the generation on the server when you stop reading early."""
 
@@ -68,19 +62,8 @@ class AsyncGenerateStream(StreamBase):
         """Stop reading: cancel the RPC (the server stops generating)."""
         self.cancel()
 
-    async def __aenter__(self) -> AsyncGenerateStream:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class AsyncClient(BaseClient):
+class AsyncClient(BaseClient, AsyncClosesOnExit):
     """The asyncio twin of ``Client``: the same constructor, methods and results.
 
     Create it inside a running event loop; use ``async with`` or ``await aclose()``.
@@ -129,14 +112,3 @@ class AsyncClient(BaseClient):
     async def aclose(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

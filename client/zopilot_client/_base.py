@@ -31,6 +31,7 @@ from ._types import (
 from .pb import documents_pb2, generation_pb2
 
 T = TypeVar("T")
+Self = TypeVar("Self")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _GENERATION = "/zopilot.v1.Generation/"
@@ -90,6 +91,32 @@ def _multicallables(channel: Any) -> dict[str, Any]:
 
 def _health_status(response: Any) -> HealthStatus:
     return HealthStatus.from_number(response.status)
+
+
+class ClosesOnExit:
+    """``with`` support for things that ``close()``: a Client and a GenerateStream."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: Self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncClosesOnExit:
+    """``async with`` support for things that ``aclose()``: AsyncClient and its streams."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: Self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class BaseClient:

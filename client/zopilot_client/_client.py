@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from ._base import BaseClient, PreparedCall, StreamBase
+from ._base import BaseClient, ClosesOnExit, PreparedCall, StreamBase
 from ._exceptions import from_grpc_error
 from ._types import (
     GenerateChunk,
@@ -20,11 +18,6 @@ from ._types import (
     TokenizeResult,
 )
 
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-elif TYPE_CHECKING:
-    from typing_extensions import Unpack
-
 if TYPE_CHECKING:
     from ._requests import (
         CallOptions,
@@ -32,12 +25,13 @@ if TYPE_CHECKING:
         GenerateOptions,
         ParseOptions,
         TokenizeOptions,
+        Unpack,
     )
 
 T = TypeVar("T")
 
 
-class GenerateStream(StreamBase):
+class GenerateStream(StreamBase, ClosesOnExit):
     """An iterator of GenerateChunk. Use it in a ``with`` block (or call ``close()``)
     to cancel the generation on the server when you stop reading early."""
 
@@ -63,19 +57,8 @@ class GenerateStream(StreamBase):
         """Stop reading: cancel the RPC (the server stops generating)."""
         self.cancel()
 
-    def __enter__(self) -> GenerateStream:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Client(BaseClient):
+class Client(BaseClient, ClosesOnExit):
     """A blocking client for one zopilotgpu server (or several, load balanced).
 
     ``target``: ``host:port``, several addresses (``ipv4:10.0.0.1:50051,10.0.0.2:50051``)
@@ -127,14 +110,3 @@ class Client(BaseClient):
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import IO, TYPE_CHECKING, Any, TypedDict
+
+# Unpack types the clients' ``**options: Unpack[GenerateOptions]``, in annotations only,
+# so Python 3.10 needs no typing_extensions at run time.
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+elif TYPE_CHECKING:
+    from typing_extensions import Unpack  # noqa: F401
 
 from ._types import ChatMessage, OutputFormat, PromptLike
 from .pb import documents_pb2, generation_pb2

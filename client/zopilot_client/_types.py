@@ -11,16 +11,34 @@ import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .pb import documents_pb2, generation_pb2
 
+R = TypeVar("R")
 
-class _JsonMixin:
-    """``to_dict()`` for every result: enums as their values, ``raw`` left out."""
+
+class _Result:
+    """What every result shares: ``from_pb`` (same-named fields) and ``to_dict()``.
+
+    Results that came from a whole response keep it in ``raw``, for callers who need a
+    field this library does not surface yet; it is left out of equality and repr, so
+    results compare and print as plain data.
+    """
+
+    @classmethod
+    def from_pb(cls: type[R], message: Any) -> R:
+        return _copy(cls, message)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: enums as their values, the raw messages left out."""
         return _jsonable(self)
+
+
+def _copy(cls: type[R], message: Any, **overrides: Any) -> R:
+    """``cls`` from the same-named fields of ``message``; ``overrides`` for the rest."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in overrides]  # type: ignore[arg-type]
+    return cls(**{name: getattr(message, name) for name in names}, **overrides)
 
 
 def _jsonable(value: Any) -> Any:
@@ -37,15 +55,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# ``raw``: the message a result came from, for callers who need a field this library does
-# not surface yet. Left out of equality and repr, so results compare and print as data.
-
-
 # --------------------------------------------------------------------------- chat input
 
 
 @dataclass(frozen=True)
-class ChatMessage(_JsonMixin):
+class ChatMessage(_Result):
     """One chat turn, rendered by the server with the model's chat template."""
 
     role: str
@@ -103,20 +117,16 @@ class FinishReason(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class TopToken(_JsonMixin):
+class TopToken(_Result):
     """A candidate token at one position, with its natural-log probability."""
 
     id: int
     text: str
     logprob: float
 
-    @classmethod
-    def from_pb(cls, message: generation_pb2.TopToken) -> TopToken:
-        return cls(id=message.id, text=message.text, logprob=message.logprob)
-
 
 @dataclass(frozen=True)
-class TokenDetail(_JsonMixin):
+class TokenDetail(_Result):
     """One generated token (only with ``return_token_details`` or ``top_n_tokens``)."""
 
     id: int
@@ -126,29 +136,22 @@ class TokenDetail(_JsonMixin):
 
     @classmethod
     def from_pb(cls, message: generation_pb2.TokenDetail) -> TokenDetail:
-        return cls(
-            id=message.id,
-            text=message.text,
-            logprob=message.logprob,
-            top_tokens=tuple(TopToken.from_pb(t) for t in message.top_tokens),
+        return _copy(
+            cls, message, top_tokens=tuple(TopToken.from_pb(t) for t in message.top_tokens)
         )
 
 
 @dataclass(frozen=True)
-class Usage(_JsonMixin):
+class Usage(_Result):
     """Token counts of one generation."""
 
     input_tokens: int
     generated_tokens: int
     input_truncated: bool
 
-    @classmethod
-    def from_pb(cls, message: generation_pb2.Usage) -> Usage:
-        return cls(message.input_tokens, message.generated_tokens, message.input_truncated)
-
 
 @dataclass(frozen=True)
-class Timings(_JsonMixin):
+class Timings(_Result):
     """Where the time went, in milliseconds (as measured by the server)."""
 
     queue_ms: float
@@ -157,19 +160,9 @@ class Timings(_JsonMixin):
     tokens_per_second: float
     total_ms: float
 
-    @classmethod
-    def from_pb(cls, message: generation_pb2.Timings) -> Timings:
-        return cls(
-            queue_ms=message.queue_ms,
-            time_to_first_token_ms=message.time_to_first_token_ms,
-            generation_ms=message.generation_ms,
-            tokens_per_second=message.tokens_per_second,
-            total_ms=message.total_ms,
-        )
-
 
 @dataclass(frozen=True)
-class GenerateChunk(_JsonMixin):
+class GenerateChunk(_Result):
     """One piece of a stream. Only the last one has ``finish_reason``, usage and timings."""
 
     text: str
@@ -204,7 +197,7 @@ class GenerateChunk(_JsonMixin):
 
 
 @dataclass(frozen=True)
-class GenerateResult(_JsonMixin):
+class GenerateResult(_Result):
     """A whole generation: from ``generate()``, or ``stream.result`` once a stream ended."""
 
     text: str
@@ -236,7 +229,7 @@ class GenerateResult(_JsonMixin):
 
 
 @dataclass(frozen=True)
-class TokenizeResult(_JsonMixin):
+class TokenizeResult(_Result):
     """Token ids, token strings and [start, end) character offsets into the input."""
 
     ids: tuple[int, ...]
@@ -260,7 +253,7 @@ class TokenizeResult(_JsonMixin):
 
 
 @dataclass(frozen=True)
-class Quantization(_JsonMixin):
+class Quantization(_Result):
     """bitsandbytes quantization of the served model (mode "none", "8bit" or "4bit")."""
 
     mode: str
@@ -271,17 +264,11 @@ class Quantization(_JsonMixin):
 
     @classmethod
     def from_pb(cls, message: generation_pb2.Quantization) -> Quantization:
-        return cls(
-            mode=message.mode or "none",
-            quant_type=message.quant_type,
-            compute_dtype=message.compute_dtype,
-            double_quant=message.double_quant,
-            int8_threshold=message.int8_threshold,
-        )
+        return _copy(cls, message, mode=message.mode or "none")
 
 
 @dataclass(frozen=True)
-class ModelInfo(_JsonMixin):
+class ModelInfo(_Result):
     """The served model and the limits a request must respect."""
 
     model_id: str
@@ -305,12 +292,8 @@ class ModelInfo(_JsonMixin):
 
     @classmethod
     def from_pb(cls, message: generation_pb2.ModelInfo) -> ModelInfo:
-        scalars = {
-            f.name: getattr(message, f.name)
-            for f in dataclasses.fields(cls)
-            if f.name not in ("quantization", "raw")
-        }
-        return cls(**scalars, quantization=Quantization.from_pb(message.quantization), raw=message)
+        quantization = Quantization.from_pb(message.quantization)
+        return _copy(cls, message, quantization=quantization, raw=message)
 
 
 # ------------------------------------------------------------------------ documents
@@ -338,7 +321,7 @@ class OutputFormat(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class DocumentMetadata(_JsonMixin):
+class DocumentMetadata(_Result):
     """Facts about the parsed document and how it was parsed."""
 
     detected_type: str
@@ -350,13 +333,9 @@ class DocumentMetadata(_JsonMixin):
     processing_ms: float
     parser_version: str
 
-    @classmethod
-    def from_pb(cls, message: documents_pb2.DocumentMetadata) -> DocumentMetadata:
-        return cls(**{f.name: getattr(message, f.name) for f in dataclasses.fields(cls)})
-
 
 @dataclass(frozen=True)
-class ParsedDocument(_JsonMixin):
+class ParsedDocument(_Result):
     """The requested outputs (None where a format was not requested) and metadata."""
 
     markdown: str | None
