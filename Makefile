@@ -46,5 +46,26 @@ format: install ## ruff fix + format
 
 check: lint test ## everything a reviewer runs
 
+# --- The CUDA image (README.md, "Docker image"). CI has no Docker: `make test` runs the
+# image checks (tests/test_image_*.py) and verify-env; docker-build needs a Docker engine.
+IMAGE ?= zopilotgpu:latest
+DOCKER_BUILD_ARGS ?=
+.PHONY: docker-build docker-verify verify-env image-check
+
+docker-build: ## build the verified CUDA image $(IMAGE); DOCKER_BUILD_ARGS adds --build-arg ...
+	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+
+docker-verify: ## re-check $(IMAGE) at run time, on the GPU (docker run --gpus all)
+	docker run --rm --gpus all --entrypoint python $(IMAGE) -m zopilot_server.verify_env --require-gpu
+
+# The dev profile checks the constraints this venv was installed with: the output of the
+# one script that swaps the CUDA torch stack for the CPU torch (pipefail: its failure counts).
+verify-env: install ## check .venv against constraints.txt (dev profile: CPU torch, no torchvision)
+	set -o pipefail; $(PY) scripts/dev_constraints.py constraints.txt \
+		| $(PY) -m zopilot_server.verify_env --profile dev --constraints -
+
+image-check: install ## the image checks CI runs without Docker (static + pip dry-run)
+	$(PY) scripts/image_checks.py
+
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
