@@ -104,22 +104,32 @@ def test_health_of_the_server_and_of_a_service(client):
 @pytest.mark.parametrize("how", ["break", "close", "exception"])
 def test_leaving_a_stream_early_cancels_generation_on_the_server(client, tiny_server, how):
     request_id = new_id()
+
+    def start() -> zc.GenerateStream:
+        return client.generate_stream("Hello", request_id=request_id, **LONG)
+
     with finish_spy(tiny_server) as spy:
-        stream = client.generate_stream("Hello", request_id=request_id, **LONG)
-        if how == "break":
-            for _ in stream:
+        if how == "break":  # the plain idiom: no `with`, no variable
+            for _ in start():
                 break
-            del stream  # a plain for loop without `with`: dropping the stream cancels
         elif how == "close":
+            stream = start()
             next(stream)
             stream.close()
             assert list(stream) == []  # a closed stream just ends
         else:
-            with pytest.raises(RuntimeError), stream:
+            with pytest.raises(RuntimeError), start() as stream:
                 next(stream)
                 raise RuntimeError("the caller failed mid-stream")
         assert spy.reason(request_id) is ServerFinish.CANCELLED
     assert engine_idle(tiny_server)
+
+
+def test_a_stream_with_a_timeout_ends_with_time_limit_and_keeps_its_text(client):
+    with client.generate_stream("Hello", max_new_tokens=2000, ignore_eos=True, timeout=1) as s:
+        chunks = list(s)
+    assert chunks[-1].finish_reason is zc.FinishReason.TIME_LIMIT
+    assert s.result is not None and s.result.usage.generated_tokens > 0 and s.text
 
 
 def test_round_robin_spreads_calls_over_two_servers(make_server):
