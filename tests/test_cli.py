@@ -190,6 +190,21 @@ def test_target_from_the_environment_and_flags_after_the_command(tiny_server):
     assert after.returncode == 0, after.stderr
 
 
+def test_parse_writes_markdown_to_stdout_or_a_file(tiny_server, tmp_path):
+    note = tmp_path / "note.txt"
+    note.write_text("Hello from zopilot\n")
+    result = run_cli("parse", str(note), target=tiny_server.target)
+    if result.returncode == cli.ExitCode.UNSUPPORTED:
+        pytest.skip(f"DocumentParse not available on this server yet: {result.stderr}")
+    assert result.returncode == 0, result.stderr
+    assert "Hello from zopilot" in result.stdout
+    out = tmp_path / "note.md"
+    written = run_cli("parse", str(note), "-o", str(out), target=tiny_server.target)
+    assert written.returncode == 0 and "Hello from zopilot" in out.read_text()
+    data = json.loads(run_cli("parse", str(note), "--json", target=tiny_server.target).stdout)
+    assert data["metadata"]["detected_type"] == "txt"
+
+
 def test_parse_unsupported_by_the_server_exits_7(tmp_path):
     document = tmp_path / "note.txt"
     document.write_text("hello")
