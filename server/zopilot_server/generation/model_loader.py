@@ -17,11 +17,14 @@ from typing import Any
 
 from ..config import ServerConfig
 from . import default_model
+from .compat import dtype_kwarg
 from .quantization import (
     QuantizationInfo,
     bitsandbytes_config,
     check_supported,
+    quant_state_bytes,
     quantization_info,
+    quiet_library_noise,
 )
 
 log = logging.getLogger(__name__)
@@ -54,11 +57,14 @@ class LoadedModel:
 
     @property
     def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        # num_parameters() counts a packed 4-bit weight (two values per byte) as the
+        # weights it holds; summing numel() would halve the quantized layers.
+        return int(self.model.num_parameters())
 
     @property
     def memory_footprint_bytes(self) -> int:
-        return int(self.model.get_memory_footprint())
+        # Parameters and buffers, plus bitsandbytes' scales that transformers leaves out.
+        return int(self.model.get_memory_footprint()) + quant_state_bytes(self.model)
 
     @property
     def has_chat_template(self) -> bool:
@@ -133,12 +139,13 @@ def load_model(config: ServerConfig) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
-    kwargs: dict[str, Any] = {"torch_dtype": getattr(torch, dtype_name)}
+    kwargs: dict[str, Any] = dtype_kwarg(getattr(torch, dtype_name))
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     bnb = bitsandbytes_config(quant)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
+        quiet_library_noise()
     if bnb is not None or device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
     try:

@@ -9,7 +9,9 @@ minutes later with a stack trace.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from packaging.version import Version
 
@@ -34,6 +36,7 @@ class QuantizationInfo:
     int8_threshold: float = 0.0
 
     def describe(self) -> str:
+        """One phrase for the startup log, naming only the settings that apply."""
         if self.mode == "none":
             return "none"
         if self.mode == "8bit":
@@ -50,7 +53,11 @@ def _installed(dist: str) -> Version | None:
 
 
 def check_supported(config: ServerConfig, device: str) -> None:
-    """Raise QuantizationUnsupported unless ``config.quantize`` can work on ``device``."""
+    """Raise QuantizationUnsupported unless ``config.quantize`` can work on ``device``.
+
+    Reads package metadata only (no ``import bitsandbytes``, no weights), so a refused
+    start costs about a second and says exactly what would make it work.
+    """
     if config.quantize == "none":
         return
     bnb = _installed("bitsandbytes")
@@ -64,11 +71,11 @@ def check_supported(config: ServerConfig, device: str) -> None:
     transformers = _installed("transformers") or Version("0")
     if bnb < CPU_MIN_BITSANDBYTES or transformers < CPU_MIN_TRANSFORMERS:
         raise QuantizationUnsupported(
-            f"--quantize {config.quantize} needs a CUDA GPU with bitsandbytes {bnb} and "
-            f"transformers {transformers}; this device is '{device}'. Run on a GPU "
-            f"(--device cuda), use --quantize none, or, on CPU, install bitsandbytes >= "
-            f"{CPU_MIN_BITSANDBYTES} with transformers >= {CPU_MIN_TRANSFORMERS} "
-            "(`make test-quant` builds such an environment)."
+            f"--quantize {config.quantize} is not possible on device '{device}': "
+            f"bitsandbytes {bnb} with transformers {transformers} quantizes on CUDA GPUs "
+            f"only (on CPU it needs bitsandbytes >= {CPU_MIN_BITSANDBYTES} and "
+            f"transformers >= {CPU_MIN_TRANSFORMERS}). Run on a CUDA GPU (--device cuda) "
+            "or start with --quantize none."
         )
 
 
@@ -106,3 +113,70 @@ def bitsandbytes_config(info: QuantizationInfo) -> object | None:
         bnb_4bit_compute_dtype=getattr(torch, info.compute_dtype),
         bnb_4bit_use_double_quant=info.double_quant,
     )
+
+
+def quant_state_bytes(model: Any) -> int:
+    """Bytes of bitsandbytes' scaling constants, which ``get_memory_footprint`` misses.
+
+    transformers counts parameters and buffers only. A 4-bit weight also carries a
+    quant state (one absmax per 64-value block: about 6% on top of the packed nf4/fp4
+    weights, or 1.6% with double quant, whose second-level state we count too), an
+    8-bit weight its per-row scales (``SCB``). Tensors shared between weights are
+    counted once.
+    """
+    seen: set[int] = set()
+    total = 0
+
+    def add(tensor: Any) -> None:
+        nonlocal total
+        if tensor is None or not hasattr(tensor, "element_size") or tensor.data_ptr() in seen:
+            return
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            state = getattr(param, "quant_state", None)
+            while state is not None:  # 4-bit; double quant nests a second state
+                for name in ("absmax", "code", "offset"):
+                    add(getattr(state, name, None))
+                state = getattr(state, "state2", None)
+            add(getattr(param, "SCB", None))  # 8-bit row scales, until the first forward,
+        add(getattr(getattr(module, "state", None), "SCB", None))  # which moves them here
+    return total
+
+
+class _Throttle(logging.Filter):
+    """Lets the first ``limit`` records that start with ``prefix`` through, drops the rest."""
+
+    def __init__(self, prefix: str, limit: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.limit = limit
+        self.seen = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.prefix):
+            return True
+        self.seen += 1
+        return self.seen <= self.limit
+
+
+# (logger, message prefix, how many to keep). Both come from the libraries, not from us.
+_NOISE = (
+    # bitsandbytes >= 0.46 logs this on EVERY int8 matmul (each layer, each decoding
+    # step) unless the model runs in float16; once says everything there is to say.
+    ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast from", 1),
+    # accelerate dispatches bnb models with hooks even onto a single device and then
+    # claims that parameters were "offloaded to the cpu": with our single-device map
+    # (the whole model on --device) nothing is offloaded, so the line only misleads.
+    ("accelerate.big_modeling", "Some parameters are on the meta device because", 0),
+)
+
+
+def quiet_library_noise() -> None:
+    """Install the filters for ``_NOISE`` once; harmless to call again."""
+    for logger_name, prefix, limit in _NOISE:
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, _Throttle) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_Throttle(prefix, limit))

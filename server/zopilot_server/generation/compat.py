@@ -1,0 +1,41 @@
+"""Where transformers 4.45 (the image) and 4.57 (the quantization test env) differ.
+
+The server must run on both: the image pins transformers 4.45, and bitsandbytes only
+quantizes on CPU with transformers >= 4.53, so `make test-quant` runs 4.57. Every API
+difference we depend on is guarded here, in one place, instead of version checks
+scattered through the loader:
+
+- ``from_pretrained(torch_dtype=...)`` became ``dtype=...`` in 4.56; 4.57 still accepts
+  the old name but logs a deprecation warning on every load.
+- Since 4.50, ``tokenizer.save_pretrained`` writes the chat template to a separate
+  ``chat_template.jinja`` file, which 4.45 does not read: a model directory converted by
+  4.57 would lose its chat template under 4.45. ``save_jinja_files=False`` keeps the
+  template inside ``tokenizer_config.json``, which every version reads.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from functools import cache
+from typing import Any
+
+from packaging.version import Version
+
+DTYPE_KWARG_SINCE = Version("4.56.0")
+
+
+@cache
+def transformers_version() -> Version:
+    """The installed transformers version (read once; it cannot change in a process)."""
+    return Version(importlib.metadata.version("transformers"))
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """``from_pretrained`` keyword for the weights dtype, named as this version wants it."""
+    name = "dtype" if transformers_version() >= DTYPE_KWARG_SINCE else "torch_dtype"
+    return {name: dtype}
+
+
+# Keyword arguments for ``tokenizer.save_pretrained`` that produce a directory every
+# supported transformers version reads completely (4.45 ignores the unknown keyword).
+PORTABLE_TOKENIZER_SAVE: dict[str, Any] = {"save_jinja_files": False}
