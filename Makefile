@@ -28,8 +28,9 @@ $(STAMP): $(INSTALL_INPUTS)
 run: install ## serve the embedded default model on $(HOST):$(PORT)
 	$(PY) -m zopilot_server --host $(HOST) --port $(PORT)
 
-test: install ## run all tests
+test: install ## run all tests (then the quantization suite in its own venv: test-quant)
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-quant
 
 # The generated stubs are committed so the client installs without grpcio-tools;
 # tests/test_proto_stubs.py fails when they are stale (scripts/gen_proto.py says how).
@@ -67,5 +68,23 @@ verify-env: install ## check .venv against constraints.txt (dev profile: CPU tor
 image-check: install ## the image checks CI runs without Docker (static + pip dry-run)
 	$(PY) scripts/image_checks.py
 
+# --- Quantization (README.md, "Quantization"). The image's bitsandbytes 0.45 quantizes
+# on CUDA only; a second venv with transformers 4.57.6 and bitsandbytes 0.50.2 (pins in
+# constraints-quant.txt, same CPU torch) runs 8-bit / 4-bit for real on CPU. About a
+# minute to install, once; `make test` runs this suite after the main one.
+QVENV ?= .venv-quant
+QSTAMP := $(QVENV)/.installed
+QUANT_PYTEST_ARGS ?=
+.PHONY: install-quant test-quant
+
+install-quant: $(QSTAMP) ## build .venv-quant (idempotent, like install)
+
+$(QSTAMP): $(INSTALL_INPUTS) constraints-quant.txt requirements-quant.txt
+	bash scripts/install_dev.sh $(QVENV) quant
+	touch $@
+
+test-quant: install-quant ## bitsandbytes 8-bit/4-bit served for real on CPU (tests_quant/)
+	$(QVENV)/bin/python -m pytest tests_quant $(QUANT_PYTEST_ARGS)
+
 clean: ## remove the venv and caches
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(QVENV) .cache .pytest_cache .ruff_cache
