@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import InProcessServer
+from support import InProcessServer, build_tiny_llama
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation import default_model
@@ -29,34 +29,6 @@ def model_cache_dir() -> Path:
 def smollm2_dir(model_cache_dir: Path) -> Path:
     """The embedded SmolLM2-135M-Instruct, converted once into the cache."""
     return default_model.ensure_converted(model_cache_dir)
-
-
-def build_tiny_llama(tokenizer_dir: Path, out_dir: Path) -> Path:
-    """A 2-layer random Llama with SmolLM2's real tokenizer: fast, its text is nonsense."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    return out_dir
 
 
 @pytest.fixture(scope="session")
