@@ -110,7 +110,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # --- 5. Optional: docstrange's OCR models (scanned PDFs, images) -------------------------
 # The documents code owns the layout of this folder; its module has no package imports,
-# so it runs here as a script, before the application layers.
+# so it runs here as a script, before the application layers. The server's user owns the
+# folder: EasyOCR creates its user_network folder there when it loads.
 ARG PREFETCH_OCR_MODELS=0
 ENV ZOPILOT_DOC_MODEL_DIR=/opt/zopilot/ocr-models
 RUN --mount=type=bind,source=server/zopilot_server/documents/ocr_models.py,target=/tmp/ocr_models.py \
@@ -118,7 +119,8 @@ RUN --mount=type=bind,source=server/zopilot_server/documents/ocr_models.py,targe
       python /tmp/ocr_models.py fetch --dir "${ZOPILOT_DOC_MODEL_DIR}"; \
     else \
       mkdir -p "${ZOPILOT_DOC_MODEL_DIR}"; \
-    fi
+    fi \
+ && chown -R zopilot:zopilot "${ZOPILOT_DOC_MODEL_DIR}"
 
 # --- 6. The application, last ------------------------------------------------------------
 COPY client/ /opt/zopilot/src/client/
