@@ -7,6 +7,8 @@ code with given details, failing the first attempts, breaking a stream midway).
 from __future__ import annotations
 
 import datetime
+import struct
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,6 +89,43 @@ def test_deadline_exceeded_while_waiting_for_a_generation_slot(tiny_server):
 def test_not_found_for_an_unknown_health_service(tiny_server):
     with zc.Client(tiny_server.target, timeout=30) as client, pytest.raises(zc.NotFound):
         client.health("no.such.Service")
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 PNG: an image, so parsing it needs the OCR models."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\xff\xff")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def skip_if_unimplemented(error: zc.RpcError) -> None:
+    if isinstance(error, zc.Unimplemented):
+        pytest.skip(f"DocumentParse not available on this server yet: {error.message}")
+
+
+def test_invalid_document_names_the_field(tiny_server):
+    client = zc.Client(tiny_server.target, timeout=60)
+    with client, pytest.raises(zc.RpcError) as caught:
+        client.parse_document(b"", filename="empty.txt")
+    skip_if_unimplemented(caught.value)
+    assert isinstance(caught.value, zc.InvalidArgument)
+    assert [v.field for v in caught.value.field_violations] == ["content"]
+
+
+def test_failed_precondition_for_an_image_without_ocr_models(make_server, tmp_path):
+    server = make_server(doc_model_dir=str(tmp_path))  # an empty model folder
+    client = zc.Client(server.target, timeout=60)
+    with client, pytest.raises(zc.RpcError) as caught:
+        client.parse_document(tiny_png(), filename="scan.png")
+    skip_if_unimplemented(caught.value)
+    assert isinstance(caught.value, zc.FailedPrecondition)
 
 
 # ------------------------------------------------------------------ the fake server
