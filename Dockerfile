@@ -19,9 +19,10 @@
 # build instead of shipping drift. Only the build tools of step 1, which constraints.txt
 # does not pin (dev machines keep their own pip), have their versions here.
 #
-# One stage on purpose: the seed builds on the devel image, and the JIT paths (triton under
-# torch.compile, bitsandbytes) want the CUDA toolkit at run time. A slimmer runtime stage
-# would save about 3 GB and break those paths only when first used.
+# One stage on purpose: the seed builds on the devel image, which carries nvcc and the CUDA
+# headers for anything that compiles kernels at install or run time. A runtime-image stage
+# would be about 3 GB smaller, but the venv copied into it would need every check above
+# repeated, against a CUDA userland that differs from the one verified here.
 
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-devel-ubuntu22.04
 FROM ${CUDA_IMAGE}
