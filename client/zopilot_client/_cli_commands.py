@@ -55,10 +55,11 @@ def describe_error(error: ZopilotError, args: argparse.Namespace) -> str:
     if isinstance(error, InvalidArgument) and error.field_violations:
         lines = [f"  {v.field}: {v.description}" for v in error.field_violations]
         return "the server rejected the request:\n" + "\n".join(lines)
-    if isinstance(error, Unavailable):
+    if isinstance(error, Unavailable) and "connect" in error.message.lower():
+        # No connection at all (as opposed to a server that answered "still loading").
         target = getattr(args, "target", None) or os.environ.get("ZOPILOT_TARGET") or "default"
         return (
-            f"server unavailable ({error.message}); is it running at {target}? "
+            f"cannot connect ({error.message}); is the server running at {target}? "
             "Set --target or ZOPILOT_TARGET"
         )
     if isinstance(error, Unauthenticated):
