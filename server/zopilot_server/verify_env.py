@@ -381,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ConstraintsError) as exc:
         print(f"verify_env: cannot check: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # the image installs packaging before the first check
+        print(f"verify_env: cannot check: {exc} (pip install packaging)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
