@@ -62,9 +62,13 @@ class Job:
     sink: Sink
     control: RunControl
     submitted_at: float = field(default_factory=time.monotonic)
+    withdraw: Callable[[Job], None] | None = None
 
     def cancel(self) -> None:
+        """Stop the job: a running one within one decoding step, a queued one at once."""
         self.control.cancel()
+        if self.withdraw is not None:
+            self.withdraw(self)
 
 
 class GenerationEngine:
@@ -89,7 +93,7 @@ class GenerationEngine:
     # -- admission ----------------------------------------------------------------
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         """Admit ``request`` or raise QueueFull / EngineClosed. Never blocks."""
-        job = Job(request, sink, RunControl(request.deadline))
+        job = Job(request, sink, RunControl(request.deadline), withdraw=self._withdraw)
         with self._cond:
             if self._closed:
                 raise EngineClosed("server is shutting down")
@@ -99,6 +103,13 @@ class GenerationEngine:
             self._pending.append(job)
             self._cond.notify()
         return job
+
+    def _withdraw(self, job: Job) -> None:
+        """Drop a cancelled job that is still waiting, freeing its queue slot now."""
+        with self._cond:
+            if job in self._pending:
+                self._pending.remove(job)
+                log.info("request %s: cancelled while queued", job.request.request_id)
 
     def _retry_after(self) -> float:
         workers = max(1, len(self._workers))

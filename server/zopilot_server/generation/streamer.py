@@ -64,6 +64,7 @@ class TokenStreamer(TextIteratorStreamer):
         self.first_token_at: float | None = None
         self._matched_stop = ""
         self._completed = False
+        self.completion: Completion | None = None
 
     # -- called by generate() in the generate thread ---------------------------------
     def put(self, value: Any) -> None:
@@ -111,12 +112,9 @@ class TokenStreamer(TextIteratorStreamer):
         tail = ""
         if reason is not FinishReason.STOP_SEQUENCE:
             tail, reason = self._release_held_back(reason)
+        self.completion = self._completion(reason)
         self._sink(
-            Chunk(
-                text=tail,
-                tokens=tuple(self._pending_details),
-                completion=self._completion(reason),
-            )
+            Chunk(text=tail, tokens=tuple(self._pending_details), completion=self.completion)
         )
         self._pending_details.clear()
         if self._uses_queue:
