@@ -22,13 +22,13 @@ def test_sources_compile_under_python_310(tmp_path):
         for p in (REPO / folder).rglob("*.py")
     ]
     script = (
-        "import sys, py_compile\n"
+        "import sys\n"
         "bad = []\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"
-        "        py_compile.compile(path, cfile='/dev/null', doraise=True)\n"
-        "    except py_compile.PyCompileError as exc:\n"
-        "        bad.append(str(exc))\n"
+        "        compile(open(path, encoding='utf-8').read(), path, 'exec')\n"
+        "    except SyntaxError as exc:\n"
+        "        bad.append(f'{path}: {exc}')\n"
         "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n"
     )
     result = subprocess.run([PY310, "-c", script, *sources], capture_output=True, text=True)
