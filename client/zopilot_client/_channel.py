@@ -63,7 +63,7 @@ class RetryPolicy:
         }
 
 
-PathOrBytes = str | os.PathLike | bytes
+PathOrBytes = str | os.PathLike[str] | bytes
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, TypedDict
 if sys.version_info >= (3, 11):
     from typing import Unpack
 elif TYPE_CHECKING:
-    from typing_extensions import Unpack  # noqa: F401
+    from typing_extensions import Unpack as Unpack
 
 from ._types import ChatMessage, OutputFormat, PromptLike
 from .pb import documents_pb2, generation_pb2
@@ -110,7 +110,7 @@ TOKENIZE_PARAMS = frozenset(TokenizeOptions.__annotations__) - CALL_OPTIONS
 PARSE_PARAMS = frozenset(ParseOptions.__annotations__) - CALL_OPTIONS
 NO_PARAMS: frozenset[str] = frozenset()
 
-DocumentSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes]
+DocumentSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 """A path, the document's bytes, or a binary file object."""
 
 

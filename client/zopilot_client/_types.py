@@ -316,8 +316,9 @@ class OutputFormat(str, enum.Enum):
             choices = ", ".join(f.value for f in cls)
             raise ValueError(f"unknown output format {value!r}; choose from {choices}") from None
 
-    def to_pb(self) -> int:
-        return documents_pb2.OutputFormat.Value(f"OUTPUT_FORMAT_{self.name}")
+    def to_pb(self) -> documents_pb2.OutputFormat:
+        value: documents_pb2.OutputFormat = getattr(documents_pb2, f"OUTPUT_FORMAT_{self.name}")
+        return value
 
 
 @dataclass(frozen=True)
