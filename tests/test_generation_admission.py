@@ -87,7 +87,11 @@ def test_queue_overflow_is_resource_exhausted_with_retry_info(make_server):
                 list(call(LONG, timeout=10)) if call is stub.GenerateStream else call(LONG)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "queue is full" in info.value.details()
-            assert retry_delay_s(info.value) > 0
+            delay = retry_delay_s(info.value)
+            assert delay > 0
+            # the same hint for gRPC's own retry policy, which reads only this trailer
+            trailers = dict(info.value.trailing_metadata())
+            assert int(trailers["grpc-retry-pushback-ms"]) == round(delay * 1000)
         waiting.cancel()
         running.cancel()
         assert wait_until(lambda: engine.active_count == 0)

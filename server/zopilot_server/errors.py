@@ -79,9 +79,11 @@ class ResourceExhausted(ServiceError):
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         details = []
+        self.retry_after_ms: int | None = None
         if retry_after_s is not None:
+            self.retry_after_ms = max(1, round(retry_after_s * 1000))
             delay = duration_pb2.Duration()
-            delay.FromMilliseconds(max(1, round(retry_after_s * 1000)))
+            delay.FromMilliseconds(self.retry_after_ms)
             details.append(error_details_pb2.RetryInfo(retry_delay=delay))
         super().__init__(message, details=details)
 
@@ -157,16 +159,22 @@ def to_service_error(exc: BaseException, request_id: str = "") -> ServiceError:
     )
 
 
-def status_trailer(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
-    """The ``grpc-status-details-bin`` trailer carrying ``error``'s rich details."""
-    if not error.details:
-        return ()
-    status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
-    for detail in error.details:
-        packed = any_pb2.Any()
-        packed.Pack(detail)
-        status.details.append(packed)
-    return (("grpc-status-details-bin", status.SerializeToString()),)
+def status_trailer(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
+    """Trailers for ``error``: ``grpc-status-details-bin`` with its rich details and, when
+    retrying later helps, ``grpc-retry-pushback-ms``, the hint gRPC's built-in retry policy
+    follows (RetryInfo is for clients that read details; gRPC itself only reads this)."""
+    trailers: list[tuple[str, str | bytes]] = []
+    if error.details:
+        status = status_pb2.Status(code=getattr(code_pb2, error.code.name), message=error.message)
+        for detail in error.details:
+            packed = any_pb2.Any()
+            packed.Pack(detail)
+            status.details.append(packed)
+        trailers.append(("grpc-status-details-bin", status.SerializeToString()))
+    pushback_ms = getattr(error, "retry_after_ms", None)
+    if pushback_ms is not None:
+        trailers.append(("grpc-retry-pushback-ms", str(pushback_ms)))
+    return tuple(trailers)
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
