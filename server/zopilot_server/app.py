@@ -175,12 +175,13 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
 
 
 async def _load(running: RunningServer, loader: ModelLoader) -> None:
+    # Parser workers start in the background while the model loads (they need no model).
+    await running.documents.start()
     loaded = await asyncio.to_thread(loader, running.config)
     config = running.config
     running.generation.engine = GenerationEngine(
         loaded, max_concurrent=config.max_concurrent, max_queue=config.max_queue
     )
-    await running.documents.start()
     await running.set_serving(True)
     running.ready.set()
     target = f"{config.host}:{running.port}"

@@ -95,6 +95,17 @@ class ServerConfig:
         "docstrange OCR model cache (scanned PDFs, images); empty = ~/.cache/docstrange/models",
         "",
     )
+    doc_max_queue: int = _opt(
+        "documents that may wait for a free parser worker; beyond it RESOURCE_EXHAUSTED", 16
+    )
+    doc_prestart: bool = _opt(
+        "start the parser workers at startup (otherwise on the first DocumentParse)", True
+    )
+    doc_fault_injection: bool = _opt(
+        "TESTING ONLY: filenames starting with 'zopilot-fault-' make the parser hang, crash "
+        "or probe the network; never enable in production",
+        False,
+    )
 
     def validated(self) -> ServerConfig:
         """Return self after checking cross-field rules; raise ValueError naming the flag."""
@@ -113,6 +124,7 @@ class ServerConfig:
             (self.doc_max_bytes >= 1, "--doc-max-bytes must be >= 1"),
             (self.doc_workers >= 1, "--doc-workers must be >= 1"),
             (self.doc_timeout_s > 0, "--doc-timeout-s must be > 0"),
+            (self.doc_max_queue >= 0, "--doc-max-queue must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

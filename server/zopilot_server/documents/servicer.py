@@ -1,31 +1,105 @@
-"""The zopilot.v1.Documents servicer (placeholder until issue 4 lands)."""
+"""The zopilot.v1.Documents servicer: protobuf in, DocumentParser, protobuf out.
+
+All logic lives below (validation, detection, parser, pool, worker, extract); this
+module only translates, logs one line per request and teaches the error wrapper what
+our domain errors mean as gRPC statuses.
+"""
 
 from __future__ import annotations
+
+import logging
+import time
 
 import grpc
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 
+from .. import errors
 from ..config import ServerConfig
-from ..errors import ServiceError, rpc_errors
+from ..errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    rpc_errors,
+)
+from .domain import (
+    DocumentRejected,
+    OcrModelsMissing,
+    ParseOutcome,
+    ParserBusy,
+    ParserClosed,
+    ParseTimeout,
+)
+from .parser import DocumentParser
+from .validation import DocumentRequest, to_document_request
+
+log = logging.getLogger(__name__)
+
+errors.register(DocumentRejected, lambda e: InvalidArgument.single(e.field, e.message))
+errors.register(OcrModelsMissing, lambda e: FailedPrecondition(str(e)))
+errors.register(ParseTimeout, lambda e: DeadlineExceeded(str(e)))
+errors.register(ParserBusy, lambda e: ResourceExhausted(str(e), retry_after_s=e.retry_after_s))
+errors.register(ParserClosed, lambda e: Unavailable(str(e)))
 
 
 class DocumentsServicer(pb_grpc.DocumentsServicer):
-    """Parses documents; ``start`` / ``close`` manage its worker processes."""
+    """Parses documents; ``start`` / ``close`` manage the parser's worker processes."""
 
     def __init__(self, config: ServerConfig) -> None:
         self._config = config
+        self.parser = DocumentParser(config)
 
     async def start(self) -> None:
-        """Start the parser workers (none yet)."""
+        await self.parser.start()
 
     async def close(self) -> None:
-        """Stop the parser workers (none yet)."""
+        await self.parser.close()
 
     @rpc_errors
     async def DocumentParse(
         self, request: pb.DocumentParseRequest, context: grpc.aio.ServicerContext
     ) -> pb.DocumentParseResponse:
-        raise ServiceError(
-            "DocumentParse is not implemented yet", code=grpc.StatusCode.UNIMPLEMENTED
+        started = time.perf_counter()
+        document = to_document_request(request, self._config)
+        try:
+            outcome = await self.parser.parse(document, context.time_remaining())
+        except Exception as exc:
+            log.info(
+                "document %s (%s, %d bytes): %s",
+                document.request_id,
+                document.filename or document.mime_type or "?",
+                len(document.content),
+                type(exc).__name__,
+            )
+            raise
+        log.info(
+            "document %s (%s, %d bytes) parsed in %.0f ms by %s",
+            document.request_id,
+            document.filename or document.mime_type or "?",
+            len(document.content),
+            (time.perf_counter() - started) * 1000,
+            outcome.method,
         )
+        return to_pb(outcome, document)
+
+
+def to_pb(outcome: ParseOutcome, document: DocumentRequest) -> pb.DocumentParseResponse:
+    response = pb.DocumentParseResponse(
+        metadata=pb.DocumentMetadata(
+            detected_type=outcome.doc_type,
+            page_count=outcome.page_count,
+            sheet_count=outcome.sheet_count,
+            slide_count=outcome.slide_count,
+            method=outcome.method,
+            size_bytes=len(document.content),
+            processing_ms=outcome.processing_ms,
+            parser_version=outcome.parser_version,
+        ),
+        warnings=outcome.warnings,
+        request_id=document.request_id,
+    )
+    for fmt, text in outcome.outputs.items():
+        setattr(response, fmt.value, text)
+    return response

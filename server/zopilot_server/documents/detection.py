@@ -1,0 +1,221 @@
+"""Which parser a document needs: from its extension or MIME type, checked by magic bytes.
+
+The client's filename only ever chooses a type; the bytes must agree with it (a .docx
+that is really a PDF, or random bytes called .pdf, is rejected here, before any parser
+sees it). Text formats are normalised to UTF-8 because docstrange's HTML and CSV readers
+accept nothing else. OOXML containers are opened here (the central directory only, which
+is cheap) so that truncated zips and zip bombs never reach a worker.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+from .domain import DocumentRejected
+
+MIB = 1024 * 1024
+# An OOXML file may expand to at most this much XML: beyond it we call it a zip bomb.
+MAX_EXPANDED_BYTES = 512 * MIB
+# How far into a text document we look for NUL bytes (binary content).
+TEXT_SNIFF_BYTES = 64 * 1024
+# Bytes a PDF may carry before its "%PDF-" header (a BOM, whitespace).
+PDF_LEADING_JUNK = b"\x00\t\n\r\f \xef\xbb\xbf"
+LEGACY_OFFICE = {".doc": ".docx", ".xls": ".xlsx", ".ppt": ".pptx"}
+
+
+class Family(enum.Enum):
+    """How a type's content is checked (and, for IMAGE / PDF, whether OCR may be needed)."""
+
+    TEXT = "text"
+    PDF = "pdf"
+    OOXML = "ooxml"
+    IMAGE = "image"
+
+
+@dataclass(frozen=True)
+class DocType:
+    """A supported document type. ``name`` is what metadata.detected_type reports."""
+
+    name: str
+    family: Family
+    extensions: tuple[str, ...]
+    mime_types: tuple[str, ...]
+    magic: tuple[bytes, ...] = ()
+    zip_marker: str = ""  # the member that identifies an OOXML type
+
+    @property
+    def extension(self) -> str:
+        """The extension the temp file gets (docstrange picks its processor by it)."""
+        return self.extensions[0]
+
+
+_OOXML = "application/vnd.openxmlformats-officedocument."
+TYPES: tuple[DocType, ...] = (
+    DocType("pdf", Family.PDF, (".pdf",), ("application/pdf",), (b"%PDF-",)),
+    DocType("docx", Family.OOXML, (".docx",), (_OOXML + "wordprocessingml.document",),
+            zip_marker="word/document.xml"),
+    DocType("xlsx", Family.OOXML, (".xlsx",), (_OOXML + "spreadsheetml.sheet",),
+            zip_marker="xl/workbook.xml"),
+    DocType("pptx", Family.OOXML, (".pptx",), (_OOXML + "presentationml.presentation",),
+            zip_marker="ppt/presentation.xml"),
+    DocType("csv", Family.TEXT, (".csv",), ("text/csv", "application/csv")),
+    DocType("html", Family.TEXT, (".html", ".htm"), ("text/html", "application/xhtml+xml")),
+    DocType("txt", Family.TEXT, (".txt", ".text"), ("text/plain",)),
+    DocType("png", Family.IMAGE, (".png",), ("image/png",), (b"\x89PNG\r\n\x1a\n",)),
+    DocType("jpg", Family.IMAGE, (".jpg", ".jpeg"), ("image/jpeg",), (b"\xff\xd8\xff",)),
+    DocType("gif", Family.IMAGE, (".gif",), ("image/gif",), (b"GIF87a", b"GIF89a")),
+    DocType("bmp", Family.IMAGE, (".bmp",), ("image/bmp",)),
+    DocType("tiff", Family.IMAGE, (".tiff", ".tif"), ("image/tiff",),
+            (b"II*\x00", b"MM\x00*")),
+    DocType("webp", Family.IMAGE, (".webp",), ("image/webp",)),
+)  # fmt: skip
+BY_EXTENSION = {ext: t for t in TYPES for ext in t.extensions}
+BY_MIME = {mime: t for t in TYPES for mime in t.mime_types}
+BY_NAME = {t.name: t for t in TYPES}
+SUPPORTED_EXTENSIONS = ", ".join(sorted(BY_EXTENSION))
+GENERIC_MIME_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+
+@dataclass
+class Detected:
+    """A validated document: its type, its (possibly re-encoded) bytes and any warnings."""
+
+    doc_type: DocType
+    content: bytes
+    warnings: list[str] = field(default_factory=list)
+
+
+def detect(filename: str, mime_type: str, content: bytes) -> Detected:
+    """Resolve the type (extension, else MIME type, else magic bytes) and check the bytes."""
+    doc_type = _declared_type(filename, mime_type) or _sniff_or_reject(content)
+    return _check_content(doc_type, content)
+
+
+def _declared_type(filename: str, mime_type: str) -> DocType | None:
+    ext = os.path.splitext(os.path.basename(filename.replace("\\", "/")))[1].lower()
+    if ext:
+        if ext in BY_EXTENSION:
+            return BY_EXTENSION[ext]
+        if ext in LEGACY_OFFICE:
+            raise DocumentRejected(
+                "filename",
+                f"legacy Office format {ext} is not supported; save it as {LEGACY_OFFICE[ext]}",
+            )
+        raise DocumentRejected(
+            "filename", f"unsupported extension {ext!r}; supported: {SUPPORTED_EXTENSIONS}"
+        )
+    mime = mime_type.split(";", 1)[0].strip().lower()
+    if mime in BY_MIME:
+        return BY_MIME[mime]
+    if mime not in GENERIC_MIME_TYPES:
+        raise DocumentRejected("mime_type", f"unsupported MIME type {mime!r}")
+    return None
+
+
+def _sniff_or_reject(content: bytes) -> DocType:
+    sniffed = sniff(content)
+    if sniffed is None:
+        raise DocumentRejected(
+            "filename",
+            "cannot tell the document type: send a filename with an extension "
+            f"({SUPPORTED_EXTENSIONS}) or a mime_type",
+        )
+    return sniffed
+
+
+def sniff(content: bytes) -> DocType | None:
+    """The binary type the bytes announce (PDF, an OOXML type, an image), if any."""
+    if content[:1024].lstrip(PDF_LEADING_JUNK).startswith(b"%PDF-"):
+        return BY_NAME["pdf"]
+    if content.startswith(b"PK\x03\x04"):
+        return _ooxml_type(content)
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
+        return BY_NAME["webp"]
+    # "BM" alone starts plenty of text; a real BMP header has four reserved zero bytes.
+    if content[:2] == b"BM" and content[6:10] == b"\0\0\0\0":
+        return BY_NAME["bmp"]
+    return next((t for t in TYPES if t.magic and content.startswith(t.magic)), None)
+
+
+def _ooxml_type(content: bytes) -> DocType | None:
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return None
+    return next((t for t in TYPES if t.zip_marker and t.zip_marker in names), None)
+
+
+def _check_content(doc_type: DocType, content: bytes) -> Detected:
+    if not content:
+        raise DocumentRejected("content", "is empty")
+    if doc_type.family is Family.TEXT:
+        return _check_text(doc_type, content)
+    if doc_type.family is Family.OOXML:
+        _check_ooxml(doc_type, content)
+    elif sniff(content) is not doc_type:
+        _mismatch(doc_type, content)
+    return Detected(doc_type, content)
+
+
+def _mismatch(doc_type: DocType, content: bytes) -> None:
+    actual = sniff(content)
+    looks = f"; it looks like {actual.name}" if actual else ""
+    raise DocumentRejected(
+        "content", f"does not match the declared type {doc_type.name} (magic bytes){looks}"
+    )
+
+
+def _check_ooxml(doc_type: DocType, content: bytes) -> None:
+    if not content.startswith(b"PK\x03\x04"):
+        _mismatch(doc_type, content)
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise DocumentRejected(
+            "content", f"is not a valid {doc_type.name} file: corrupt or truncated zip ({exc})"
+        ) from exc
+    names = {info.filename for info in infos}
+    if doc_type.zip_marker not in names:
+        _mismatch(doc_type, content)
+    expanded = sum(info.file_size for info in infos)
+    if expanded > MAX_EXPANDED_BYTES:
+        raise DocumentRejected(
+            "content",
+            f"the {doc_type.name} file expands to {expanded} bytes, over the "
+            f"{MAX_EXPANDED_BYTES} byte limit",
+        )
+
+
+def _check_text(doc_type: DocType, content: bytes) -> Detected:
+    binary = sniff(content)
+    if binary is not None:
+        _mismatch(doc_type, content)
+    text, encoding = _decode(content)
+    if "\x00" in text[:TEXT_SNIFF_BYTES]:
+        raise DocumentRejected("content", f"is binary (NUL bytes), not {doc_type.name} text")
+    if encoding == "utf-8":
+        return Detected(doc_type, content)
+    warning = f"content is not UTF-8; decoded as {encoding}"
+    return Detected(doc_type, text.encode("utf-8"), [warning])
+
+
+def _decode(content: bytes) -> tuple[str, str]:
+    """Text and the encoding it was read with: UTF-16 by BOM, UTF-8, cp1252, latin-1."""
+    if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return content.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            pass
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return content.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    return content.decode("latin-1"), "latin-1"

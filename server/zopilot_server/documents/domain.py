@@ -1,0 +1,82 @@
+"""DocumentParse domain objects and errors, shared by the server and its worker processes.
+
+Nothing here imports gRPC or docstrange: the worker processes unpickle these types, and
+they must stay cheap to import there. The servicer maps the errors to statuses.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class OutputFormat(str, enum.Enum):
+    """An output DocumentParse can return; the value is the response field's name."""
+
+    MARKDOWN = "markdown"
+    HTML = "html"
+    TEXT = "text"
+    JSON = "json"
+    CSV = "csv"
+
+
+@dataclass(frozen=True)
+class ParseJob:
+    """What a worker needs to parse one document that already lies on disk."""
+
+    path: str
+    doc_type: str
+    formats: tuple[OutputFormat, ...]
+    json_fields: tuple[str, ...] = ()
+    json_schema: dict[str, object] | None = None
+    display_name: str = "document"
+    # Test-only fault to act out (see faults.py); empty unless --doc-fault-injection.
+    fault: str = ""
+
+
+@dataclass
+class ParseOutcome:
+    """A parsed document: the requested outputs plus what the client should know."""
+
+    outputs: dict[OutputFormat, str]
+    method: str
+    doc_type: str = ""
+    page_count: int = 0
+    sheet_count: int = 0
+    slide_count: int = 0
+    processing_ms: float = 0.0
+    parser_version: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+class DocumentError(Exception):
+    """Base of the errors DocumentParse reports to clients (never INTERNAL)."""
+
+
+class DocumentRejected(DocumentError):
+    """The request or the document is unusable as sent: INVALID_ARGUMENT on ``field``."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+class OcrModelsMissing(DocumentError):
+    """OCR is needed but its local models are not installed: FAILED_PRECONDITION."""
+
+
+class ParseTimeout(DocumentError):
+    """The parser ran past its time limit or the call's deadline: DEADLINE_EXCEEDED."""
+
+
+class ParserBusy(DocumentError):
+    """Every worker is busy and the wait queue is full: RESOURCE_EXHAUSTED."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ParserClosed(DocumentError):
+    """The parser pool is shutting down: UNAVAILABLE."""

@@ -1,0 +1,255 @@
+"""The docstrange 1.1.6 adapter; runs inside a parser worker, never in the server.
+
+Only docstrange's format processors are used, called directly on a file path: never a
+``DocumentExtractor`` (its default is cloud mode) and never its URL processor. Text-layer
+PDFs are read with PyMuPDF (docstrange's own PDFProcessor OCRs every page and builds the
+OCR models in its constructor); PDFs without a text layer and images go to docstrange's
+OCR processors, and only when the local models are complete (ocr_models.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import fields, ocr_models, outputs
+from .domain import DocumentRejected, OcrModelsMissing, OutputFormat, ParseJob, ParseOutcome
+
+# docstrange processor class per detected type (the OCR types are handled separately).
+PROCESSORS = {
+    "docx": "DOCXProcessor",
+    "xlsx": "ExcelProcessor",
+    "csv": "ExcelProcessor",
+    "pptx": "PPTXProcessor",
+    "html": "HTMLProcessor",
+    "txt": "TXTProcessor",
+}
+OCR_TYPES = frozenset({"png", "jpg", "gif", "bmp", "tiff", "webp"})
+# docstrange metadata that would leak server paths or repeat what we report elsewhere.
+PRIVATE_METADATA = frozenset({"file_path", "file_name", "processor"})
+_DOCX_TRUNCATED = re.compile(r"\*Table truncated to first (\d+) rows out of (\d+) total\.\*")
+_SPLIT_HEADING = re.compile(r"^(#+)\n## ", re.MULTILINE)
+_DOCX_MERGED = "*Warning: Table contains merged cells which may not render correctly"
+
+
+@dataclass
+class Extraction:
+    """docstrange's markdown for one document, and what we learnt on the way."""
+
+    markdown: str
+    method: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    page_count: int = 0
+    sheet_count: int = 0
+    slide_count: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=1)
+def parser_version() -> str:
+    return importlib.metadata.version("docstrange")
+
+
+def warm_up() -> None:
+    """Import what the processors import lazily, so a worker's first document is fast."""
+    import docstrange.processors  # noqa: F401
+    import docx  # noqa: F401
+    import markdownify  # noqa: F401
+    import openpyxl  # noqa: F401
+    import pandas  # noqa: F401
+    import pptx  # noqa: F401
+    import pymupdf  # noqa: F401
+
+
+def run_processor(doc_type: str, path: str) -> Any:
+    """docstrange's processor for ``doc_type`` on ``path``: its ConversionResult."""
+    import docstrange.processors as processors
+
+    processor = getattr(processors, PROCESSORS[doc_type])()
+    return processor.process(path)
+
+
+def parse(job: ParseJob, model_dir: str) -> ParseOutcome:
+    """Parse the file named by ``job`` into every requested output format."""
+    started = time.perf_counter()
+    extraction = _extract(job, Path(model_dir))
+    warnings = extraction.warnings + _docstrange_notes(extraction.markdown)
+    if not extraction.markdown.strip():
+        warnings.append("no text found in the document")
+    rendered = outputs.render(
+        extraction.markdown,
+        job.formats,
+        title=job.display_name,
+        metadata=extraction.metadata,
+        warnings=warnings,
+    )
+    if OutputFormat.JSON in job.formats and (job.json_fields or job.json_schema is not None):
+        data = fields.structured(extraction.markdown, job.json_fields, job.json_schema)
+        rendered[OutputFormat.JSON] = json.dumps(data, ensure_ascii=False)
+        warnings.append(fields.WARNING)
+    return ParseOutcome(
+        outputs=rendered,
+        method=extraction.method,
+        page_count=extraction.page_count,
+        sheet_count=extraction.sheet_count,
+        slide_count=extraction.slide_count,
+        processing_ms=(time.perf_counter() - started) * 1000,
+        parser_version=parser_version(),
+        warnings=warnings,
+    )
+
+
+def _extract(job: ParseJob, model_dir: Path) -> Extraction:
+    if job.doc_type == "pdf":
+        return _pdf(job, model_dir)
+    if job.doc_type in OCR_TYPES:
+        return _ocr(job, model_dir, "ImageProcessor")
+    return _office(job)
+
+
+def _office(job: ParseJob) -> Extraction:
+    from docstrange.exceptions import ConversionError
+
+    try:
+        result = run_processor(job.doc_type, job.path)
+    except ConversionError as exc:
+        raise _rejected(job, exc) from exc
+    metadata = {k: v for k, v in result.metadata.items() if k not in PRIVATE_METADATA}
+    markdown = result.content
+    if job.doc_type == "docx":
+        markdown = repair_docx_headings(markdown)
+    extraction = Extraction(markdown, f"docstrange:{PROCESSORS[job.doc_type]}", metadata=metadata)
+    if job.doc_type == "xlsx":
+        extraction.sheet_count = int(metadata.get("sheet_count", 0))
+        extraction.warnings += _empty_sheets(metadata)
+    elif job.doc_type == "csv":
+        extraction.sheet_count = 1
+    elif job.doc_type == "pptx":
+        extraction.slide_count = int(metadata.get("slide_count", 0))
+    return extraction
+
+
+def _empty_sheets(metadata: dict[str, Any]) -> list[str]:
+    """docstrange silently drops empty sheets; say which."""
+    return [
+        f"sheet {name!r} is empty and was skipped"
+        for name in metadata.get("sheet_names", [])
+        if f"sheet_{name}_rows" not in metadata
+    ]
+
+
+def repair_docx_headings(markdown: str) -> str:
+    """Undo a docstrange 1.1.6 DOCX cleaner bug: it turns "### T" into "#" + "## T"
+    (it inserts a newline before every "## ", also inside "###" and "####")."""
+    return _SPLIT_HEADING.sub(lambda m: m.group(1) + "## ", markdown)
+
+
+def _docstrange_notes(markdown: str) -> list[str]:
+    """Warnings docstrange writes into the markdown itself, surfaced for the client."""
+    notes = [
+        f"table truncated to {shown} rows (of {total}) by docstrange's DOCX processor"
+        for shown, total in _DOCX_TRUNCATED.findall(markdown)
+    ]
+    if _DOCX_MERGED in markdown:
+        notes.append("a table has merged cells, which markdown cannot show faithfully")
+    return notes
+
+
+def _rejected(job: ParseJob, exc: BaseException) -> DocumentRejected:
+    """A parser failure as INVALID_ARGUMENT, without the server's temp path in it."""
+    message = str(exc).replace(job.path, job.display_name)
+    message = message.replace(os.path.dirname(job.path), "")
+    return DocumentRejected("content", f"could not parse the {job.doc_type}: {message}")
+
+
+def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
+    import pymupdf
+
+    try:
+        document = pymupdf.open(job.path, filetype="pdf")
+    except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
+        raise _rejected(job, exc) from exc
+    with document:
+        if document.needs_pass:
+            raise DocumentRejected(
+                "content", "the PDF is encrypted with a password; send an unencrypted copy"
+            )
+        if document.page_count == 0:
+            raise DocumentRejected("content", "the PDF has no pages (corrupt?)")
+        pages = [page.get_text() for page in document]
+        repaired = bool(getattr(document, "is_repaired", False))
+    if not any(text.strip() for text in pages):
+        extraction = _ocr(job, model_dir, "PDFProcessor")
+        extraction.page_count = len(pages)
+        return extraction
+    markdown = "\n\n".join(
+        f"## Page {number}\n\n{text.strip()}"
+        for number, text in enumerate(pages, start=1)
+        if text.strip()
+    )
+    extraction = Extraction(markdown, "pymupdf-text", {"pages": len(pages)}, len(pages))
+    empty = [str(n) for n, text in enumerate(pages, start=1) if not text.strip()]
+    if empty:
+        extraction.warnings.append(
+            f"pages {', '.join(empty)} have no text layer (scanned?); they were not OCRed"
+        )
+    if repaired:
+        extraction.warnings.append("the PDF was damaged and repaired; text may be incomplete")
+    return extraction
+
+
+def _ocr(job: ParseJob, model_dir: Path, processor_name: str) -> Extraction:
+    absent = ocr_models.missing(model_dir)
+    if absent:
+        raise OcrModelsMissing(ocr_models.install_hint(model_dir, absent))
+    from docstrange.exceptions import ConversionError
+
+    processor = _ocr_processor(processor_name, str(model_dir))
+    try:
+        result = processor.process(job.path)
+    except ConversionError as exc:
+        raise _rejected(job, exc) from exc
+    metadata = {k: v for k, v in result.metadata.items() if k not in PRIVATE_METADATA}
+    return Extraction(result.content, f"docstrange:{processor_name}(ocr)", metadata)
+
+
+@functools.lru_cache(maxsize=2)
+def _ocr_processor(processor_name: str, model_dir: str) -> Any:
+    """Build docstrange's OCR processor once per worker (loading the models is slow)."""
+    import docstrange.processors as processors
+    from docstrange.pipeline import model_downloader
+
+    _pin_model_cache(model_downloader.ModelDownloader, model_dir)
+    try:
+        return getattr(processors, processor_name)()
+    except Exception as exc:  # any load failure means unusable models
+        raise OcrModelsMissing(
+            f"the OCR models in {model_dir} could not be loaded ({type(exc).__name__}: "
+            f"{exc}); re-install them with "
+            f"`{ocr_models.FETCH_COMMAND.format(dir=model_dir)}`"
+        ) from exc
+
+
+def _pin_model_cache(downloader: type, model_dir: str) -> None:
+    """docstrange ignores its cache_dir argument (ModelDownloader() with defaults, under
+    HOME) and downloads what it misses: point it at our dir and forbid downloads."""
+    if getattr(downloader, "_zopilot_pinned", False):
+        return
+    original_init = downloader.__init__
+
+    def init(self: Any, cache_dir: Any = None) -> None:
+        original_init(self, cache_dir or Path(model_dir))
+
+    def no_download(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise OcrModelsMissing(ocr_models.install_hint(Path(model_dir), ["(incomplete)"]))
+
+    downloader.__init__ = init
+    downloader.download_models = no_download
+    downloader._zopilot_pinned = True

@@ -1,0 +1,145 @@
+"""DocumentParser: validated request in, ParseOutcome out, through an isolated worker.
+
+It owns the private scratch folder (one per server, deleted on close): every request
+gets its own temp dir inside it, created here and deleted here once the worker is done
+with it, killed or dead, so nothing a request wrote outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..config import ServerConfig
+from . import faults, ocr_models
+from .detection import Detected, detect
+from .domain import (
+    DocumentRejected,
+    OcrModelsMissing,
+    ParseJob,
+    ParseOutcome,
+    ParserClosed,
+    ParseTimeout,
+)
+from .pool import WorkerDied, WorkerPool
+from .sandbox import WorkerSettings
+from .validation import DocumentRequest
+
+log = logging.getLogger(__name__)
+
+
+class ParserInternalError(Exception):
+    """The worker hit a bug (not the document's fault): INTERNAL, logged."""
+
+
+class DocumentParser:
+    """Validates, stages and parses documents in a WorkerPool."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._pool: WorkerPool | None = None
+        self.scratch_root: Path | None = None
+
+    @property
+    def pool(self) -> WorkerPool | None:
+        return self._pool
+
+    @property
+    def requests_dir(self) -> Path:
+        assert self.scratch_root is not None
+        return self.scratch_root / "requests"
+
+    async def start(self) -> None:
+        """Create the scratch folder and the pool (workers start in the background)."""
+        config = self._config
+        self.scratch_root = Path(tempfile.mkdtemp(prefix="zopilot-docs-"))
+        self.requests_dir.mkdir()
+        settings = WorkerSettings(
+            scratch_root=str(self.scratch_root),
+            home_dir=str(self.scratch_root / "home"),
+            model_dir=str(ocr_models.resolve(config.doc_model_dir)),
+            fault_injection=config.doc_fault_injection,
+            log_level=config.log_level,
+        )
+        self._pool = WorkerPool(settings, size=config.doc_workers, max_queue=config.doc_max_queue)
+        if config.doc_prestart:
+            self._pool.prestart()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+        if self.scratch_root is not None:
+            shutil.rmtree(self.scratch_root, ignore_errors=True)
+
+    async def parse(self, request: DocumentRequest, time_remaining: float | None) -> ParseOutcome:
+        """Parse within ``--doc-timeout-s`` and the call's remaining time, if any."""
+        pool = self._pool
+        if pool is None:
+            raise ParserClosed("the document parser is not running")
+        detected = await asyncio.to_thread(
+            detect, request.filename, request.mime_type, request.content
+        )
+        request_dir = Path(tempfile.mkdtemp(dir=self.requests_dir))
+        try:
+            path = request_dir / f"document{detected.doc_type.extension}"
+            await asyncio.to_thread(path.write_bytes, detected.content)
+            job = self._job(request, detected, path)
+            outcome = await self._run(pool, job, time_remaining)
+        finally:
+            shutil.rmtree(request_dir, ignore_errors=True)
+        outcome.doc_type = detected.doc_type.name
+        outcome.warnings[:0] = detected.warnings
+        return outcome
+
+    def _job(self, request: DocumentRequest, detected: Detected, path: Path) -> ParseJob:
+        return ParseJob(
+            path=str(path),
+            doc_type=detected.doc_type.name,
+            formats=request.formats,
+            json_fields=request.json_fields,
+            json_schema=request.json_schema,
+            display_name=request.filename or f"document{detected.doc_type.extension}",
+            fault=faults.requested(request.filename, self._config.doc_fault_injection),
+        )
+
+    async def _run(
+        self, pool: WorkerPool, job: ParseJob, time_remaining: float | None
+    ) -> ParseOutcome:
+        limit = self._config.doc_timeout_s
+        deadline_binds = time_remaining is not None and time_remaining < limit
+        parse_timeout = min(limit, time_remaining) if time_remaining is not None else limit
+        wait_timeout = time_remaining if time_remaining is not None else None
+        try:
+            reply = await pool.run(job, parse_timeout=parse_timeout, wait_timeout=wait_timeout)
+        except asyncio.TimeoutError:
+            raise ParseTimeout(
+                "the call's deadline expired while parsing"
+                if deadline_binds
+                else f"parsing took longer than {limit:g} s (--doc-timeout-s); the parser "
+                "was stopped"
+            ) from None
+        except WorkerDied as exc:
+            if self._pool is None:
+                raise ParserClosed("the document parser is shutting down") from exc
+            raise DocumentRejected(
+                "content",
+                f"the parser crashed on this document (worker exit code {exc.exitcode}); "
+                "it may be corrupt or too complex",
+            ) from exc
+        return _unpack(reply)
+
+
+def _unpack(reply: tuple[object, ...]) -> ParseOutcome:
+    kind = reply[0]
+    if kind == "ok":
+        assert isinstance(reply[1], ParseOutcome)
+        return reply[1]
+    if kind == "rejected":
+        raise DocumentRejected(str(reply[1]), str(reply[2]))
+    if kind == "ocr_missing":
+        raise OcrModelsMissing(str(reply[1]))
+    raise ParserInternalError(f"the document parser failed: {reply[1]}")

@@ -1,0 +1,233 @@
+"""The server side of the parser workers: a bounded pool of spawned processes.
+
+Why not ProcessPoolExecutor: it cannot kill one hung task (only the whole pool), and
+one dead worker breaks every pending future. Here each worker is a process plus a pipe;
+a request takes an idle worker, sends it a job and waits for the reply in a thread, with
+a timeout. A worker that times out, crashes or whose caller is cancelled is killed and
+replaced; the others keep serving. At most ``size`` documents are parsed at once and at
+most ``max_queue`` requests wait for a worker; beyond that, ParserBusy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .domain import ParseJob, ParserBusy, ParserClosed, ParseTimeout
+from .sandbox import WorkerSettings
+from .worker import Reply, worker_main
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0
+JOIN_TIMEOUT_S = 10.0
+
+
+class WorkerDied(Exception):
+    """The worker process ended while parsing (a crash, or killed by the OS)."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        super().__init__(f"parser worker died (exit code {exitcode})")
+        self.exitcode = exitcode
+
+
+class _Worker:
+    """One worker process and the server's end of its pipe."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.guard = ""
+        self._pending: asyncio.Future[Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    async def receive(self, executor: ThreadPoolExecutor, timeout: float) -> Any:
+        """The next message from the worker, waited for in a thread (replies can be MBs)."""
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(executor, self.conn.recv)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._pending), timeout)
+        except asyncio.TimeoutError:
+            raise  # (a subclass of OSError since Python 3.11: not a dead worker)
+        except (EOFError, OSError) as exc:
+            raise WorkerDied(self.process.exitcode) from exc
+
+    async def call(self, job: ParseJob, executor: ThreadPoolExecutor, timeout: float) -> Reply:
+        self.conn.send(job)
+        return await self.receive(executor, timeout)
+
+    async def kill(self, executor: ThreadPoolExecutor) -> None:
+        """SIGKILL, reap, and close the pipe once no thread reads it any more."""
+        if self.process.is_alive():
+            self.process.kill()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, self.process.join, JOIN_TIMEOUT_S)
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
+        self.conn.close()
+
+
+class WorkerPool:
+    """At most ``size`` worker processes; idle ones wait in a queue for the next job."""
+
+    def __init__(self, settings: WorkerSettings, *, size: int, max_queue: int) -> None:
+        self._settings = settings
+        self._size = size
+        self._max_queue = max_queue
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._workers: set[_Worker] = set()
+        self._starting = 0
+        self._waiting = 0
+        self._busy = 0
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        # One reader thread per worker, plus room for the reaping of killed ones.
+        self._executor = ThreadPoolExecutor(max_workers=2 * size + 2, thread_name_prefix="doc")
+        self.started_count = 0  # workers ever started: tests watch replacements
+
+    @property
+    def live(self) -> int:
+        return len(self._workers) + self._starting
+
+    @property
+    def idle_count(self) -> int:
+        return self._idle.qsize()
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w.pid is not None]
+
+    def prestart(self) -> None:
+        """Start every worker in the background (first requests then find them warm)."""
+        while self.live < self._size:
+            self._spawn()
+
+    async def run(
+        self, job: ParseJob, *, parse_timeout: float, wait_timeout: float | None
+    ) -> Reply:
+        """Parse ``job`` in a worker; kill and replace the worker if anything goes wrong."""
+        worker = await self._acquire(wait_timeout)
+        self._busy += 1
+        try:
+            reply = await worker.call(job, self._executor, parse_timeout)
+        except BaseException:
+            self._workers.discard(worker)
+            await asyncio.shield(self._retire(worker))
+            raise
+        finally:
+            self._busy -= 1
+        self._idle.put_nowait(worker)
+        return reply
+
+    async def _acquire(self, timeout: float | None) -> _Worker:
+        if self._closed:
+            raise ParserClosed("the document parser is shutting down")
+        if self._busy + self._waiting >= self._size + self._max_queue:
+            raise ParserBusy(
+                f"all {self._size} parser workers are busy and {self._waiting} requests "
+                "are waiting; retry later",
+                retry_after_s=1.0,
+            )
+        if self._idle.empty() and self.live < self._size:
+            self._spawn()
+        self._waiting += 1
+        started = time.monotonic()
+        # Not asyncio.wait_for: before Python 3.12 it can drop a worker that arrives just
+        # as the timeout fires, and the pool would shrink for good.
+        getter = asyncio.ensure_future(self._next_live_worker())
+        try:
+            done, _ = await asyncio.wait({getter}, timeout=timeout)
+        finally:
+            self._waiting -= 1
+            if not getter.done():
+                getter.cancel()
+                await asyncio.gather(getter, return_exceptions=True)
+                if not getter.cancelled() and getter.exception() is None:
+                    self._idle.put_nowait(getter.result())  # it arrived after all
+        if not done:
+            raise ParseTimeout(
+                f"no parser worker became free within {time.monotonic() - started:.1f} s "
+                "(the call's deadline)"
+            )
+        return getter.result()
+
+    async def _next_live_worker(self) -> _Worker:
+        """An idle worker that is still alive (one may have died while idle: replace it)."""
+        while True:
+            worker = await self._idle.get()
+            if worker.process.is_alive():
+                return worker
+            self._workers.discard(worker)
+            await self._retire(worker)
+
+    def _spawn(self) -> None:
+        self._starting += 1
+        task = asyncio.get_running_loop().create_task(self._start_worker())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_worker(self) -> None:
+        worker: _Worker | None = None
+        try:
+            worker = await self._launch()
+            hello = await worker.receive(self._executor, START_TIMEOUT_S)
+            worker.guard = hello[2]
+        except BaseException as exc:
+            if worker is not None:
+                worker.process.kill()
+                await asyncio.shield(worker.kill(self._executor))
+            if not isinstance(exc, Exception):
+                raise  # cancelled by close()
+            log.exception("a document parser worker failed to start")
+            return
+        finally:
+            self._starting -= 1
+        if self._closed:
+            await self._retire(worker)
+            return
+        self.started_count += 1
+        self._workers.add(worker)
+        self._idle.put_nowait(worker)
+        log.info("document parser worker %s ready (network: %s)", worker.pid, worker.guard)
+
+    async def _launch(self) -> _Worker:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=worker_main,
+            args=(child_end, self._settings),
+            name="zopilot-docworker",
+            daemon=True,
+        )
+        await asyncio.get_running_loop().run_in_executor(self._executor, process.start)
+        child_end.close()  # or the worker's death would never reach us as EOF
+        return _Worker(process, parent_end)
+
+    async def _retire(self, worker: _Worker) -> None:
+        """Kill a worker that misbehaved (or was cancelled mid-job); start a replacement."""
+        await worker.kill(self._executor)
+        log.warning(
+            "document parser worker %s stopped (exit code %s)",
+            worker.pid,
+            worker.process.exitcode,
+        )
+        if not self._closed and self.live < self._size:
+            self._spawn()
+
+    async def close(self) -> None:
+        """Stop every worker; requests still waiting get ParserClosed or a WorkerDied."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        workers, self._workers = list(self._workers), set()
+        await asyncio.gather(*(w.kill(self._executor) for w in workers), return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,140 @@
+"""What a parser worker does to itself before it touches a document.
+
+- No network: Python's socket API refuses every non-Unix socket and every name lookup
+  at once (an OSError, never a hang), so docstrange's downloaders, its cloud client and
+  its Ollama probe all fail fast. Where the kernel allows it (root, or unprivileged user
+  namespaces) the worker also moves into a fresh network namespace that has no
+  interfaces, which covers C code that bypasses Python's socket module.
+- No surprising writes: HOME, XDG dirs and TMPDIR point into the server's private scratch
+  folder (deleted on shutdown); model caches point at the configured OCR model dir;
+  Hugging Face libraries are told they are offline.
+- Quiet: docstrange prints banners to stdout; the worker's stdout goes to /dev/null.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+_ORIGINAL_SOCKET = socket.socket
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process is told (pickled into it at spawn)."""
+
+    scratch_root: str
+    home_dir: str
+    model_dir: str
+    fault_injection: bool = False
+    log_level: str = "WARNING"
+
+
+class NetworkDisabled(PermissionError):
+    """Raised by any network call inside a parser worker."""
+
+
+def _refuse(*_args: Any, **_kwargs: Any) -> NoReturn:
+    raise NetworkDisabled("network access is disabled in document parser workers")
+
+
+class _GuardedSocket(_ORIGINAL_SOCKET):
+    """socket.socket that only allows Unix sockets (and wrapping an existing fd)."""
+
+    def __init__(
+        self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None
+    ) -> None:
+        if fileno is None and family != socket.AF_UNIX:
+            _refuse()
+        super().__init__(family, type, proto, fileno)
+
+
+def install_socket_guard() -> None:
+    """Make every Python-level network attempt fail at once with NetworkDisabled."""
+    socket.socket = _GuardedSocket  # type: ignore[misc]
+    for name in (
+        "create_connection",
+        "create_server",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "getnameinfo",
+    ):
+        setattr(socket, name, _refuse)
+
+
+def enter_empty_network_namespace() -> bool:
+    """Leave the host's network for a namespace with no interfaces, if the kernel lets us."""
+    unshare = getattr(_libc(), "unshare", None)
+    if unshare is None:
+        return False
+    if unshare(CLONE_NEWNET) == 0:
+        return True
+    uid, gid = os.getuid(), os.getgid()
+    if unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+        return False
+    # Map our own ids into the new user namespace, or files we create get no owner.
+    for path, text in (
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/uid_map", f"{uid} {uid} 1"),
+        ("/proc/self/gid_map", f"{gid} {gid} 1"),
+    ):
+        try:
+            with open(path, "w") as handle:
+                handle.write(text)
+        except OSError:
+            pass
+    return True
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def private_environment(settings: WorkerSettings) -> dict[str, str]:
+    """Environment overrides that keep caches, temp files and config out of real HOME."""
+    home = settings.home_dir
+    return {
+        "HOME": home,
+        "XDG_CACHE_HOME": os.path.join(home, ".cache"),
+        "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+        "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
+        "MPLCONFIGDIR": os.path.join(home, ".config", "matplotlib"),
+        "TMPDIR": settings.scratch_root,
+        "EASYOCR_MODULE_PATH": os.path.join(settings.model_dir, "easyocr"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "NO_PROXY": "*",
+    }
+
+
+def prepare_worker(settings: WorkerSettings) -> str:
+    """Isolate this (fresh, spawned) process; return a description of the network guard."""
+    os.environ.update(private_environment(settings))
+    os.makedirs(settings.home_dir, exist_ok=True)
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level, logging.WARNING),
+        format=f"%(asctime)s %(levelname)s docworker[{os.getpid()}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("docstrange").setLevel(logging.ERROR)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the worker
+    namespaced = enter_empty_network_namespace()
+    install_socket_guard()
+    return "socket-guard+netns" if namespaced else "socket-guard"

@@ -1,0 +1,139 @@
+"""DocumentParseRequest (protobuf) to a DocumentRequest, or INVALID_ARGUMENT.
+
+Every field rule lives here and every violation is reported at once, as BadRequest field
+violations. The document type and the bytes themselves are judged later (detection.py)
+and only if the fields are sound.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from zopilot_client.pb import documents_pb2 as pb
+
+from ..config import ServerConfig
+from ..errors import FieldViolation, InvalidArgument, Message
+from .domain import OutputFormat
+
+MAX_FILENAME_CHARS = 1024
+MAX_REQUEST_ID_CHARS = 128
+MAX_JSON_FIELDS = 64
+MAX_JSON_FIELD_CHARS = 256
+MAX_JSON_SCHEMA_BYTES = 64 * 1024
+
+FORMATS = {
+    pb.OUTPUT_FORMAT_MARKDOWN: OutputFormat.MARKDOWN,
+    pb.OUTPUT_FORMAT_HTML: OutputFormat.HTML,
+    pb.OUTPUT_FORMAT_TEXT: OutputFormat.TEXT,
+    pb.OUTPUT_FORMAT_JSON: OutputFormat.JSON,
+    pb.OUTPUT_FORMAT_CSV: OutputFormat.CSV,
+}
+
+
+@dataclass(frozen=True)
+class DocumentRequest:
+    """A DocumentParse request whose fields are valid (the bytes are not judged yet)."""
+
+    content: bytes
+    filename: str
+    mime_type: str
+    formats: tuple[OutputFormat, ...]
+    json_fields: tuple[str, ...]
+    json_schema: dict[str, Any] | None
+    request_id: str
+
+
+def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) -> DocumentRequest:
+    violations: list[FieldViolation] = []
+    _check_content(message.content, config.doc_max_bytes, violations)
+    _check_length("filename", message.filename, MAX_FILENAME_CHARS, violations)
+    _check_length("request_id", message.request_id, MAX_REQUEST_ID_CHARS, violations)
+    formats = _formats(list(message.formats), violations)
+    json_fields = _json_fields(list(message.json_fields), violations)
+    json_schema = _json_schema(message.json_schema, violations)
+    structured = bool(json_fields) or json_schema is not None
+    if structured and OutputFormat.JSON not in formats:
+        field = "json_schema" if json_schema is not None else "json_fields"
+        violations.append(FieldViolation(field, "needs OUTPUT_FORMAT_JSON in formats"))
+    if violations:
+        raise InvalidArgument(violations)
+    return DocumentRequest(
+        content=message.content,
+        filename=message.filename,
+        mime_type=message.mime_type,
+        formats=formats,
+        json_fields=json_fields,
+        json_schema=json_schema,
+        request_id=message.request_id or uuid.uuid4().hex,
+    )
+
+
+def _check_content(content: bytes, limit: int, violations: list[FieldViolation]) -> None:
+    if not content:
+        violations.append(FieldViolation("content", "is empty"))
+    elif len(content) > limit:
+        violations.append(
+            FieldViolation(
+                "content",
+                f"is {len(content)} bytes; the limit is {limit} bytes (--doc-max-bytes)",
+            )
+        )
+
+
+def _check_length(field: str, value: str, limit: int, violations: list[FieldViolation]) -> None:
+    if len(value) > limit:
+        violations.append(FieldViolation(field, f"is longer than {limit} characters"))
+
+
+def _formats(values: list[int], violations: list[FieldViolation]) -> tuple[OutputFormat, ...]:
+    chosen: list[OutputFormat] = []
+    for index, value in enumerate(values):
+        if value not in FORMATS:
+            violations.append(
+                FieldViolation(f"formats[{index}]", f"unknown or unspecified format {value}")
+            )
+        elif FORMATS[value] not in chosen:
+            chosen.append(FORMATS[value])
+    return tuple(chosen) or (OutputFormat.MARKDOWN,)
+
+
+def _json_fields(values: list[str], violations: list[FieldViolation]) -> tuple[str, ...]:
+    if len(values) > MAX_JSON_FIELDS:
+        violations.append(
+            FieldViolation(
+                "json_fields", Message.TOO_MANY.format(limit=MAX_JSON_FIELDS, value=len(values))
+            )
+        )
+    for index, value in enumerate(values):
+        if not value.strip():
+            violations.append(FieldViolation("json_fields", Message.EMPTY_ITEM.format(index=index)))
+        elif len(value) > MAX_JSON_FIELD_CHARS:
+            violations.append(
+                FieldViolation(
+                    "json_fields",
+                    Message.TOO_LONG_ITEM.format(index=index, limit=MAX_JSON_FIELD_CHARS),
+                )
+            )
+    return tuple(values)
+
+
+def _json_schema(text: str, violations: list[FieldViolation]) -> dict[str, Any] | None:
+    if not text:
+        return None
+    if len(text.encode("utf-8")) > MAX_JSON_SCHEMA_BYTES:
+        violations.append(
+            FieldViolation("json_schema", f"is larger than {MAX_JSON_SCHEMA_BYTES} bytes")
+        )
+        return None
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        violations.append(FieldViolation("json_schema", f"is not valid JSON ({exc})"))
+        return None
+    if not isinstance(schema, dict):
+        violations.append(FieldViolation("json_schema", "must be a JSON object"))
+        return None
+    return schema

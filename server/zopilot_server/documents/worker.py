@@ -1,0 +1,66 @@
+"""The parser worker process: isolate itself, then parse jobs from a pipe until EOF.
+
+It is started with multiprocessing's "spawn" context (a fresh interpreter: the server
+holds torch and gRPC threads, which plain fork would copy in an unsafe state), so this
+module and its imports must stay light until ``prepare_worker`` has cut the network.
+Replies are plain tuples, because our exceptions do not survive pickling intact:
+("ok", ParseOutcome) | ("rejected", field, message) | ("ocr_missing", message) |
+("internal", message).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .domain import DocumentRejected, OcrModelsMissing, ParseJob
+from .sandbox import WorkerSettings, prepare_worker
+
+log = logging.getLogger("zopilot_server.documents.worker")
+
+Reply = tuple[Any, ...]
+
+
+def worker_main(conn: Connection, settings: WorkerSettings) -> None:
+    """Entry point of a worker process."""
+    guard = prepare_worker(settings)
+    from . import extract
+
+    extract.warm_up()
+    conn.send(("ready", os.getpid(), guard))
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return  # the server went away
+        if job is None:
+            return
+        conn.send(run_job(job, settings, guard))
+
+
+def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
+    """Parse one job; every failure becomes a reply, none escapes to kill the loop."""
+    # Temp files a parser makes (docstrange's OCR writes page images) land in the
+    # request's private dir, which the server deletes whatever happens here.
+    tempfile.tempdir = os.path.dirname(job.path)
+    try:
+        if job.fault:
+            from . import faults
+
+            return ("ok", faults.act(job, guard))
+        from . import extract
+
+        return ("ok", extract.parse(job, settings.model_dir))
+    except DocumentRejected as exc:
+        return ("rejected", exc.field, exc.message)
+    except OcrModelsMissing as exc:
+        return ("ocr_missing", str(exc))
+    except Exception as exc:  # noqa: BLE001 - reported to the server as INTERNAL
+        log.error("parsing a %s failed:\n%s", job.doc_type, traceback.format_exc())
+        return ("internal", f"{type(exc).__name__}: {exc}")
+    finally:
+        tempfile.tempdir = None

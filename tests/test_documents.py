@@ -1,0 +1,401 @@
+"""DocumentParse through the real server: real documents in, their content back out.
+
+Happy paths and bad input run on the shared tiny server. Isolation (timeouts, crashes,
+the network guard, the queue bound, size limits, OCR without models) runs on one
+dedicated server with a single worker and test-only fault injection enabled.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import documents_builders as build
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
+from support import InProcessServer
+from zopilot_client.pb import documents_pb2 as pb
+from zopilot_client.pb import documents_pb2_grpc as pb_grpc
+from zopilot_server.config import ServerConfig
+
+ALL_FORMATS = [
+    pb.OUTPUT_FORMAT_MARKDOWN,
+    pb.OUTPUT_FORMAT_HTML,
+    pb.OUTPUT_FORMAT_TEXT,
+    pb.OUTPUT_FORMAT_JSON,
+    pb.OUTPUT_FORMAT_CSV,
+]
+FAULT_TIMEOUT_S = 3.0
+FAULT_MAX_BYTES = 64 * 1024
+Parse = Callable[..., pb.DocumentParseResponse]
+
+
+def make_parse(server: InProcessServer) -> Iterator[Parse]:
+    # Parsed spreadsheets can exceed gRPC's default 4 MiB receive limit on the client.
+    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+    with grpc.insecure_channel(server.target, options=options) as channel:
+        stub = pb_grpc.DocumentsStub(channel)
+
+        def parse(content: bytes, filename: str, timeout: float = 60, **fields: Any) -> Any:
+            request = pb.DocumentParseRequest(content=content, filename=filename, **fields)
+            return stub.DocumentParse(request, timeout=timeout)
+
+        yield parse
+
+
+@pytest.fixture
+def parse(tiny_server: InProcessServer) -> Iterator[Parse]:
+    yield from make_parse(tiny_server)
+
+
+@pytest.fixture(scope="module")
+def fault_server(
+    tiny_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessServer]:
+    config = dataclasses.replace(
+        tiny_config,
+        doc_workers=1,
+        doc_max_queue=0,
+        doc_timeout_s=FAULT_TIMEOUT_S,
+        doc_max_bytes=FAULT_MAX_BYTES,
+        doc_fault_injection=True,
+        doc_model_dir=str(tmp_path_factory.mktemp("no-ocr-models")),
+    )
+    server = InProcessServer(config)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_parse(fault_server: InProcessServer) -> Iterator[Parse]:
+    yield from make_parse(fault_server)
+
+
+def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def bad_request_fields(error: grpc.RpcError) -> list[str]:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    return [v.field for v in bad.field_violations]
+    raise AssertionError(f"no BadRequest detail in {error}")
+
+
+def requests_dir(server: InProcessServer) -> Path:
+    return server.running.documents.parser.requests_dir
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.05)
+
+
+def assert_serves(parse: Parse, server: InProcessServer) -> None:
+    """The server still parses documents and reports SERVING."""
+    reply = parse(build.TEXT_NOTE, "after.txt")
+    assert "Meeting notes" in reply.markdown
+    assert server.health() == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- content comes back -------------------------------------------------------------
+
+
+def test_docx_headings_table_and_every_format(parse: Parse) -> None:
+    reply = parse(build.docx_report(), "report.docx", formats=ALL_FORMATS, request_id="r-1")
+    assert reply.request_id == "r-1"
+    assert reply.markdown.startswith("# Quarterly Report")
+    for line in ("## Regional Results", "### North", "| Item | Total |", "| Widget 2 | 42 |"):
+        assert line in reply.markdown.splitlines()
+    assert "Quarterly Report" in reply.text and "#" not in reply.text
+    assert "Widget 1\t41" in reply.text
+    assert "<h1>Quarterly Report</h1>" in reply.html and "<td>42</td>" in reply.html
+    assert "googleapis" not in reply.html
+    assert reply.csv.splitlines() == ["Item,Total", "Widget 1,41", "Widget 2,42"]
+    sections = json.loads(reply.json)["document"]["sections"]
+    assert sections[0]["title"] == "Quarterly Report"
+    meta = reply.metadata
+    assert (meta.detected_type, meta.method) == ("docx", "docstrange:DOCXProcessor")
+    assert meta.size_bytes == len(build.docx_report())
+    assert meta.parser_version == "1.1.6" and meta.processing_ms > 0
+
+
+def test_unrequested_formats_are_unset(parse: Parse) -> None:
+    reply = parse(build.TEXT_NOTE, "note.txt")
+    assert reply.HasField("markdown")
+    assert not any(reply.HasField(f) for f in ("html", "text", "json", "csv"))
+
+
+def test_docx_long_table_is_truncated_with_a_warning(parse: Parse) -> None:
+    reply = parse(build.docx_report(table_rows=25), "long.docx")
+    assert "| Widget 19 | 59 |" in reply.markdown and "Widget 20" not in reply.markdown
+    assert any("truncated to 20 rows (of 25)" in w for w in reply.warnings)
+
+
+def test_xlsx_every_sheet(parse: Parse) -> None:
+    reply = parse(build.xlsx_workbook(), "book.xlsx", formats=ALL_FORMATS)
+    for text in ("Sheet: Sales", "| North | 1200 |", "Sheet: Costs", "| Rent | 500 |"):
+        assert text in reply.markdown
+    assert reply.metadata.sheet_count == 3
+    assert any("'Empty' is empty" in w for w in reply.warnings)
+    assert "=== Table 2 ===" in reply.csv and "Rent,500" in reply.csv
+
+
+def test_pptx_every_slide(parse: Parse) -> None:
+    reply = parse(build.pptx_deck(slides=3), "deck.pptx")
+    assert reply.metadata.slide_count == 3
+    for number in (1, 2, 3):
+        assert f"## Slide {number}" in reply.markdown
+        assert f"Slide title {number}" in reply.markdown
+        assert f"Bullet point {number}" in reply.markdown
+
+
+def test_multi_page_pdf_every_page(parse: Parse) -> None:
+    reply = parse(build.pdf_pages(4), "pages.pdf", formats=[pb.OUTPUT_FORMAT_MARKDOWN])
+    assert (reply.metadata.page_count, reply.metadata.method) == (4, "pymupdf-text")
+    for number in range(1, 5):
+        assert f"## Page {number}" in reply.markdown
+        assert f"Page {number} marker" in reply.markdown
+
+
+@pytest.mark.parametrize(
+    ("content", "filename", "expected"),
+    [
+        (build.HTML_PAGE, "notes.html", ["# Release Notes", "| 1.2 | 2024-05-01 |"]),
+        (build.TEXT_NOTE, "notes.txt", ["Meeting notes", "Owner: Dana"]),
+        (build.csv_rows(3), "rows.csv", ["| id | name | amount |", "| 2 | name 2 | 3.0 |"]),
+    ],
+)
+def test_text_formats(parse: Parse, content: bytes, filename: str, expected: list[str]) -> None:
+    reply = parse(content, filename)
+    for text in expected:
+        assert text in reply.markdown
+
+
+def test_type_from_mime_type_or_magic_bytes(parse: Parse) -> None:
+    by_mime = parse(build.HTML_PAGE, "", mime_type="text/html; charset=utf-8")
+    assert by_mime.metadata.detected_type == "html"
+    by_magic = parse(build.pdf_pages(1), "")
+    assert by_magic.metadata.detected_type == "pdf" and "Page 1 marker" in by_magic.markdown
+
+
+def test_latin1_text_is_decoded_with_a_warning(parse: Parse) -> None:
+    reply = parse("Café menu: crème brûlée".encode("latin-1"), "menu.txt")
+    assert "Café menu: crème brûlée" in reply.markdown
+    assert any("decoded as cp1252" in w for w in reply.warnings)
+
+
+def test_structured_fields_by_label(parse: Parse) -> None:
+    schema = {"properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
+    content = b"Invoice Number: INV-7\nDate: 2024-05-01\nTotal: $1,234.50\n"
+    reply = parse(
+        content, "invoice.txt", formats=[pb.OUTPUT_FORMAT_JSON], json_schema=json.dumps(schema)
+    )
+    data = json.loads(reply.json)
+    assert data["extracted_data"] == {"invoice_number": "INV-7", "total": 1234.5}
+    fields = parse(
+        build.docx_report(), "r.docx", formats=[pb.OUTPUT_FORMAT_JSON], json_fields=["Total"]
+    )
+    assert json.loads(fields.json)["extracted_fields"] == {"Total": "41"}
+    assert any("Ollama" in w for w in fields.warnings)
+
+
+def test_huge_csv_takes_the_linear_path_with_a_warning(parse: Parse) -> None:
+    rows = 30_000
+    reply = parse(build.csv_rows(rows), "big.csv", formats=ALL_FORMATS, timeout=120)
+    assert len(reply.csv.splitlines()) == rows + 1
+    assert reply.csv.splitlines()[-1] == f"{rows - 1},name {rows - 1},{(rows - 1) * 1.5}"
+    assert any("linear-time variant" in w for w in reply.warnings)
+    table = json.loads(reply.json)["document"]["sections"][0]["content"]["tables"][0]
+    assert len(table["rows"]) == rows
+
+
+# --- bad input: INVALID_ARGUMENT / FAILED_PRECONDITION, never INTERNAL ----------------
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+BAD_INPUT = [
+    pytest.param(b"", "empty.txt", "content", "is empty", id="empty"),
+    pytest.param(b"data", "data.xyz", "filename", "unsupported extension", id="unknown-ext"),
+    pytest.param(b"data", "old.doc", "filename", "legacy Office", id="legacy-doc"),
+    pytest.param(b"just text", "", "filename", "cannot tell", id="no-type"),
+    pytest.param(build.docx_report(), "x.pdf", "content", "looks like docx", id="docx-as-pdf"),
+    pytest.param(build.pdf_pages(1), "x.docx", "content", "looks like pdf", id="pdf-as-docx"),
+    pytest.param(build.xlsx_workbook(), "x.docx", "content", "looks like xlsx", id="xlsx-docx"),
+    pytest.param(build.png_image(), "x.txt", "content", "looks like png", id="png-as-txt"),
+    pytest.param(_truncated(build.docx_report()), "t.docx", "content", "corrupt", id="cut-docx"),
+    pytest.param(_truncated(build.xlsx_workbook()), "t.xlsx", "content", "corrupt", id="cut-xlsx"),
+    pytest.param(os.urandom(4096), "random.xlsx", "content", "magic", id="random-xlsx"),
+    pytest.param(os.urandom(4096), "random.pdf", "content", "magic", id="random-pdf"),
+    pytest.param(b"%PDF-1.7\n" + os.urandom(4096), "bad.pdf", "content", "", id="corrupt-pdf"),
+    pytest.param(
+        build.pdf_pages(2, password="secret"), "locked.pdf", "content", "encrypted", id="encrypted"
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "filename", "field", "message"), BAD_INPUT)
+def test_bad_input_is_invalid_argument(
+    parse: Parse,
+    tiny_server: InProcessServer,
+    content: bytes,
+    filename: str,
+    field: str,
+    message: str,
+) -> None:
+    error = rpc_error(lambda: parse(content, filename))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert message in error.details()
+    assert bad_request_fields(error) == [field]
+
+
+def test_docx_with_broken_xml_is_invalid_argument(parse: Parse) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", "<w:document><not xml")
+    error = rpc_error(lambda: parse(buffer.getvalue(), "broken.docx"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not parse the docx" in error.details()
+    assert "zopilot-docs-" not in error.details()  # no server temp paths leak
+
+
+def test_invalid_fields_are_reported_together(parse: Parse) -> None:
+    error = rpc_error(
+        lambda: parse(
+            b"x", "a.txt", formats=[pb.OUTPUT_FORMAT_UNSPECIFIED, 42], json_schema="{nope"
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["formats[0]", "formats[1]", "json_schema"]
+    error = rpc_error(lambda: parse(b"x", "a.txt", json_fields=["total"]))
+    assert bad_request_fields(error) == ["json_fields"]
+
+
+def test_server_healthy_and_no_temp_files_after_bad_input(
+    parse: Parse, tiny_server: InProcessServer
+) -> None:
+    for content, filename, *_ in (p.values for p in BAD_INPUT):
+        with pytest.raises(grpc.RpcError):
+            parse(content, filename)
+    assert_serves(parse, tiny_server)
+    assert list(requests_dir(tiny_server).iterdir()) == []
+
+
+# --- isolation: limits, timeouts, crashes, network, OCR --------------------------------
+
+
+def test_size_limit_names_the_limit_and_matches_the_transport(
+    fault_parse: Parse, fault_server: InProcessServer
+) -> None:
+    error = rpc_error(lambda: fault_parse(b"x" * (FAULT_MAX_BYTES + 1), "big.txt"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"the limit is {FAULT_MAX_BYTES} bytes" in error.details()
+    # Past the limit plus the 1 MiB envelope, gRPC itself refuses the message.
+    receive_limit = fault_server.config.max_receive_message_bytes
+    error = rpc_error(lambda: fault_parse(b"x" * (receive_limit + 1), "huge.txt"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert_serves(fault_parse, fault_server)
+
+
+def test_ocr_without_models_is_failed_precondition(fault_parse: Parse) -> None:
+    for content, filename in ((build.pdf_pages(2, text=False), "scan.pdf"),
+                              (build.png_image(), "photo.png")):  # fmt: skip
+        error = rpc_error(lambda c=content, f=filename: fault_parse(c, f))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ocr_models fetch --dir" in error.details()
+        assert "--doc-model-dir" in error.details()
+
+
+def _worker_pids(server: InProcessServer) -> list[int]:
+    pool = server.running.documents.parser.pool
+    wait_until(lambda: len(pool.worker_pids()) == 1 and pool.idle_count == 1)
+    return pool.worker_pids()
+
+
+def test_hung_parser_times_out_and_busy_pool_says_so(
+    fault_parse: Parse, fault_server: InProcessServer
+) -> None:
+    before = _worker_pids(fault_server)
+    pool = fault_server.running.documents.parser.pool
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        hung = executor.submit(fault_parse, b"x", "zopilot-fault-hang.txt")
+        wait_until(lambda: pool.idle_count == 0)
+        busy = rpc_error(lambda: fault_parse(b"x", "other.txt"))
+        assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        error = rpc_error(hung.result)
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "--doc-timeout-s" in error.details()
+    assert list(requests_dir(fault_server).iterdir()) == []
+    assert _worker_pids(fault_server) != before  # replaced
+    assert_serves(fault_parse, fault_server)
+
+
+def test_crashed_parser_is_replaced(fault_parse: Parse, fault_server: InProcessServer) -> None:
+    before = _worker_pids(fault_server)
+    error = rpc_error(lambda: fault_parse(b"x", "zopilot-fault-crash.txt"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parser crashed" in error.details()
+    assert list(requests_dir(fault_server).iterdir()) == []
+    assert _worker_pids(fault_server) != before
+    assert_serves(fault_parse, fault_server)
+
+
+def test_call_deadline_stops_the_parser(fault_parse: Parse, fault_server: InProcessServer) -> None:
+    before = _worker_pids(fault_server)
+    error = rpc_error(lambda: fault_parse(b"x", "zopilot-fault-hang.txt", timeout=1.0))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server notices the deadline on its own clock: wait for it to clean up.
+    wait_until(lambda: not list(requests_dir(fault_server).iterdir()))
+    assert _worker_pids(fault_server) != before
+    assert_serves(fault_parse, fault_server)
+
+
+def test_worker_network_fails_at_once(fault_parse: Parse) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        reply = fault_parse(f"127.0.0.1:{port}".encode(), "zopilot-fault-network.txt", timeout=5)
+        listener.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    report = dict(line.split(": ", 1) for line in reply.markdown.splitlines())
+    for attempt in ("tcp", "socket", "dns"):
+        assert report[attempt].startswith("blocked (NetworkDisabled"), report
+    if "netns" in report["guard"]:
+        assert report["raw"].startswith("blocked"), report
+
+
+def test_close_stops_workers_and_removes_scratch(tiny_config: ServerConfig) -> None:
+    server = InProcessServer(dataclasses.replace(tiny_config, doc_workers=1))
+    parser = server.running.documents.parser
+    with server.channel() as channel:
+        stub = pb_grpc.DocumentsStub(channel)
+        stub.DocumentParse(pb.DocumentParseRequest(content=b"hi", filename="a.txt"), timeout=60)
+    processes = [w.process for w in parser.pool._workers]
+    scratch = parser.scratch_root
+    server.stop()
+    assert scratch is not None and not scratch.exists()
+    assert processes and not any(p.is_alive() for p in processes)
