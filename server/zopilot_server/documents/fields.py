@@ -45,7 +45,7 @@ def _pairs(markdown: str) -> Iterable[tuple[str, str]]:
         if match and "|" not in line:
             yield match.group(1), match.group(2)
     for table in markdown_tables(markdown):
-        for row in table:
+        for row in table[1:]:  # the first row is the header
             if len(row) == 2:
                 yield row[0], row[1]
         if len(table) > 1:
