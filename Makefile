@@ -86,5 +86,10 @@ $(QSTAMP): $(INSTALL_INPUTS) constraints-quant.txt requirements-quant.txt
 test-quant: install-quant ## bitsandbytes 8-bit/4-bit served for real on CPU (tests_quant/)
 	$(QVENV)/bin/python -m pytest tests_quant $(QUANT_PYTEST_ARGS)
 
+.PHONY: bench-documents
+
+bench-documents: install ## DocumentParse docs/s: gRPC workers vs docstrange in-process (JSON)
+	$(PY) bench/documents.py
+
 clean: ## remove the venv and caches
 	rm -rf $(VENV) $(QVENV) .cache .pytest_cache .ruff_cache
