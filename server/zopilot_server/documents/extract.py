@@ -57,15 +57,39 @@ def parser_version() -> str:
     return importlib.metadata.version("docstrange")
 
 
-def warm_up() -> None:
-    """Import what the processors import lazily, so a worker's first document is fast."""
-    import docstrange.processors  # noqa: F401
-    import docx  # noqa: F401
-    import markdownify  # noqa: F401
-    import openpyxl  # noqa: F401
-    import pandas  # noqa: F401
-    import pptx  # noqa: F401
-    import pymupdf  # noqa: F401
+def warm_up(scratch_dir: str) -> None:
+    """Parse a tiny sample of every type once, so a worker's first real document is as
+    fast as its hundredth (the processors import and initialise a lot lazily)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=scratch_dir) as folder:
+        for doc_type, path in _write_samples(Path(folder)).items():
+            job = ParseJob(path=str(path), doc_type=doc_type, formats=(OutputFormat.MARKDOWN,))
+            parse(job, model_dir=folder)
+
+
+def _write_samples(folder: Path) -> dict[str, Path]:
+    import docx
+    import openpyxl
+    import pptx
+    import pymupdf
+
+    paths = {
+        t: folder / f"sample.{t}" for t in ("docx", "xlsx", "pptx", "pdf", "csv", "txt", "html")
+    }
+    paths["csv"].write_text("a,b\n1,2\n")
+    paths["txt"].write_text("warm up\n")
+    paths["html"].write_text("<h1>warm up</h1>")
+    docx.Document().save(str(paths["docx"]))
+    workbook = openpyxl.Workbook()
+    workbook.active.append(["a", "b"])
+    workbook.active.append([1, 2])
+    workbook.save(str(paths["xlsx"]))
+    pptx.Presentation().save(str(paths["pptx"]))
+    with pymupdf.open() as pdf:
+        pdf.new_page().insert_text((72, 72), "warm up")
+        pdf.save(str(paths["pdf"]))
+    return paths
 
 
 def run_processor(doc_type: str, path: str) -> Any:

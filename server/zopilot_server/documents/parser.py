@@ -11,7 +11,9 @@ import asyncio
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..config import ServerConfig
 from . import faults, ocr_models
@@ -29,6 +31,9 @@ from .sandbox import WorkerSettings
 from .validation import DocumentRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+INLINE_MAX_BYTES = 256 * 1024
 
 
 class ParserInternalError(Exception):
@@ -80,13 +85,13 @@ class DocumentParser:
         pool = self._pool
         if pool is None:
             raise ParserClosed("the document parser is not running")
-        detected = await asyncio.to_thread(
-            detect, request.filename, request.mime_type, request.content
+        detected = await _off_loop_if_large(
+            len(request.content), detect, request.filename, request.mime_type, request.content
         )
         request_dir = Path(tempfile.mkdtemp(dir=self.requests_dir))
         try:
             path = request_dir / f"document{detected.doc_type.extension}"
-            await asyncio.to_thread(path.write_bytes, detected.content)
+            await _off_loop_if_large(len(detected.content), path.write_bytes, detected.content)
             job = self._job(request, detected, path)
             outcome = await self._run(pool, job, time_remaining)
         finally:
@@ -131,6 +136,14 @@ class DocumentParser:
                 "it may be corrupt or too complex",
             ) from exc
         return _unpack(reply)
+
+
+async def _off_loop_if_large(size: int, function: Callable[..., T], *args: Any) -> T:
+    """Run ``function`` in a thread for large documents; small ones are cheaper inline
+    (a thread hop costs more than checking or writing a few hundred KiB)."""
+    if size > INLINE_MAX_BYTES:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
 
 
 def _unpack(reply: tuple[object, ...]) -> ParseOutcome:

@@ -30,7 +30,10 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     guard = prepare_worker(settings)
     from . import extract
 
-    extract.warm_up()
+    try:
+        extract.warm_up(settings.scratch_root)
+    except Exception:  # noqa: BLE001 - a slower first document, not a broken worker
+        log.warning("warm-up failed:\n%s", traceback.format_exc())
     conn.send(("ready", os.getpid(), guard))
     while True:
         try:

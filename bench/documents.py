@@ -1,0 +1,216 @@
+"""DocumentParse throughput: gRPC (isolated workers) vs docstrange in-process, same run.
+
+Builds small real documents (docx, xlsx, pptx, csv, html, txt, a 3-page text PDF),
+starts the real server in a subprocess (tiny random Llama; documents need no model),
+and for each type measures, in alternating rounds:
+
+- in-process: the same docstrange processor the worker uses, called directly on the
+  file (``processor.process(path)``; for PDFs the PyMuPDF text extraction), markdown out;
+- gRPC: ``DocumentParse`` over loopback, markdown out, one request at a time.
+
+It prints JSON with docs/s per type and overall, and ``ratio`` = gRPC / in-process
+(target >= 0.8 for small documents). A second figure, ``concurrent``, runs as many client
+threads as the server has workers. Compare ratios from one run, not numbers across runs.
+
+    .venv/bin/python bench/documents.py --rounds 3 --per-round 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import grpc  # noqa: E402
+from zopilot_client.pb import documents_pb2 as pb  # noqa: E402
+from zopilot_client.pb import documents_pb2_grpc  # noqa: E402
+
+
+def documents() -> dict[str, bytes]:
+    import documents_builders as build
+
+    return {
+        "docx": build.docx_report(),
+        "xlsx": build.xlsx_workbook(),
+        "pptx": build.pptx_deck(),
+        "csv": build.csv_rows(50),
+        "html": build.HTML_PAGE,
+        "txt": build.TEXT_NOTE,
+        "pdf": build.pdf_pages(3),
+    }
+
+
+def in_process_parser(doc_type: str) -> Callable[[str], str]:
+    """The same docstrange processor (or PyMuPDF path) the worker runs, minus isolation."""
+    from zopilot_server.documents import extract
+
+    if doc_type != "pdf":
+        return lambda path: extract.run_processor(doc_type, path).content
+
+    def pdf_text(path: str) -> str:
+        import pymupdf
+
+        with pymupdf.open(path) as document:
+            return "\n\n".join(page.get_text() for page in document)
+
+    return pdf_text
+
+
+def timed(count: int, call: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        call()
+    return time.perf_counter() - started
+
+
+def start_server(
+    model_dir: Path, cache_dir: Path, workers: int
+) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "zopilot_server", "--port", "0", "--model", str(model_dir)]
+    command += ["--cache-dir", str(cache_dir), "--doc-workers", str(workers)]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    port = None
+    for line in process.stdout:
+        if match := re.search(r"listening on [\d.]+:(\d+)", line):
+            port = match.group(1)
+        if "ready: health SERVING" in line:
+            break
+    if port is None:
+        process.kill()
+        raise RuntimeError("server did not start")
+    # Keep draining its log, or a full pipe would stall the server mid-benchmark.
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+    return process, f"127.0.0.1:{port}"
+
+
+def tiny_model(cache_dir: Path, work_dir: Path) -> Path:
+    from support import build_tiny_llama
+    from zopilot_server.generation import default_model
+
+    return build_tiny_llama(default_model.ensure_converted(cache_dir), work_dir / "tiny")
+
+
+def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    docs = documents()
+    paths = {}
+    for doc_type, content in docs.items():
+        paths[doc_type] = work_dir / f"sample.{doc_type}"
+        paths[doc_type].write_bytes(content)
+    process, target = start_server(
+        tiny_model(Path(args.cache_dir), work_dir), Path(args.cache_dir), args.workers
+    )
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = documents_pb2_grpc.DocumentsStub(channel)
+            return measure(stub, docs, paths, args)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def measure_type(
+    stub: documents_pb2_grpc.DocumentsStub,
+    doc_type: str,
+    content: bytes,
+    path: Path,
+    rounds: int,
+    per_round: int,
+) -> dict[str, float]:
+    """Seconds for rounds x per_round parses on each side, the sides alternating."""
+    parse_local = in_process_parser(doc_type)
+    request = pb.DocumentParseRequest(content=content, filename=path.name)
+
+    def local() -> Any:
+        return parse_local(str(path))
+
+    def remote() -> Any:
+        return stub.DocumentParse(request, timeout=60)
+
+    local(), remote()  # warm both sides
+    seconds = {"in_process_s": 0.0, "grpc_s": 0.0}
+    for _ in range(rounds):
+        seconds["in_process_s"] += timed(per_round, local)
+        seconds["grpc_s"] += timed(per_round, remote)
+    return seconds
+
+
+def rates(count: int, seconds: dict[str, float]) -> dict[str, float]:
+    return {
+        "in_process_docs_per_s": round(count / seconds["in_process_s"], 1),
+        "grpc_docs_per_s": round(count / seconds["grpc_s"], 1),
+        "ratio": round(seconds["in_process_s"] / seconds["grpc_s"], 3),
+    }
+
+
+def measure(
+    stub: documents_pb2_grpc.DocumentsStub,
+    docs: dict[str, bytes],
+    paths: dict[str, Path],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    per_type: dict[str, dict[str, float]] = {}
+    totals = {"in_process_s": 0.0, "grpc_s": 0.0}
+    count = args.rounds * args.per_round
+    for doc_type, content in docs.items():
+        seconds = measure_type(
+            stub, doc_type, content, paths[doc_type], args.rounds, args.per_round
+        )
+        per_type[doc_type] = {"bytes": len(content), **rates(count, seconds)}
+        for key in totals:
+            totals[key] += seconds[key]
+    return {
+        "per_type": per_type,
+        "overall": rates(count * len(docs), totals),
+        "concurrent": concurrent_run(stub, docs, args),
+    }
+
+
+def concurrent_run(
+    stub: documents_pb2_grpc.DocumentsStub, docs: dict[str, bytes], args: argparse.Namespace
+) -> dict[str, float]:
+    requests = [
+        pb.DocumentParseRequest(content=content, filename=f"sample.{doc_type}")
+        for doc_type, content in docs.items()
+    ] * (args.rounds * args.per_round)
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+        list(pool.map(lambda r: stub.DocumentParse(r, timeout=60), requests))
+    elapsed = time.perf_counter() - started
+    return {"client_threads": args.workers, "grpc_docs_per_s": round(len(requests) / elapsed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="server --doc-workers")
+    parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="zopilot-bench-docs-") as work:
+        result = bench(args, Path(work))
+    result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
