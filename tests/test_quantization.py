@@ -69,6 +69,13 @@ def test_missing_bitsandbytes_is_refused_on_any_device(monkeypatch: pytest.Monke
     check_supported(ServerConfig(quantize="none"), "cpu")  # nothing to check
 
 
+def test_gguf_models_cannot_be_quantized(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_versions(monkeypatch, bitsandbytes="0.45.0", transformers="4.45.0")
+    config = ServerConfig(quantize="8bit", model="/models/llama.Q4_K_M.gguf")
+    with pytest.raises(QuantizationUnsupported, match=r"cannot be combined with a \.gguf model"):
+        check_supported(config, "cuda:0")
+
+
 def test_flags_and_env_reach_the_bitsandbytes_config() -> None:
     config = load_config(
         ["--quantize", "4bit", "--bnb-4bit-quant-type", "fp4", "--bnb-double-quant"],

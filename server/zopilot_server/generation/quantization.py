@@ -60,6 +60,13 @@ def check_supported(config: ServerConfig, device: str) -> None:
     """
     if config.quantize == "none":
         return
+    if config.model.endswith(".gguf"):
+        # transformers refuses it too, but only after the tokenizer has loaded.
+        raise QuantizationUnsupported(
+            f"--quantize {config.quantize} cannot be combined with a .gguf model: transformers "
+            "does not quantize GGUF checkpoints with bitsandbytes. Convert it to a model "
+            "directory first (save_pretrained), or use --quantize none."
+        )
     bnb = _installed("bitsandbytes")
     if bnb is None:
         raise QuantizationUnsupported(
