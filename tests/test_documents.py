@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -423,3 +424,14 @@ def test_readme_grpcurl_example(tiny_server: InProcessServer, tmp_path: Path) ->
     assert reply["markdown"].startswith("# Quarterly Report")
     assert reply["csv"].splitlines()[0] == "Item,Total"
     assert reply["metadata"]["detectedType"] == "docx"
+
+
+def test_worker_killed_while_idle_is_replaced(
+    fault_parse: Parse, fault_server: InProcessServer
+) -> None:
+    (pid,) = _worker_pids(fault_server)
+    (worker,) = fault_server.running.documents.parser.pool._workers
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not worker.process.is_alive())
+    assert_serves(fault_parse, fault_server)  # the dead worker is noticed, not used
+    assert _worker_pids(fault_server) != [pid]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from .domain import (
     ParserClosed,
     ParseTimeout,
 )
-from .pool import WorkerDied, WorkerPool
+from .pool import START_TIMEOUT_S, WorkerDied, WorkerPool
 from .sandbox import WorkerSettings
 from .validation import DocumentRequest
 
@@ -111,13 +112,23 @@ class DocumentParser:
             fault=faults.requested(request.filename, self._config.doc_fault_injection),
         )
 
+    def _longest_fair_wait(self) -> float:
+        """How long a healthy pool can make a request wait for a worker: a worker start,
+        then every request ahead in the queue running to its time limit. A longer wait
+        means the pool is broken, and without a call deadline the client would hang."""
+        config = self._config
+        rounds = math.ceil((config.doc_max_queue + config.doc_workers) / config.doc_workers)
+        return START_TIMEOUT_S + rounds * config.doc_timeout_s
+
     async def _run(
         self, pool: WorkerPool, job: ParseJob, time_remaining: float | None
     ) -> ParseOutcome:
         limit = self._config.doc_timeout_s
         deadline_binds = time_remaining is not None and time_remaining < limit
         parse_timeout = min(limit, time_remaining) if time_remaining is not None else limit
-        wait_timeout = time_remaining if time_remaining is not None else None
+        wait_timeout = self._longest_fair_wait()
+        if time_remaining is not None:
+            wait_timeout = min(wait_timeout, time_remaining)
         try:
             reply = await pool.run(job, parse_timeout=parse_timeout, wait_timeout=wait_timeout)
         except asyncio.TimeoutError:

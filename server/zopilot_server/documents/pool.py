@@ -93,7 +93,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         # One reader thread per worker, plus room for the reaping of killed ones.
         self._executor = ThreadPoolExecutor(max_workers=2 * size + 2, thread_name_prefix="doc")
-        self.started_count = 0  # workers ever started: tests watch replacements
+        self.last_start_error = ""  # why the last worker start failed, if it did
 
     @property
     def live(self) -> int:
@@ -111,9 +111,7 @@ class WorkerPool:
         while self.live < self._size:
             self._spawn()
 
-    async def run(
-        self, job: ParseJob, *, parse_timeout: float, wait_timeout: float | None
-    ) -> Reply:
+    async def run(self, job: ParseJob, *, parse_timeout: float, wait_timeout: float) -> Reply:
         """Parse ``job`` in a worker; kill and replace the worker if anything goes wrong."""
         worker = await self._acquire(wait_timeout)
         self._busy += 1
@@ -128,7 +126,7 @@ class WorkerPool:
         self._idle.put_nowait(worker)
         return reply
 
-    async def _acquire(self, timeout: float | None) -> _Worker:
+    async def _acquire(self, timeout: float) -> _Worker:
         if self._closed:
             raise ParserClosed("the document parser is shutting down")
         if self._busy + self._waiting >= self._size + self._max_queue:
@@ -154,9 +152,10 @@ class WorkerPool:
                 if not getter.cancelled() and getter.exception() is None:
                     self._idle.put_nowait(getter.result())  # it arrived after all
         if not done:
+            broken = f"; the last worker start failed: {self.last_start_error}"
             raise ParseTimeout(
-                f"no parser worker became free within {time.monotonic() - started:.1f} s "
-                "(the call's deadline)"
+                f"no parser worker became free within {time.monotonic() - started:.1f} s"
+                + (broken if self.last_start_error else "")
             )
         return getter.result()
 
@@ -188,13 +187,14 @@ class WorkerPool:
             if not isinstance(exc, Exception):
                 raise  # cancelled by close()
             log.exception("a document parser worker failed to start")
+            self.last_start_error = f"{type(exc).__name__}: {exc}"
             return
         finally:
             self._starting -= 1
         if self._closed:
             await self._retire(worker)
             return
-        self.started_count += 1
+        self.last_start_error = ""
         self._workers.add(worker)
         self._idle.put_nowait(worker)
         log.info("document parser worker %s ready (network: %s)", worker.pid, worker.guard)
