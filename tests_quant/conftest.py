@@ -18,15 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zopilot_server.config import ServerConfig
+from zopilot_server.generation.quantization import QuantizationUnsupported, check_supported
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(TESTS))
-
-from zopilot_server.config import ServerConfig  # noqa: E402
-from zopilot_server.generation.quantization import (  # noqa: E402
-    QuantizationUnsupported,
-    check_supported,
-)
+sys.path.insert(0, str(TESTS))  # for tests/support.py, as in the main suite
 
 
 def _load_shared_conftest() -> Any:
