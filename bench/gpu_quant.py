@@ -13,7 +13,8 @@
    It reads VRAM from torch.cuda (weights after load, peak while generating) and TTFT /
    tokens per second at the client; the server's own timings are reported next to them.
 4. Prints one JSON object. A mode the environment cannot run (for example 4-bit on a CPU
-   with the image's bitsandbytes) is reported with its refusal message, not as a crash.
+   with the image's bitsandbytes) is reported with its refusal message, and a mode that
+   fails (out of memory, say) with its error, so the other modes' figures still print.
 
 On an H100/H200 the default run takes about 3-5 minutes, mostly saving and loading 15 GB:
 
@@ -50,6 +51,7 @@ from zopilot_server.app import start_server
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation import default_model
 from zopilot_server.generation.compat import PORTABLE_TOKENIZER_SAVE, dtype_kwarg
+from zopilot_server.generation.model_loader import ModelLoadError
 from zopilot_server.generation.quantization import QuantizationUnsupported
 
 PROMPT = (
@@ -230,8 +232,10 @@ async def measure_mode(mode: str, model_dir: Path, args: argparse.Namespace) -> 
             await stream_once(stub, 4)  # warm-up: kernels, allocator, caches
             runs = [await stream_once(stub, args.tokens) for _ in range(args.repeats)]
         peak = cuda.max_memory_allocated() - before if cuda is not None else None
-    except QuantizationUnsupported as exc:
+    except (QuantizationUnsupported, ModelLoadError) as exc:
         return {"mode": mode, "refused": str(exc)}
+    except (RuntimeError, grpc.RpcError) as exc:  # e.g. CUDA out of memory: keep the others
+        return {"mode": mode, "error": f"{type(exc).__name__}: {exc}"}
     finally:
         await running.stop(0)
         running.generation.engine = None  # drop the last reference to the model
