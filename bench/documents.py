@@ -21,8 +21,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -76,38 +74,16 @@ def timed(count: int, call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def start_server(
-    model_dir: Path, cache_dir: Path, workers: int
-) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "zopilot_server", "--port", "0", "--model", str(model_dir)]
-    command += ["--cache-dir", str(cache_dir), "--doc-workers", str(workers)]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    port = None
-    for line in process.stdout:
-        if match := re.search(r"listening on [\d.]+:(\d+)", line):
-            port = match.group(1)
-        if "ready: health SERVING" in line:
-            break
-    if port is None:
-        process.kill()
-        raise RuntimeError("server did not start")
-    # Keep draining its log, or a full pipe would stall the server mid-benchmark.
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-    return process, f"127.0.0.1:{port}"
+def start_server(cache_dir: Path, work_dir: Path, workers: int) -> tuple[Any, str]:
+    """The real server in a subprocess, as bench/stream.py starts it, on the tiny model."""
+    import stream
 
-
-def tiny_model(cache_dir: Path, work_dir: Path) -> Path:
-    from support import build_tiny_llama
-    from zopilot_server.generation import default_model
-
-    return build_tiny_llama(default_model.ensure_converted(cache_dir), work_dir / "tiny")
+    os.environ["ZOPILOT_DOC_WORKERS"] = str(workers)  # the server's env fallback
+    model_dir = stream.model_dirs(["tiny"], cache_dir, work_dir)["tiny"]
+    process, target = stream.start_server(model_dir, cache_dir)
+    # Keep draining its log (a line per document), or a full pipe would stall it.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    return process, target
 
 
 def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
@@ -116,9 +92,7 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     for doc_type, content in docs.items():
         paths[doc_type] = work_dir / f"sample.{doc_type}"
         paths[doc_type].write_bytes(content)
-    process, target = start_server(
-        tiny_model(Path(args.cache_dir), work_dir), Path(args.cache_dir), args.workers
-    )
+    process, target = start_server(Path(args.cache_dir), work_dir, args.workers)
     try:
         with grpc.insecure_channel(target) as channel:
             stub = documents_pb2_grpc.DocumentsStub(channel)

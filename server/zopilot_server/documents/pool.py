@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
 JOIN_TIMEOUT_S = 10.0
+# Replies up to this size are read on the event loop; larger ones in a thread.
+INLINE_REPLY_BYTES = 1024 * 1024
 
 
 class WorkerDied(Exception):
@@ -44,6 +47,7 @@ class _Worker:
         self.process = process
         self.conn = conn
         self.guard = ""
+        self._waiter: asyncio.Future[None] | None = None
         self._pending: asyncio.Future[Any] | None = None
 
     @property
@@ -51,28 +55,51 @@ class _Worker:
         return self.process.pid
 
     async def receive(self, executor: ThreadPoolExecutor, timeout: float) -> Any:
-        """The next message from the worker, waited for in a thread (replies can be MBs)."""
+        """The worker's next message (see ``worker.send_message``).
+
+        Small messages are read on the event loop as soon as the pipe is readable, which
+        saves a thread handoff per document; large ones are read in a thread so that a
+        50 MB spreadsheet never stalls the loop (and the token streams it serves).
+        """
         loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(executor, self.conn.recv)
         try:
-            return await asyncio.wait_for(asyncio.shield(self._pending), timeout)
+            await asyncio.wait_for(self._readable(loop), timeout)
+            size = self.conn.recv()
+            if size <= INLINE_REPLY_BYTES:
+                return pickle.loads(self.conn.recv_bytes())
+            self._pending = loop.run_in_executor(executor, self.conn.recv_bytes)
+            return pickle.loads(await asyncio.wait_for(asyncio.shield(self._pending), timeout))
         except asyncio.TimeoutError:
             raise  # (a subclass of OSError since Python 3.11: not a dead worker)
         except (EOFError, OSError) as exc:
             raise WorkerDied(self.process.exitcode) from exc
+
+    async def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
+        fd = self.conn.fileno()
+        self._waiter = loop.create_future()
+        waiter = self._waiter
+        loop.add_reader(fd, lambda: waiter.done() or waiter.set_result(None))
+        try:
+            await waiter
+        finally:
+            loop.remove_reader(fd)
+            self._waiter = None
 
     async def call(self, job: ParseJob, executor: ThreadPoolExecutor, timeout: float) -> Reply:
         self.conn.send(job)
         return await self.receive(executor, timeout)
 
     async def kill(self, executor: ThreadPoolExecutor) -> None:
-        """SIGKILL, reap, and close the pipe once no thread reads it any more."""
+        """SIGKILL, reap, and close the pipe once nothing reads or watches it any more."""
         if self.process.is_alive():
             self.process.kill()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(executor, self.process.join, JOIN_TIMEOUT_S)
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(EOFError("worker stopped"))
+            await asyncio.sleep(0)  # let the reader remove its fd watch before we close
         self.conn.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 import traceback
 from multiprocessing.connection import Connection
@@ -34,7 +35,7 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
         extract.warm_up(settings.scratch_root)
     except Exception:  # noqa: BLE001 - a slower first document, not a broken worker
         log.warning("warm-up failed:\n%s", traceback.format_exc())
-    conn.send(("ready", os.getpid(), guard))
+    send_message(conn, ("ready", os.getpid(), guard))
     while True:
         try:
             job = conn.recv()
@@ -42,7 +43,15 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
             return  # the server went away
         if job is None:
             return
-        conn.send(run_job(job, settings, guard))
+        send_message(conn, run_job(job, settings, guard))
+
+
+def send_message(conn: Connection, message: object) -> None:
+    """Its size first, then the pickled message: the server reads small replies on its
+    event loop and large ones in a thread (pool._Worker.receive)."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    conn.send(len(payload))
+    conn.send_bytes(payload)
 
 
 def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
