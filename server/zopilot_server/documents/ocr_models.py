@@ -14,6 +14,9 @@ Fetch them once, with network, at image build time:
     python -m zopilot_server.documents.ocr_models fetch --dir DIR
 and check them (exit status 1 when incomplete):
     python -m zopilot_server.documents.ocr_models check --dir DIR
+
+The image build runs this file as a plain script before the application is installed,
+so it imports nothing from the package and only the standard library at module level.
 """
 
 from __future__ import annotations

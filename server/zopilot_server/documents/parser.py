@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 INLINE_MAX_BYTES = 256 * 1024
+DEADLINE_SLACK_S = 0.05
 
 
 class ParserInternalError(Exception):
@@ -123,18 +124,20 @@ class DocumentParser:
     async def _run(
         self, pool: WorkerPool, job: ParseJob, time_remaining: float | None
     ) -> ParseOutcome:
+        loop = asyncio.get_running_loop()
         limit = self._config.doc_timeout_s
-        deadline_binds = time_remaining is not None and time_remaining < limit
-        parse_timeout = min(limit, time_remaining) if time_remaining is not None else limit
+        deadline = None if time_remaining is None else loop.time() + time_remaining
         wait_timeout = self._longest_fair_wait()
         if time_remaining is not None:
             wait_timeout = min(wait_timeout, time_remaining)
         try:
-            reply = await pool.run(job, parse_timeout=parse_timeout, wait_timeout=wait_timeout)
+            reply = await pool.run(
+                job, parse_timeout=limit, wait_timeout=wait_timeout, deadline=deadline
+            )
         except asyncio.TimeoutError:
             raise ParseTimeout(
                 "the call's deadline expired while parsing"
-                if deadline_binds
+                if deadline is not None and loop.time() >= deadline - DEADLINE_SLACK_S
                 else f"parsing took longer than {limit:g} s (--doc-timeout-s); the parser "
                 "was stopped"
             ) from None

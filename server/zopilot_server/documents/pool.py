@@ -138,12 +138,25 @@ class WorkerPool:
         while self.live < self._size:
             self._spawn()
 
-    async def run(self, job: ParseJob, *, parse_timeout: float, wait_timeout: float) -> Reply:
-        """Parse ``job`` in a worker; kill and replace the worker if anything goes wrong."""
+    async def run(
+        self,
+        job: ParseJob,
+        *,
+        parse_timeout: float,
+        wait_timeout: float,
+        deadline: float | None = None,
+    ) -> Reply:
+        """Parse ``job`` in a worker; kill and replace the worker if anything goes wrong.
+
+        The parse gets ``parse_timeout`` seconds, fewer if the call's ``deadline`` (event
+        loop time) comes sooner after the wait for a worker.
+        """
         worker = await self._acquire(wait_timeout)
+        if deadline is not None:
+            parse_timeout = min(parse_timeout, deadline - asyncio.get_running_loop().time())
         self._busy += 1
         try:
-            reply = await worker.call(job, self._executor, parse_timeout)
+            reply = await worker.call(job, self._executor, max(parse_timeout, 0.0))
         except BaseException:
             self._workers.discard(worker)
             await asyncio.shield(self._retire(worker))
