@@ -435,3 +435,12 @@ def test_worker_killed_while_idle_is_replaced(
     wait_until(lambda: not worker.process.is_alive())
     assert_serves(fault_parse, fault_server)  # the dead worker is noticed, not used
     assert _worker_pids(fault_server) != [pid]
+
+
+def test_parser_bug_is_internal_and_the_server_keeps_serving(
+    fault_parse: Parse, fault_server: InProcessServer
+) -> None:
+    error = rpc_error(lambda: fault_parse(b"x", "zopilot-fault-bug.txt", request_id="bug-1"))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "bug-1" in error.details()
+    assert_serves(fault_parse, fault_server)

@@ -30,6 +30,7 @@ class ParseJob:
     json_fields: tuple[str, ...] = ()
     json_schema: dict[str, object] | None = None
     display_name: str = "document"
+    request_id: str = ""
     # Test-only fault to act out (see faults.py); empty unless --doc-fault-injection.
     fault: str = ""
 

@@ -3,9 +3,10 @@
 The isolation promises (a hung parser is killed at its deadline, a crashed one is
 replaced, the request's temp dir is deleted either way, the network is unreachable)
 can only be tested with a parser that misbehaves on demand. With fault injection
-enabled, a filename starting with ``zopilot-fault-<name>`` makes the worker act out
-``<name>`` instead of parsing. The server never enables it by default, and the flag's
-help says it is for tests.
+enabled (the server checks the flag, and the worker checks it again), a filename
+starting with ``zopilot-fault-<name>`` makes the worker act out ``<name>`` instead of
+parsing: hang, crash (SIGKILL itself), bug (raise), network (try to connect and report).
+Both leave a temp file behind first. It is off by default; its flag says it is for tests.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from .domain import OutputFormat, ParseJob, ParseOutcome
 
 PREFIX = "zopilot-fault-"
-FAULTS = ("hang", "crash", "network")
+FAULTS = ("hang", "crash", "bug", "network")
 
 
 def requested(filename: str, enabled: bool) -> str:
@@ -42,6 +43,8 @@ def act(job: ParseJob, guard: str) -> ParseOutcome:
             time.sleep(3600)
     if job.fault == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    if job.fault == "bug":
+        raise RuntimeError("injected parser bug")
     with open(job.path, encoding="utf-8") as handle:
         host, _, port = handle.read().strip().rpartition(":")
     report = [f"guard: {guard}"] + [

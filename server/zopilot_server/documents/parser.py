@@ -110,6 +110,7 @@ class DocumentParser:
             json_fields=request.json_fields,
             json_schema=request.json_schema,
             display_name=request.filename or f"document{detected.doc_type.extension}",
+            request_id=request.request_id,
             fault=faults.requested(request.filename, self._config.doc_fault_injection),
         )
 

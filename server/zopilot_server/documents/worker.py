@@ -72,7 +72,12 @@ def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
     except OcrModelsMissing as exc:
         return ("ocr_missing", str(exc))
     except Exception as exc:  # noqa: BLE001 - reported to the server as INTERNAL
-        log.error("parsing a %s failed:\n%s", job.doc_type, traceback.format_exc())
+        log.error(
+            "request %s: parsing a %s failed:\n%s",
+            job.request_id or "-",
+            job.doc_type,
+            traceback.format_exc(),
+        )
         return ("internal", f"{type(exc).__name__}: {exc}")
     finally:
         tempfile.tempdir = None
