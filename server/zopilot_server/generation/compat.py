@@ -5,12 +5,16 @@ quantizes on CPU with transformers >= 4.53, so `make test-quant` runs 4.57. Ever
 difference we depend on is guarded here, in one place, instead of version checks
 scattered through the loader:
 
-- ``from_pretrained(torch_dtype=...)`` became ``dtype=...`` in 4.56; 4.57 still accepts
-  the old name but logs a deprecation warning on every load.
-- Since 4.50, ``tokenizer.save_pretrained`` writes the chat template to a separate
-  ``chat_template.jinja`` file, which 4.45 does not read: a model directory converted by
-  4.57 would lose its chat template under 4.45. ``save_jinja_files=False`` keeps the
-  template inside ``tokenizer_config.json``, which every version reads.
+- ``from_pretrained(torch_dtype=...)`` became ``dtype=...`` in 4.56 (transformers
+  #39782); 4.57 still accepts the old name but logs a deprecation warning on every load.
+- Newer versions (4.57 measured) make ``tokenizer.save_pretrained`` write the chat
+  template to a separate ``chat_template.jinja`` file, which 4.45 does not read: the
+  embedded model converted by 4.57 into a shared cache lost its chat template when 4.45
+  loaded it. ``save_jinja_files=False`` keeps the template inside
+  ``tokenizer_config.json``, which every version reads.
+
+Everything else the engine uses (generate() keywords, the streamer, logits processor and
+stopping criteria, GGUF loading) behaves the same: the main suite passes under 4.57 too.
 """
 
 from __future__ import annotations
