@@ -14,8 +14,8 @@ scattered through the loader:
   ``tokenizer_config.json``, which every version reads.
 
 Everything else the engine uses (generate() keywords, the streamer, logits processor and
-stopping criteria, GGUF loading) behaves the same: the main suite's generation, client and
-lifecycle tests pass under 4.57 too (run with .venv-quant).
+stopping criteria, GGUF loading) behaves the same: the main suite's generation and client
+tests pass under 4.57 too (run with .venv-quant).
 """
 
 from __future__ import annotations
