@@ -10,6 +10,7 @@ Replies are plain tuples, because our exceptions do not survive pickling intact:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -35,6 +36,10 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
         extract.warm_up(settings.scratch_root)
     except Exception:  # noqa: BLE001 - a slower first document, not a broken worker
         log.warning("warm-up failed:\n%s", traceback.format_exc())
+    # Everything imported so far lives as long as the worker: keep it out of the cyclic
+    # garbage collector's full passes, which otherwise walk it during every large parse.
+    gc.collect()
+    gc.freeze()
     send_message(conn, ("ready", os.getpid(), guard))
     while True:
         try:
