@@ -141,3 +141,18 @@ def test_ocr_model_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         (tmp_path / relative).write_bytes(b"x")
     assert ocr_models.missing(tmp_path) == []
     assert ocr_models.main(["check", "--dir", str(tmp_path)]) == 0
+
+
+def test_workers_drop_credentials() -> None:
+    from zopilot_server.documents.sandbox import drop_secrets
+
+    environ = {
+        "PATH": "/bin",
+        "ZOPILOT_API_KEY": "k",
+        "HF_TOKEN": "t",
+        "NANONETS_API_KEY": "n",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "LANG": "C.UTF-8",
+    }
+    drop_secrets(environ)
+    assert environ == {"PATH": "/bin", "LANG": "C.UTF-8"}

@@ -8,6 +8,8 @@
 - No surprising writes: HOME, XDG dirs and TMPDIR point into the server's private scratch
   folder (deleted on shutdown); model caches point at the configured OCR model dir;
   Hugging Face libraries are told they are offline.
+- No credentials: the server's API key and any token-like variables are removed from
+  the worker's environment, so nothing can find a key and switch to a cloud mode.
 - Quiet: docstrange prints banners to stdout; the worker's stdout goes to /dev/null.
 """
 
@@ -17,14 +19,17 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import socket
 import sys
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 _ORIGINAL_SOCKET = socket.socket
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,18 @@ def private_environment(settings: WorkerSettings) -> dict[str, str]:
     }
 
 
+def drop_secrets(environ: MutableMapping[str, str]) -> None:
+    """Remove credentials (our API key, cloud and hub tokens) a parser has no use for, so
+    no library finds a key and switches to a cloud mode. (The process's initial
+    environment in /proc stays as it was spawned; this is not a secrecy boundary.)"""
+    for name in list(environ):
+        if name.startswith("ZOPILOT_") or _SECRET_NAME.search(name):
+            del environ[name]
+
+
 def prepare_worker(settings: WorkerSettings) -> str:
     """Isolate this (fresh, spawned) process; return a description of the network guard."""
+    drop_secrets(os.environ)
     os.environ.update(private_environment(settings))
     os.makedirs(settings.home_dir, exist_ok=True)
     logging.basicConfig(
