@@ -249,6 +249,7 @@ BAD_INPUT = [
     pytest.param(build.png_image(), "x.txt", "content", "looks like png", id="png-as-txt"),
     pytest.param(_truncated(build.docx_report()), "t.docx", "content", "corrupt", id="cut-docx"),
     pytest.param(_truncated(build.xlsx_workbook()), "t.xlsx", "content", "corrupt", id="cut-xlsx"),
+    pytest.param(_truncated(build.pptx_deck()), "t.pptx", "content", "corrupt", id="cut-pptx"),
     pytest.param(os.urandom(4096), "random.xlsx", "content", "magic", id="random-xlsx"),
     pytest.param(os.urandom(4096), "random.pdf", "content", "magic", id="random-pdf"),
     pytest.param(b"%PDF-1.7\n" + os.urandom(4096), "bad.pdf", "content", "", id="corrupt-pdf"),
@@ -444,3 +445,26 @@ def test_parser_bug_is_internal_and_the_server_keeps_serving(
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "bug-1" in error.details()
     assert_serves(fault_parse, fault_server)
+
+
+def test_pdf_page_without_text_layer_is_named(parse: Parse) -> None:
+    import pymupdf
+
+    with pymupdf.open() as document:
+        document.new_page().insert_text((72, 72), "Only the first page has text")
+        document.new_page()
+        content = document.tobytes()
+    reply = parse(content, "mixed.pdf")
+    assert "Only the first page has text" in reply.markdown
+    assert reply.metadata.page_count == 2
+    assert any("page 2 has no text layer" in w for w in reply.warnings)
+
+
+def test_truncated_pdf_is_repaired_or_refused_never_internal(parse: Parse) -> None:
+    content = build.pdf_pages(3)
+    try:
+        reply = parse(content[: len(content) * 2 // 3], "cut.pdf")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    else:
+        assert any("repaired" in w for w in reply.warnings), reply.warnings

@@ -193,22 +193,31 @@ def _rejected(job: ParseJob, exc: BaseException) -> DocumentRejected:
     return DocumentRejected("content", f"could not parse the {job.doc_type}: {message}")
 
 
-def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
+def _pdf_pages(job: ParseJob) -> tuple[list[str], bool]:
+    """The text of every page and whether MuPDF had to repair the file.
+
+    Any MuPDF failure, opening the file or reading a page, is the document's fault.
+    """
     import pymupdf
 
     try:
-        document = pymupdf.open(job.path, filetype="pdf")
-    except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
+        with pymupdf.open(job.path, filetype="pdf") as document:
+            if document.needs_pass:
+                raise DocumentRejected(
+                    "content", "the PDF is encrypted with a password; send an unencrypted copy"
+                )
+            if document.page_count == 0:
+                raise DocumentRejected("content", "the PDF has no pages (corrupt?)")
+            pages = [page.get_text() for page in document]
+            return pages, bool(getattr(document, "is_repaired", False))
+    except DocumentRejected:
+        raise
+    except Exception as exc:  # MuPDF raises FileDataError and many FzError* types
         raise _rejected(job, exc) from exc
-    with document:
-        if document.needs_pass:
-            raise DocumentRejected(
-                "content", "the PDF is encrypted with a password; send an unencrypted copy"
-            )
-        if document.page_count == 0:
-            raise DocumentRejected("content", "the PDF has no pages (corrupt?)")
-        pages = [page.get_text() for page in document]
-        repaired = bool(getattr(document, "is_repaired", False))
+
+
+def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
+    pages, repaired = _pdf_pages(job)
     if not any(text.strip() for text in pages):
         extraction = _ocr(job, model_dir, "PDFProcessor")
         extraction.page_count = len(pages)
@@ -221,9 +230,8 @@ def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
     extraction = Extraction(markdown, "pymupdf-text", {"pages": len(pages)}, len(pages))
     empty = [str(n) for n, text in enumerate(pages, start=1) if not text.strip()]
     if empty:
-        extraction.warnings.append(
-            f"pages {', '.join(empty)} have no text layer (scanned?); they were not OCRed"
-        )
+        which = f"page {empty[0]} has" if len(empty) == 1 else f"pages {', '.join(empty)} have"
+        extraction.warnings.append(f"{which} no text layer (scanned?); not OCRed")
     if repaired:
         extraction.warnings.append("the PDF was damaged and repaired; text may be incomplete")
     return extraction
