@@ -209,6 +209,7 @@ async def serve(config: ServerConfig, loader: ModelLoader = load_model) -> int:
     if running.load_task in done and running.load_task.exception() is not None:
         stop_task.cancel()
         await running.server.stop(0)
+        await running.documents.close()  # its workers started before the model load
         raise running.load_task.exception()  # type: ignore[misc]
     await stop.wait()
     log.info("signal received")
