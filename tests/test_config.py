@@ -38,6 +38,7 @@ def test_every_setting_has_a_flag_and_env_in_help():
     [
         (["--port", "70000"], {}, "--port must be 0..65535"),
         (["--max-concurrent", "0"], {}, "--max-concurrent must be >= 1"),
+        (["--bnb-int8-threshold", "-1"], {}, "--bnb-int8-threshold must be >= 0"),
         (["--device", "tpu"], {}, "invalid choice"),
         ([], {"ZOPILOT_PORT": "abc"}, "ZOPILOT_PORT"),
         (["--default-max-new-tokens", "9000"], {}, "must not exceed --max-new-tokens-limit"),

@@ -120,6 +120,7 @@ class ServerConfig:
             (self.max_stop_sequences >= 0, "--max-stop-sequences must be >= 0"),
             (self.max_queue >= 0, "--max-queue must be >= 0"),
             (self.max_concurrent >= 1, "--max-concurrent must be >= 1"),
+            (self.bnb_int8_threshold >= 0, "--bnb-int8-threshold must be >= 0"),
             (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),
             (self.doc_max_bytes >= 1, "--doc-max-bytes must be >= 1"),
             (self.doc_workers >= 1, "--doc-workers must be >= 1"),
