@@ -260,7 +260,11 @@ def _ocr_processor(processor_name: str, model_dir: str) -> Any:
 
     _pin_model_cache(model_downloader.ModelDownloader, model_dir)
     try:
-        return getattr(processors, processor_name)()
+        processor = getattr(processors, processor_name)()
+        # ImageProcessor loads its OCR engine on first use, inside process(), where a
+        # failure would look like a bad image: load it now (PDFProcessor already has).
+        getattr(processor, "_get_ocr_service", lambda: None)()
+        return processor
     except Exception as exc:  # any load failure means unusable models
         raise OcrModelsMissing(
             f"the OCR models in {model_dir} could not be loaded ({type(exc).__name__}: "
