@@ -107,14 +107,17 @@ def parse(job: ParseJob, model_dir: str) -> ParseOutcome:
     warnings = extraction.warnings + _docstrange_notes(extraction.markdown)
     if not extraction.markdown.strip():
         warnings.append("no text found in the document")
+    structured = OutputFormat.JSON in job.formats and (
+        bool(job.json_fields) or job.json_schema is not None
+    )
     rendered = outputs.render(
         extraction.markdown,
-        job.formats,
+        tuple(f for f in job.formats if not (structured and f is OutputFormat.JSON)),
         title=job.display_name,
         metadata=extraction.metadata,
         warnings=warnings,
     )
-    if OutputFormat.JSON in job.formats and (job.json_fields or job.json_schema is not None):
+    if structured:
         data = fields.structured(extraction.markdown, job.json_fields, job.json_schema)
         rendered[OutputFormat.JSON] = json.dumps(data, ensure_ascii=False)
         warnings.append(fields.WARNING)
