@@ -10,8 +10,9 @@ and for each type measures, in alternating rounds:
 
 It prints JSON with docs/s per type and overall, ``ratio`` = gRPC / in-process docs/s
 (target >= 0.8 for small documents) and ``ratio_median_round``, the median of the
-per-round ratios, which shrugs off a round slowed by some other process. A second figure, ``concurrent``, runs as many client
-threads as the server has workers. Compare ratios from one run, not numbers across runs.
+per-round ratios, which shrugs off a round slowed by some other process. A second
+figure, ``concurrent``, runs as many client threads as the server has workers.
+Compare ratios from one run, not numbers across runs.
 
     .venv/bin/python bench/documents.py --rounds 3 --per-round 10
 """
