@@ -37,7 +37,19 @@ import grpc  # noqa: E402
 from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
 from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
 
+# A chat turn, so the first generated token is text (a raw prompt makes SmolLM2-Instruct
+# emit <|im_end|> first, which has no text: TTFT would then measure the second token).
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+def prompt_ids(tokenizer: Any) -> list[int]:
+    """The ids the server builds for ``messages``: template text, no extra special tokens."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 TOKENS = {"tiny": 256, "smollm2": 64}
 
 
@@ -72,7 +84,7 @@ class FirstTokenTimer:
 def in_process_run(model: Any, tokenizer: Any, tokens: int) -> dict[str, float]:
     import torch
 
-    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    ids = torch.tensor([prompt_ids(tokenizer)])
     timer = FirstTokenTimer()
     start = time.perf_counter()
     with torch.inference_mode():
@@ -90,8 +102,14 @@ def in_process_run(model: Any, tokenizer: Any, tokens: int) -> dict[str, float]:
     return {"ttft_ms": (timer.first_at - start) * 1000, "tokens_per_s": generated / (end - start)}
 
 
-def grpc_run(stub: generation_pb2_grpc.GenerationStub, tokens: int) -> dict[str, float]:
-    request = pb.GenerateRequest(prompt=PROMPT, max_new_tokens=tokens, ignore_eos=True)
+def grpc_run(
+    stub: generation_pb2_grpc.GenerationStub, tokens: int, input_tokens: int
+) -> dict[str, float]:
+    request = pb.GenerateRequest(
+        messages=[pb.ChatMessage(role="user", content=PROMPT)],
+        max_new_tokens=tokens,
+        ignore_eos=True,
+    )
     start = time.perf_counter()
     first: float | None = None
     last_chunk = None
@@ -102,13 +120,16 @@ def grpc_run(stub: generation_pb2_grpc.GenerationStub, tokens: int) -> dict[str,
     end = time.perf_counter()
     assert last_chunk is not None and first is not None
     generated = last_chunk.usage.generated_tokens
+    assert last_chunk.usage.input_tokens == input_tokens, "both sides must see the same prompt"
     assert generated == tokens, f"expected {tokens} tokens, got {generated}"
     return {"ttft_ms": (first - start) * 1000, "tokens_per_s": generated / (end - start)}
 
 
-def start_server(model_dir: Path, cache_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    model_dir: Path, cache_dir: Path, server_args: list[str]
+) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, "-m", "zopilot_server", "--port", "0", "--model", str(model_dir)]
-    command += ["--cache-dir", str(cache_dir)]
+    command += ["--cache-dir", str(cache_dir), *server_args]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -129,22 +150,25 @@ def start_server(model_dir: Path, cache_dir: Path) -> tuple[subprocess.Popen[str
     return process, f"127.0.0.1:{port}"
 
 
-def bench_model(name: str, model_dir: Path, cache_dir: Path, repeats: int) -> dict[str, Any]:
+def bench_model(
+    name: str, model_dir: Path, cache_dir: Path, repeats: int, server_args: list[str]
+) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokens = TOKENS[name]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    process, target = start_server(model_dir, cache_dir)
+    process, target = start_server(model_dir, cache_dir, server_args)
     runs: dict[str, list[dict[str, float]]] = {"in_process": [], "grpc": []}
     try:
         with grpc.insecure_channel(target) as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
-            grpc_run(stub, 8)  # warm-up both sides
+            input_tokens = len(prompt_ids(tokenizer))
+            grpc_run(stub, 8, input_tokens)  # warm-up both sides
             in_process_run(model, tokenizer, 8)
             for _ in range(repeats):  # alternate, so drift hits both sides alike
                 runs["in_process"].append(in_process_run(model, tokenizer, tokens))
-                runs["grpc"].append(grpc_run(stub, tokens))
+                runs["grpc"].append(grpc_run(stub, tokens, input_tokens))
     finally:
         process.terminate()
         process.wait(30)
@@ -156,6 +180,7 @@ def bench_model(name: str, model_dir: Path, cache_dir: Path, repeats: int) -> di
         "model": name,
         "new_tokens": tokens,
         "repeats": repeats,
+        "server_args": server_args,
         "in_process": {k: median("in_process", k) for k in ("tokens_per_s", "ttft_ms")},
         "grpc": {k: median("grpc", k) for k in ("tokens_per_s", "ttft_ms")},
     }
@@ -174,11 +199,19 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(TOKENS), default=["tiny", "smollm2"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="extra server flag, repeatable (e.g. --server-arg=--stream-interval-ms=5)",
+    )
     args = parser.parse_args()
     cache_dir = Path(args.cache_dir)
     with tempfile.TemporaryDirectory() as work:
         dirs = model_dirs(args.models, cache_dir, Path(work))
-        results = [bench_model(n, dirs[n], cache_dir, args.repeats) for n in args.models]
+        results = [
+            bench_model(n, dirs[n], cache_dir, args.repeats, args.server_arg) for n in args.models
+        ]
     print(json.dumps({"benchmark": "stream", "results": results}, indent=2))
 
 

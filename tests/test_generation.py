@@ -182,3 +182,17 @@ def test_greedy_smollm2_answers_paris_as_a_stream(smollm2_stub):
     chunks = stream(smollm2_stub, messages=question, max_new_tokens=30)
     assert "Paris" in text_of(chunks)
     assert chunks[-1].finish_reason == pb.FINISH_REASON_EOS_TOKEN
+
+
+def test_stream_interval_merges_tokens_into_fewer_chunks(make_server):
+    from zopilot_client.pb import generation_pb2_grpc
+
+    fields = {"prompt": PROMPT, "max_new_tokens": 64, "ignore_eos": True}
+    server = make_server(stream_interval_ms=50)
+    with server.channel() as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        merged = stream(stub, return_token_details=True, **fields)
+        unary = stub.Generate(pb.GenerateRequest(**fields), timeout=60)
+    assert text_of(merged) == unary.text
+    assert sum(len(c.tokens) for c in merged) == 64  # every token is still reported
+    assert len(merged) < 64 / 2, "tokens generated within an interval share a chunk"

@@ -81,3 +81,13 @@ def test_no_stop_sequences_passes_text_through():
     matcher = StopSequenceMatcher((), include_stop_sequence=False)
     assert matcher.feed("abc").text == "abc"
     assert matcher.flush() == ""
+
+
+def test_fast_path_decodes_exactly_like_the_tokenizer(tokenizer):
+    ids = tokenizer(MULTIBYTE + " <|im_end|> more", add_special_tokens=False)["input_ids"]
+    fast = IncrementalDetokenizer(tokenizer)
+    assert fast._backend_decode is not None
+    for end in range(len(ids) + 1):
+        assert fast._decode(ids[:end]) == tokenizer.decode(
+            ids[:end], skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )

@@ -180,7 +180,10 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
     loaded = await asyncio.to_thread(loader, running.config)
     config = running.config
     running.generation.engine = GenerationEngine(
-        loaded, max_concurrent=config.max_concurrent, max_queue=config.max_queue
+        loaded,
+        max_concurrent=config.max_concurrent,
+        max_queue=config.max_queue,
+        stream_interval_s=config.stream_interval_ms / 1000,
     )
     await running.set_serving(True)
     running.ready.set()

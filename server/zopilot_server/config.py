@@ -83,6 +83,11 @@ class ServerConfig:
         "requests that may wait for a generation slot; beyond it RESOURCE_EXHAUSTED", 32
     )
     max_concurrent: int = _opt("generations that run at the same time", 1)
+    stream_interval_ms: int = _opt(
+        "GenerateStream: after the first chunk, send at most one chunk per this many ms, "
+        "merging the tokens in between (0 = a chunk per token)",
+        0,
+    )
     deadline_margin_ms: int = _opt(
         "stop generating this long before a call's deadline, to deliver the text", 150
     )
@@ -122,6 +127,7 @@ class ServerConfig:
             (self.max_concurrent >= 1, "--max-concurrent must be >= 1"),
             (self.bnb_int8_threshold >= 0, "--bnb-int8-threshold must be >= 0"),
             (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),
+            (self.stream_interval_ms >= 0, "--stream-interval-ms must be >= 0"),
             (self.doc_max_bytes >= 1, "--doc-max-bytes must be >= 1"),
             (self.doc_workers >= 1, "--doc-workers must be >= 1"),
             (self.doc_timeout_s > 0, "--doc-timeout-s must be > 0"),

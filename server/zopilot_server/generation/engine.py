@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .chunk_channel import ChunkChannel
 from .domain import Chunk, FinishReason, GenerationRequest
 from .model_loader import LoadedModel
 from .run_control import RunControl, stopping_criteria
@@ -74,8 +74,16 @@ class Job:
 class GenerationEngine:
     """Owns the model; runs admitted requests on ``max_concurrent`` worker threads."""
 
-    def __init__(self, loaded: LoadedModel, *, max_concurrent: int = 1, max_queue: int = 0):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_concurrent: int = 1,
+        max_queue: int = 0,
+        stream_interval_s: float = 0.0,
+    ):
         self.loaded = loaded
+        self.stream_interval_s = stream_interval_s
         self._max_queue = max_queue
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -232,27 +240,20 @@ async def stream_chunks(
 ) -> AsyncIterator[Chunk]:
     """Submit ``request`` and yield its Chunks without blocking the event loop.
 
-    Chunks cross from the generate thread with ``call_soon_threadsafe``. Leaving the
-    iteration early (the client cancelled: the handler task is cancelled) cancels the
-    job, which stops generate() within one decoding step.
+    Chunks cross from the generate thread through a ChunkChannel. Leaving the iteration
+    early (the client cancelled: the handler task is cancelled) cancels the job, which
+    stops generate() within one decoding step.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
-
-    def sink(item: object) -> None:
-        # RuntimeError: the loop is closed, the server is gone and nobody is listening.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    job = engine.submit(request, sink)
+    channel = ChunkChannel(asyncio.get_running_loop())
+    job = engine.submit(request, channel.put)
+    interval = engine.stream_interval_s
     try:
         while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, Chunk)
-            yield item
-            if item.completion is not None:
+            chunk = await channel.get()
+            yield chunk
+            if chunk.completion is not None:
                 return
+            if interval:  # let tokens pile up; the first chunk already went out at once
+                await asyncio.sleep(interval)
     finally:
         job.cancel()
