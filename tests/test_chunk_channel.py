@@ -55,3 +55,35 @@ def test_producer_thread_wakes_the_waiting_reader():
 
     texts = asyncio.run(scenario())
     assert "".join(texts) == "".join(str(i % 10) for i in range(200)) + "!"
+
+
+def test_result_collector_wakes_once_with_everything_merged():
+    from zopilot_server.generation.chunk_channel import ResultCollector
+
+    async def scenario() -> Chunk:
+        collector = ResultCollector(asyncio.get_running_loop())
+
+        def produce() -> None:
+            for i in range(50):
+                collector.put(Chunk(text=str(i % 10)))
+            collector.put(Chunk(text="", completion=object()))  # type: ignore[arg-type]
+
+        threading.Thread(target=produce).start()
+        return await asyncio.wait_for(collector.result(), 10)
+
+    result = asyncio.run(scenario())
+    assert result.text == "".join(str(i % 10) for i in range(50))
+    assert result.completion is not None
+
+
+def test_result_collector_raises_the_generation_error():
+    from zopilot_server.generation.chunk_channel import ResultCollector
+
+    async def scenario() -> None:
+        collector = ResultCollector(asyncio.get_running_loop())
+        collector.put(Chunk(text="x"))
+        collector.put(RuntimeError("boom"))
+        await asyncio.wait_for(collector.result(), 10)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(scenario())

@@ -70,3 +70,41 @@ class ChunkChannel:
             assert isinstance(error, BaseException)
             raise error
         return merge(chunks)
+
+
+class ResultCollector:
+    """For unary Generate: gathers every Chunk in the generate thread and wakes the event
+    loop once, at the end. Waking it per token would only make the loop compete with the
+    generate thread for the GIL, to collect text nobody sees before the end anyway."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._chunks: list[Chunk] = []
+        self._done: asyncio.Future[Chunk] = loop.create_future()
+
+    def put(self, item: object) -> None:
+        """Called from the generate thread: a Chunk, or an exception ending the generation."""
+        if isinstance(item, Chunk):
+            self._chunks.append(item)
+            if item.completion is None:
+                return
+            self._finish(merge(self._chunks), None)
+        else:
+            assert isinstance(item, BaseException)
+            self._finish(None, item)
+
+    def _finish(self, result: Chunk | None, error: BaseException | None) -> None:
+        def settle() -> None:
+            if self._done.done():
+                return
+            if error is not None:
+                self._done.set_exception(error)
+            else:
+                self._done.set_result(result)  # type: ignore[arg-type]
+
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+            self._loop.call_soon_threadsafe(settle)
+
+    async def result(self) -> Chunk:
+        """The whole generation as one Chunk (its ``completion`` set)."""
+        return await self._done

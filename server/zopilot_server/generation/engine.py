@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chunk_channel import ChunkChannel
+from .chunk_channel import ChunkChannel, ResultCollector
 from .domain import Chunk, FinishReason, GenerationRequest
 from .model_loader import LoadedModel
 from .run_control import RunControl, stopping_criteria
@@ -255,5 +255,18 @@ async def stream_chunks(
                 return
             if interval:  # let tokens pile up; the first chunk already went out at once
                 await asyncio.sleep(interval)
+    finally:
+        job.cancel()
+
+
+async def complete_generation(engine: GenerationEngine, request: GenerationRequest) -> Chunk:
+    """Submit ``request`` and return the whole generation as one Chunk (unary Generate).
+
+    Cancelling the awaiting task (client gone) cancels the job, as for streams.
+    """
+    collector = ResultCollector(asyncio.get_running_loop())
+    job = engine.submit(request, collector.put)
+    try:
+        return await collector.result()
     finally:
         job.cancel()

@@ -12,8 +12,14 @@ from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 from .. import errors
 from ..config import ServerConfig
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable, rpc_errors
-from .domain import Chunk, Completion, TokenDetail
-from .engine import EngineClosed, GenerationEngine, QueueFull, stream_chunks
+from .domain import Chunk, Completion, GenerationRequest, TokenDetail
+from .engine import (
+    EngineClosed,
+    GenerationEngine,
+    QueueFull,
+    complete_generation,
+    stream_chunks,
+)
 from .validation import to_generation_request, truncate_left
 
 log = logging.getLogger(__name__)
@@ -34,9 +40,9 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             raise Unavailable("the model is still loading; retry shortly (health: NOT_SERVING)")
         return self.engine
 
-    async def _chunks(
+    def _domain_request(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[tuple[str, Chunk]]:
+    ) -> tuple[GenerationEngine, GenerationRequest]:
         engine = self._ready_engine()
         domain = to_generation_request(
             request,
@@ -45,30 +51,22 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             grpc_time_remaining=context.time_remaining(),
         )
         log.debug("request %s: %d input tokens", domain.request_id, len(domain.input_ids))
-        async for chunk in stream_chunks(engine, domain):
-            yield domain.request_id, chunk
+        return engine, domain
 
     @rpc_errors
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        async for request_id, chunk in self._chunks(request, context):
-            yield chunk_to_pb(chunk, request_id)
+        engine, domain = self._domain_request(request, context)
+        async for chunk in stream_chunks(engine, domain):
+            yield chunk_to_pb(chunk, domain.request_id)
 
     @rpc_errors
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        response = pb.GenerateResponse()
-        texts: list[str] = []
-        async for request_id, chunk in self._chunks(request, context):
-            texts.append(chunk.text)
-            response.tokens.extend(token_to_pb(t) for t in chunk.tokens)
-            response.request_id = request_id
-            if chunk.completion is not None:
-                completion_to_pb(chunk.completion, response)
-        response.text = "".join(texts)
-        return response
+        engine, domain = self._domain_request(request, context)
+        return chunk_to_pb(await complete_generation(engine, domain), domain.request_id)
 
     @rpc_errors
     async def Tokenize(
