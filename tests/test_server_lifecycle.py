@@ -140,3 +140,17 @@ def test_unloadable_model_fails_fast_with_a_message(model, needle, model_cache_d
     assert process.returncode == 2
     assert needle in out
     assert "Traceback" not in out
+
+
+def test_sigterm_during_a_long_load_exits_without_waiting_for_it(tmp_path):
+    """The embedded model's first conversion takes ~15 s; a SIGTERM meanwhile must not
+    wait for it (the converted model never appears, proving the process did not wait)."""
+    process = start_process("--port", "0", "--cache-dir", str(tmp_path))
+    try:
+        read_until(process, r"converting embedded model")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert not list(tmp_path.glob("*/config.json")), "the process waited for the load"
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -9,8 +9,10 @@ report NOT_SERVING, give in-flight RPCs the grace period and stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -174,10 +176,42 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     return running
 
 
+async def _in_daemon_thread(fn: ModelLoader, config: ServerConfig) -> LoadedModel:
+    """Run the (uninterruptible) model load in a daemon thread.
+
+    ``asyncio.to_thread`` would use the default executor, which ``asyncio.run`` joins at
+    exit: a SIGTERM during a long load would then leave the process waiting for the load
+    to finish. A daemon thread dies with the process.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[LoadedModel] = loop.create_future()
+
+    def settle(result: LoadedModel | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: LoadedModel | None = None
+        error: BaseException | None = None
+        try:
+            result = fn(config)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # loop closed: the server already stopped
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="model-load", daemon=True).start()
+    return await future
+
+
 async def _load(running: RunningServer, loader: ModelLoader) -> None:
     # Parser workers start in the background while the model loads (they need no model).
     await running.documents.start()
-    loaded = await asyncio.to_thread(loader, running.config)
+    loaded = await _in_daemon_thread(loader, running.config)
     config = running.config
     running.generation.engine = GenerationEngine(
         loaded,

@@ -10,6 +10,8 @@ directory into the cache and load that afterwards (about 1.5 s).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import importlib.util
 import logging
@@ -17,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .compat import PORTABLE_TOKENIZER_SAVE, dtype_kwarg
@@ -62,28 +65,41 @@ def converted_dir(cache_dir: str | os.PathLike[str]) -> Path:
 def ensure_converted(cache_dir: str | os.PathLike[str]) -> Path:
     """Return the converted model directory, converting the GGUF first if needed.
 
-    The conversion writes into a temporary sibling directory and renames it into place,
-    so a crash or a concurrent converter never leaves a half-written model behind.
+    Converters take a lock, so two servers sharing a cache convert once; the conversion
+    writes into a staging directory renamed into place, so a crash or a SIGTERM never
+    leaves a half-written model where a later start would load it. Staging directories
+    left by an interrupted conversion are removed by the next one.
     """
     target = converted_dir(cache_dir)
     if (target / "config.json").is_file():
         return target
     source = gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    log.info("converting embedded model %s into %s (once)", source.name, target)
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        _convert(source, staging)
+    with _conversion_lock(target.parent):
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        for leftover in target.parent.glob(".convert-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        started = time.monotonic()
+        log.info("converting embedded model %s into %s (once)", source.name, target)
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
         try:
+            _convert(source, staging)
             os.replace(staging, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent winner: real error
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("converted embedded model in %.1f s", time.monotonic() - started)
     return target
+
+
+@contextlib.contextmanager
+def _conversion_lock(directory: Path) -> Iterator[None]:
+    with open(directory / ".convert.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _convert(source: Path, out_dir: Path) -> None:
