@@ -51,3 +51,19 @@ def test_the_embedded_model_is_fixed_up(smollm2_dir):
     ), "SmolLM2 adds no BOS"
     model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir))
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_a_gguf_file_is_served_with_its_lm_head_tied(make_server):
+    """--model FILE.gguf: transformers 4.45 leaves a tied model's lm_head random; the loader
+    ties it, so the real SmolLM2 GGUF answers correctly (about 15 s: dequantization)."""
+    from zopilot_client.pb import generation_pb2 as pb
+    from zopilot_client.pb import generation_pb2_grpc
+
+    server = make_server(model=str(default_model.gguf_path()))
+    with server.channel() as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        assert info.model_id.endswith(".gguf") and info.architecture == "LlamaForCausalLM"
+        question = [pb.ChatMessage(role="user", content="What is the capital of France?")]
+        answer = stub.Generate(pb.GenerateRequest(messages=question, max_new_tokens=20))
+    assert "Paris" in answer.text

@@ -150,9 +150,13 @@ def load_model(config: ServerConfig) -> LoadedModel:
         kwargs["device_map"] = {"": device}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source.directory), gguf_file=source.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(str(source.directory), **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(source.directory), output_loading_info=True, **kwargs
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model from {source.directory}: {exc}") from exc
+    if source.gguf_file:
+        tie_missing_lm_head(model, info)
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
@@ -179,6 +183,17 @@ def load_model(config: ServerConfig) -> LoadedModel:
         loaded.load_seconds,
     )
     return loaded
+
+
+def tie_missing_lm_head(model: Any, loading_info: dict[str, Any]) -> None:
+    """GGUF files of models with tied embeddings carry no output matrix, and transformers
+    4.45 then leaves ``lm_head`` randomly initialised (the model talks nonsense). When the
+    checkpoint had no lm_head, tie it to the embeddings, as the original model does."""
+    if "lm_head.weight" not in loading_info.get("missing_keys", ()):
+        return
+    log.warning("the GGUF file has no lm_head: tying it to the input embeddings")
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
 
 
 def _max_context(model: Any, tokenizer: Any) -> int:
