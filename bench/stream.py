@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def grpc_run(
 
 
 def start_server(
-    model_dir: Path, cache_dir: Path, server_args: list[str]
+    model_dir: Path, cache_dir: Path, server_args: Sequence[str] = ()
 ) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, "-m", "zopilot_server", "--port", "0", "--model", str(model_dir)]
     command += ["--cache-dir", str(cache_dir), *server_args]

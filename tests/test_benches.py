@@ -1,0 +1,41 @@
+"""The benchmarks still run and print their JSON (smallest settings; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str, cache_dir: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args, "--cache-dir", str(cache_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
+@pytest.mark.slow
+def test_stream_bench_reports_ratios(model_cache_dir):
+    report = run_bench("stream.py", "--models", "tiny", "--repeats", "1", cache_dir=model_cache_dir)
+    (result,) = report["results"]
+    assert result["model"] == "tiny"
+    assert result["tokens_per_s_ratio"] > 0 and "ttft_overhead_ms" in result
+
+
+@pytest.mark.slow
+def test_documents_bench_reports_ratios(model_cache_dir):
+    report = run_bench(
+        "documents.py", "--rounds", "1", "--per-round", "1", cache_dir=model_cache_dir
+    )
+    assert report["overall"]["ratio"] > 0
+    assert set(report["per_type"]) >= {"docx", "xlsx", "pdf"}
