@@ -88,6 +88,9 @@ test-quant: install-quant ## bitsandbytes 8-bit/4-bit served for real on CPU (te
 
 .PHONY: bench-documents
 
+bench-stream: install ## GenerateStream tokens/s + TTFT: gRPC vs in-process generate (JSON)
+	$(PY) bench/stream.py
+
 bench-documents: install ## DocumentParse docs/s: gRPC workers vs docstrange in-process (JSON)
 	$(PY) bench/documents.py
 
