@@ -23,6 +23,8 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from .generation.oom import is_out_of_memory
+
 log = logging.getLogger(__name__)
 
 
@@ -127,18 +129,12 @@ class Message(str, enum.Enum):
         return self.value.format(**kwargs)
 
 
-_OOM_NAMES = ("OutOfMemoryError",)
 _TRANSLATORS: dict[type[BaseException], Callable[[Any], ServiceError]] = {}
 
 
 def register(exc_type: type[BaseException], translate: Callable[[Any], ServiceError]) -> None:
     """Teach ``to_service_error`` a domain exception, so domain code stays free of gRPC."""
     _TRANSLATORS[exc_type] = translate
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError (and friends) without importing torch here."""
-    return type(exc).__name__ in _OOM_NAMES or "out of memory" in str(exc).lower()
 
 
 def to_service_error(exc: BaseException, request_id: str = "") -> ServiceError:

@@ -24,6 +24,7 @@ from typing import Any
 from .chunk_channel import ChunkChannel, ResultCollector
 from .domain import Chunk, FinishReason, GenerationRequest
 from .model_loader import LoadedModel
+from .oom import is_out_of_memory
 from .run_control import RunControl, stopping_criteria
 from .streamer import TokenStreamer
 from .token_details import LogprobRecorder
@@ -192,9 +193,20 @@ class GenerationEngine:
             self.loaded.model.generate(**generate_kwargs(self.loaded, request, streamer, recorder))
         except BaseException as exc:
             log.exception("request %s: generate() failed", request.request_id)
+            if is_out_of_memory(exc):
+                _release_cached_gpu_memory()
             job.sink(GenerationFailed(request.request_id, exc))
             return
         streamer.end()
+
+
+def _release_cached_gpu_memory() -> None:
+    """After a CUDA OOM the failed request's tensors are garbage; hand their cached blocks
+    back so the next request does not fail on fragmentation."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def generate_kwargs(
