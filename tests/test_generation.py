@@ -154,14 +154,14 @@ def test_time_limit_returns_what_was_generated(tiny_stub):
 
 def test_grpc_deadline_ends_with_time_limit_not_deadline_exceeded(tiny_stub):
     call = tiny_stub.GenerateStream(
-        pb.GenerateRequest(prompt=PROMPT, max_new_tokens=2000, ignore_eos=True), timeout=1.5
+        pb.GenerateRequest(prompt=PROMPT, max_new_tokens=2000, ignore_eos=True), timeout=1.0
     )
     chunks = list(call)  # would raise DEADLINE_EXCEEDED if the server ignored the deadline
     assert call.code() == grpc.StatusCode.OK
     assert chunks[-1].finish_reason == pb.FINISH_REASON_TIME_LIMIT
     assert chunks[-1].usage.generated_tokens > 0
     unary = tiny_stub.Generate(
-        pb.GenerateRequest(prompt=PROMPT, max_new_tokens=2000, ignore_eos=True), timeout=1.5
+        pb.GenerateRequest(prompt=PROMPT, max_new_tokens=2000, ignore_eos=True), timeout=1.0
     )
     assert unary.finish_reason == pb.FINISH_REASON_TIME_LIMIT and unary.text
 

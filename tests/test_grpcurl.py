@@ -90,7 +90,7 @@ def test_stream_and_deadline_examples_from_the_readme(tiny_server):
         tiny_server.target,
         "zopilot.v1.Generation/GenerateStream",
         data={"prompt": "Once", "max_new_tokens": 2000, "ignore_eos": True},
-        flags=("-max-time", "1.5"),
+        flags=("-max-time", "1.0"),
     )
     assert limited.returncode == 0, limited.stderr
     assert json_stream(limited.stdout)[-1]["finishReason"] == "FINISH_REASON_TIME_LIMIT"
