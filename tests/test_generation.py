@@ -197,3 +197,10 @@ def test_stream_interval_merges_tokens_into_fewer_chunks(make_server):
     assert text_of(merged) == unary.text
     assert sum(len(c.tokens) for c in merged) == 64  # every token is still reported
     assert len(merged) < 64 / 2, "tokens generated within an interval share a chunk"
+
+
+def test_each_finished_request_is_logged_once(tiny_stub, caplog):
+    caplog.set_level("INFO", logger="zopilot_server")
+    stream(tiny_stub, prompt=PROMPT, max_new_tokens=3, ignore_eos=True, request_id="log-me")
+    lines = [r.getMessage() for r in caplog.records if "request log-me:" in r.getMessage()]
+    assert len(lines) == 1 and "LENGTH, 4 prompt + 3 generated tokens" in lines[0]

@@ -11,6 +11,7 @@ exactly that token (RunControl, checked by the StoppingCriteria right after ``pu
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,8 @@ from .domain import (
 from .run_control import RunControl
 from .stop_sequences import StopSequenceMatcher
 from .token_details import LogprobRecorder
+
+log = logging.getLogger(__name__)
 
 Sink = Callable[[object], None]
 
@@ -64,7 +67,6 @@ class TokenStreamer(TextIteratorStreamer):
         self.first_token_at: float | None = None
         self._matched_stop = ""
         self._completed = False
-        self.completion: Completion | None = None
 
     # -- called by generate() in the generate thread ---------------------------------
     def put(self, value: Any) -> None:
@@ -112,11 +114,10 @@ class TokenStreamer(TextIteratorStreamer):
         tail = ""
         if reason is not FinishReason.STOP_SEQUENCE:
             tail, reason = self._release_held_back(reason)
-        self.completion = self._completion(reason)
-        self._sink(
-            Chunk(text=tail, tokens=tuple(self._pending_details), completion=self.completion)
-        )
+        completion = self._completion(reason)
+        self._sink(Chunk(text=tail, tokens=tuple(self._pending_details), completion=completion))
         self._pending_details.clear()
+        _log_completion(self.request.request_id, completion)
         if self._uses_queue:
             self.text_queue.put(self.stop_signal)  # ends iteration for queue consumers
 
@@ -150,3 +151,18 @@ class TokenStreamer(TextIteratorStreamer):
                 total_ms=(now - arrival) * 1000,
             ),
         )
+
+
+def _log_completion(request_id: str, done: Completion) -> None:
+    """One INFO line per finished request, whatever ended it."""
+    log.info(
+        "request %s: %s, %d prompt + %d generated tokens, queue %.0f ms, ttft %.0f ms, "
+        "%.1f tokens/s",
+        request_id,
+        done.finish_reason.name,
+        done.usage.input_tokens,
+        done.usage.generated_tokens,
+        done.timings.queue_ms,
+        done.timings.time_to_first_token_ms,
+        done.timings.tokens_per_second,
+    )
