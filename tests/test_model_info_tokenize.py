@@ -49,3 +49,14 @@ def test_tokenize_rejects_empty_text(tiny_stub):
     with pytest.raises(grpc.RpcError) as info:
         tiny_stub.Tokenize(pb.TokenizeRequest(text=""), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_tokenize_reports_every_bad_field(tiny_stub):
+    from support import field_violations
+
+    with pytest.raises(grpc.RpcError) as info:
+        tiny_stub.Tokenize(pb.TokenizeRequest(text="", truncate_input_tokens=-1), timeout=10)
+    assert field_violations(info.value) == {
+        "text": "is required",
+        "truncate_input_tokens": "must be >= 0 (got -1)",
+    }

@@ -115,6 +115,7 @@ class Message(str, enum.Enum):
     NO_CHAT_TEMPLATE = "the model has no chat template; send a raw prompt instead"
     EMPTY_ROLE = "role must not be empty"
     OUT_OF_RANGE = "must be in {range} (got {value})"
+    NEGATIVE = "must be >= 0 (got {value})"
     TOO_MANY = "at most {limit} allowed (got {value})"
     EMPTY_ITEM = "must not contain an empty string (index {index})"
     TOO_LONG_ITEM = "index {index} is longer than {limit} characters"

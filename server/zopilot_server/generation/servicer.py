@@ -11,7 +11,7 @@ from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 
 from .. import errors
 from ..config import ServerConfig
-from ..errors import InvalidArgument, ResourceExhausted, Unavailable, rpc_errors
+from ..errors import ResourceExhausted, Unavailable, rpc_errors
 from .domain import Chunk, Completion, GenerationRequest, TokenDetail
 from .engine import (
     EngineClosed,
@@ -20,7 +20,7 @@ from .engine import (
     complete_generation,
     stream_chunks,
 )
-from .validation import to_generation_request, truncate_left
+from .validation import check_tokenize_request, to_generation_request, truncate_left
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
         engine = self._ready_engine()
-        if not request.text:
-            raise InvalidArgument.single("text", "is required")
-        if request.truncate_input_tokens < 0:
-            raise InvalidArgument.single("truncate_input_tokens", "must be >= 0")
+        check_tokenize_request(request)
         return tokenize(engine, request)
 
     @rpc_errors

@@ -41,6 +41,11 @@ class _Violations:
             bracket = "(" if low_open else "["
             self.add(field, Message.OUT_OF_RANGE, range=f"{bracket}{low:g}, {high:g}]", value=value)
 
+    def check_not_negative(self, field: str, value: int) -> None:
+        """For counts with no upper bound beyond their int32 type."""
+        if value < 0:
+            self.add(field, Message.NEGATIVE, value=value)
+
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidArgument(self.items)
@@ -110,7 +115,7 @@ def _check_limits(message: pb.GenerateRequest, config: ServerConfig, v: _Violati
     if message.HasField("top_p"):
         v.check_range("top_p", message.top_p, 0, 1, low_open=True)
     if message.HasField("top_k"):
-        v.check_range("top_k", message.top_k, 0, 2**31 - 1)
+        v.check_not_negative("top_k", message.top_k)
     if message.HasField("repetition_penalty"):
         v.check_range(
             "repetition_penalty",
@@ -119,8 +124,8 @@ def _check_limits(message: pb.GenerateRequest, config: ServerConfig, v: _Violati
             MAX_REPETITION_PENALTY,
             low_open=True,
         )
-    v.check_range("truncate_input_tokens", message.truncate_input_tokens, 0, 2**31 - 1)
-    v.check_range("time_limit_ms", message.time_limit_ms, 0, 2**31 - 1)
+    v.check_not_negative("truncate_input_tokens", message.truncate_input_tokens)
+    v.check_not_negative("time_limit_ms", message.time_limit_ms)
     v.check_range("top_n_tokens", message.top_n_tokens, 0, config.max_top_n_tokens)
     return max_new
 
@@ -169,6 +174,15 @@ def _render_input(message: pb.GenerateRequest, loaded: LoadedModel, v: _Violatio
     except Exception as exc:  # noqa: BLE001 - jinja errors are the client's input problem
         v.add("messages", f"the chat template rejected the messages: {exc}")
         return ""
+
+
+def check_tokenize_request(message: pb.TokenizeRequest) -> None:
+    """Raise INVALID_ARGUMENT (every violation) for a bad TokenizeRequest."""
+    v = _Violations()
+    if not message.text:
+        v.add("text", Message.REQUIRED)
+    v.check_not_negative("truncate_input_tokens", message.truncate_input_tokens)
+    v.raise_if_any()
 
 
 def encode(tokenizer: Any, text: str, *, add_special_tokens: bool) -> list[int]:
