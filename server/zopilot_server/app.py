@@ -119,7 +119,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     generation: GenerationServicer
     documents: DocumentsServicer
-    ready: asyncio.Event
+    # Done once the model is loaded and health says SERVING (raises if the load failed).
     load_task: asyncio.Task[None] | None = None
 
     @property
@@ -166,9 +166,7 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
-    running = RunningServer(
-        server, port, config, health_servicer, generation, documents, asyncio.Event()
-    )
+    running = RunningServer(server, port, config, health_servicer, generation, documents)
     await running.set_serving(False)
     await server.start()
     log.info("listening on %s:%d (loading model, health NOT_SERVING)", config.host, port)
@@ -220,7 +218,6 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
         stream_interval_s=config.stream_interval_ms / 1000,
     )
     await running.set_serving(True)
-    running.ready.set()
     target = f"{config.host}:{running.port}"
     log.info("ready: health SERVING on %s", target)
     log.info(

@@ -40,6 +40,8 @@ class ServiceError(Exception):
     """An error with a definite gRPC status. ``details`` are packed into the status."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # Set when retrying later helps: sent as RetryInfo and as grpc-retry-pushback-ms.
+    retry_after_ms: int | None = None
 
     def __init__(
         self, message: str, *, code: grpc.StatusCode | None = None, details: Sequence[Any] = ()
@@ -81,7 +83,6 @@ class ResourceExhausted(ServiceError):
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         details = []
-        self.retry_after_ms: int | None = None
         if retry_after_s is not None:
             self.retry_after_ms = max(1, round(retry_after_s * 1000))
             delay = duration_pb2.Duration()
@@ -168,9 +169,8 @@ def status_trailer(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
             packed.Pack(detail)
             status.details.append(packed)
         trailers.append(("grpc-status-details-bin", status.SerializeToString()))
-    pushback_ms = getattr(error, "retry_after_ms", None)
-    if pushback_ms is not None:
-        trailers.append(("grpc-retry-pushback-ms", str(pushback_ms)))
+    if error.retry_after_ms is not None:
+        trailers.append(("grpc-retry-pushback-ms", str(error.retry_after_ms)))
     return tuple(trailers)
 
 
