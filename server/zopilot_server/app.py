@@ -9,7 +9,6 @@ report NOT_SERVING, give in-flight RPCs the grace period and stop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import threading
@@ -28,6 +27,7 @@ from .errors import Unauthenticated, abort
 from .generation.engine import GenerationEngine
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
+from .loop_bridge import settle_threadsafe
 
 log = logging.getLogger(__name__)
 
@@ -184,23 +184,13 @@ async def _in_daemon_thread(fn: ModelLoader, config: ServerConfig) -> LoadedMode
     loop = asyncio.get_running_loop()
     future: asyncio.Future[LoadedModel] = loop.create_future()
 
-    def settle(result: LoadedModel | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
     def run() -> None:
-        result: LoadedModel | None = None
-        error: BaseException | None = None
         try:
             result = fn(config)
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            error = exc
-        with contextlib.suppress(RuntimeError):  # loop closed: the server already stopped
-            loop.call_soon_threadsafe(settle, result, error)
+            settle_threadsafe(loop, future, None, exc)
+        else:
+            settle_threadsafe(loop, future, result, None)
 
     threading.Thread(target=run, name="model-load", daemon=True).start()
     return await future

@@ -15,6 +15,7 @@ import contextlib
 import threading
 from collections import deque
 
+from ..loop_bridge import settle_threadsafe
 from .domain import Chunk
 
 
@@ -88,22 +89,10 @@ class ResultCollector:
             self._chunks.append(item)
             if item.completion is None:
                 return
-            self._finish(merge(self._chunks), None)
+            settle_threadsafe(self._loop, self._done, merge(self._chunks), None)
         else:
             assert isinstance(item, BaseException)
-            self._finish(None, item)
-
-    def _finish(self, result: Chunk | None, error: BaseException | None) -> None:
-        def settle() -> None:
-            if self._done.done():
-                return
-            if error is not None:
-                self._done.set_exception(error)
-            else:
-                self._done.set_result(result)  # type: ignore[arg-type]
-
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
-            self._loop.call_soon_threadsafe(settle)
+            settle_threadsafe(self._loop, self._done, None, item)
 
     async def result(self) -> Chunk:
         """The whole generation as one Chunk (its ``completion`` set)."""
