@@ -61,23 +61,23 @@ def to_generation_request(
     loaded: LoadedModel,
     config: ServerConfig,
     grpc_time_remaining: float | None = None,
-    arrival: float | None = None,
 ) -> GenerationRequest:
     """Validate ``message`` and build the GenerationRequest the engine runs."""
-    arrival = time.monotonic() if arrival is None else arrival
+    arrival = time.monotonic()
     v = _Violations()
     max_new = _check_limits(message, config, v)
     _check_stop_sequences(message, config, v)
     text = _render_input(message, loaded, v)
     v.raise_if_any()
 
+    input_field = "messages" if message.messages else "prompt"
     ids = encode(loaded.tokenizer, text, add_special_tokens=not message.messages)
     if not ids:
-        v.add("messages" if message.messages else "prompt", Message.EMPTY_AFTER_TOKENIZE)
+        v.add(input_field, Message.EMPTY_AFTER_TOKENIZE)
     ids, truncated = truncate_left(ids, message.truncate_input_tokens)
     if len(ids) + max_new > loaded.max_context_length:
         v.add(
-            "prompt" if message.prompt else "messages",
+            input_field,
             Message.PROMPT_TOO_LONG,
             tokens=len(ids),
             max_new=max_new,
