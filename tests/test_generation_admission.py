@@ -25,17 +25,23 @@ def start_stream(stub, request=LONG):
     return call, first
 
 
+def running_and_queued(stub, engine, queued_request=LONG):
+    """One stream generating on the only worker and one waiting behind it."""
+    running, _ = start_stream(stub)
+    assert engine.active_count == 1
+    queued = stub.GenerateStream(queued_request, timeout=60)
+    assert wait_until(lambda: engine.queued_count == 1)
+    return running, queued
+
+
 def test_cancelling_a_stream_frees_the_worker_and_starts_the_queued_request(make_server):
     server = make_server(max_concurrent=1, max_queue=4)
     engine = server.running.engine
     channel, stub = stub_for(server)
     with channel:
-        running, _ = start_stream(stub)
-        assert engine.active_count == 1
-        queued_call = stub.GenerateStream(
-            pb.GenerateRequest(prompt="queued", max_new_tokens=5, ignore_eos=True), timeout=60
+        running, queued_call = running_and_queued(
+            stub, engine, pb.GenerateRequest(prompt="queued", max_new_tokens=5, ignore_eos=True)
         )
-        assert wait_until(lambda: engine.queued_count == 1)
 
         running.cancel()
         # the generate thread notices at its next decoding step and picks up the queued job
@@ -63,9 +69,7 @@ def test_cancelling_a_queued_request_removes_it(make_server):
     engine = server.running.engine
     channel, stub = stub_for(server)
     with channel:
-        running, _ = start_stream(stub)
-        queued = stub.GenerateStream(LONG, timeout=60)
-        assert wait_until(lambda: engine.queued_count == 1)
+        running, queued = running_and_queued(stub, engine)
         queued.cancel()
         # its queue slot frees at once, while the first request is still generating
         assert wait_until(lambda: engine.queued_count == 0)
@@ -79,9 +83,7 @@ def test_queue_overflow_is_resource_exhausted_with_retry_info(make_server):
     engine = server.running.engine
     channel, stub = stub_for(server)
     with channel:
-        running, _ = start_stream(stub)
-        waiting = stub.GenerateStream(LONG, timeout=60)
-        assert wait_until(lambda: engine.queued_count == 1)
+        running, waiting = running_and_queued(stub, engine)
         for call in (stub.Generate, stub.GenerateStream):
             with pytest.raises(grpc.RpcError) as info:
                 list(call(LONG, timeout=10)) if call is stub.GenerateStream else call(LONG)
