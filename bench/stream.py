@@ -143,7 +143,7 @@ def start_server(
     for line in process.stdout:
         if match := re.search(r"listening on [\d.]+:(\d+)", line):
             port = match.group(1)
-        if "ready" in line:
+        if "ready: health SERVING" in line:  # not a parser worker's "ready"
             break
     if port is None:
         process.kill()
