@@ -134,3 +134,15 @@ def build_tiny_llama(tokenizer_dir: Path, out_dir: Path) -> Path:
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return out_dir
+
+
+def load_script(name: str) -> Any:
+    """Import ``scripts/<name>.py`` (the scripts folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,11 +7,11 @@ probe) and must come back as a failing row that names the package and the proble
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
 import pytest
+from support import load_script
 from zopilot_server import verify_env
 from zopilot_server.verify_env import (
     ConstraintsError,
@@ -31,13 +31,7 @@ CUDA_BUILD = TorchBuild("2.5.1+cu124", "12.4", ("NVIDIA H100",))
 
 def dev_constraints_text() -> str:
     """The dev/CI constraints, from the one script that makes them (no second swap here)."""
-    spec = importlib.util.spec_from_file_location(
-        "dev_constraints", REPO / "scripts/dev_constraints.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dev_constraints(CONSTRAINTS)
+    return load_script("dev_constraints").dev_constraints(CONSTRAINTS)
 
 
 def perfect_image() -> dict[str, str]:

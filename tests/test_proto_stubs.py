@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from support import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "client" / "zopilot_client" / "pb"
 
 
-def _gen_proto():
-    spec = importlib.util.spec_from_file_location("gen_proto", REPO / "scripts" / "gen_proto.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generated_stubs_are_up_to_date(tmp_path):
-    fresh = _gen_proto().generate(tmp_path)
+    fresh = load_script("gen_proto").generate(tmp_path)
     assert fresh, "nothing was generated"
     stale = [
         p.name

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 from pathlib import Path
+
+from support import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
 def _config_table() -> str:
-    spec = importlib.util.spec_from_file_location(
-        "config_table", REPO / "scripts" / "config_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.config_table()
+    return load_script("config_table").config_table()
 
 
 def test_configuration_table_matches_server_config():
