@@ -115,9 +115,10 @@ class TokenStreamer(TextIteratorStreamer):
         if reason is not FinishReason.STOP_SEQUENCE:
             tail, reason = self._release_held_back(reason)
         completion = self._completion(reason)
+        # Logged before the final chunk leaves: once a client holds the result, the log says so.
+        _log_completion(self.request.request_id, completion)
         self._sink(Chunk(text=tail, tokens=tuple(self._pending_details), completion=completion))
         self._pending_details.clear()
-        _log_completion(self.request.request_id, completion)
         if self._uses_queue:
             self.text_queue.put(self.stop_signal)  # ends iteration for queue consumers
 
