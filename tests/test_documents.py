@@ -337,7 +337,7 @@ def test_ocr_without_models_is_failed_precondition(fault_parse: Parse) -> None:
 
 def _worker_pids(server: InProcessServer) -> list[int]:
     pool = server.running.documents.parser.pool
-    wait_until(lambda: len(pool.worker_pids()) == 1 and pool.idle_count == 1)
+    assert wait_until(lambda: len(pool.worker_pids()) == 1 and pool.idle_count == 1)
     return pool.worker_pids()
 
 
@@ -348,7 +348,7 @@ def test_hung_parser_times_out_and_busy_pool_says_so(
     pool = fault_server.running.documents.parser.pool
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
         hung = executor.submit(fault_parse, b"x", "zopilot-fault-hang.txt")
-        wait_until(lambda: pool.idle_count == 0)
+        assert wait_until(lambda: pool.idle_count == 0)
         busy = rpc_error(lambda: fault_parse(b"x", "other.txt"))
         assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         error = rpc_error(hung.result)
@@ -374,7 +374,7 @@ def test_call_deadline_stops_the_parser(fault_parse: Parse, fault_server: InProc
     error = rpc_error(lambda: fault_parse(b"x", "zopilot-fault-hang.txt", timeout=1.0))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The server notices the deadline on its own clock: wait for it to clean up.
-    wait_until(lambda: not list(requests_dir(fault_server).iterdir()))
+    assert wait_until(lambda: not list(requests_dir(fault_server).iterdir()))
     assert _worker_pids(fault_server) != before
     assert_serves(fault_parse, fault_server)
 
@@ -433,7 +433,7 @@ def test_worker_killed_while_idle_is_replaced(
     (pid,) = _worker_pids(fault_server)
     (worker,) = fault_server.running.documents.parser.pool._workers
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not worker.process.is_alive())
+    assert wait_until(lambda: not worker.process.is_alive())
     assert_serves(fault_parse, fault_server)  # the dead worker is noticed, not used
     assert _worker_pids(fault_server) != [pid]
 
