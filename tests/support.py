@@ -68,7 +68,7 @@ class InProcessServer:
 
 
 def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+    predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.01
 ) -> bool:
     """Poll ``predicate`` until true or ``timeout``; return its last value.
 

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
-from support import InProcessServer
+from support import InProcessServer, wait_until
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 from zopilot_server.config import ServerConfig
@@ -103,13 +102,6 @@ def bad_request_fields(error: grpc.RpcError) -> list[str]:
 
 def requests_dir(server: InProcessServer) -> Path:
     return server.running.documents.parser.requests_dir
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not met in time"
-        time.sleep(0.05)
 
 
 def assert_serves(parse: Parse, server: InProcessServer) -> None:
