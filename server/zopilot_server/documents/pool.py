@@ -2,8 +2,9 @@
 
 Why not ProcessPoolExecutor: it cannot kill one hung task (only the whole pool), and
 one dead worker breaks every pending future. Here each worker is a process plus a pipe;
-a request takes an idle worker, sends it a job and waits for the reply in a thread, with
-a timeout. A worker that times out, crashes or whose caller is cancelled is killed and
+a request takes an idle worker, sends it a job and waits, with a timeout, for the pipe
+to become readable on the event loop (no thread per document; only a reply over 1 MiB
+is read in a thread). A worker that times out, crashes or whose caller is cancelled is killed and
 replaced; the others keep serving. At most ``size`` documents are parsed at once and at
 most ``max_queue`` requests wait for a worker; beyond that, ParserBusy.
 """
@@ -22,14 +23,12 @@ from typing import Any
 
 from .domain import ParseJob, ParserBusy, ParserClosed, ParseTimeout
 from .sandbox import WorkerSettings
-from .worker import Reply, worker_main
+from .worker import INLINE, Reply, worker_main
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
 JOIN_TIMEOUT_S = 10.0
-# Replies up to this size are read on the event loop; larger ones in a thread.
-INLINE_REPLY_BYTES = 1024 * 1024
 
 
 class WorkerDied(Exception):
@@ -63,10 +62,10 @@ class _Worker:
         """
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._readable(loop), timeout)
-            size = self.conn.recv()
-            if size <= INLINE_REPLY_BYTES:
-                return pickle.loads(self.conn.recv_bytes())
+            await self._readable(loop, timeout)
+            frame = self.conn.recv_bytes()
+            if frame[:1] == INLINE:
+                return pickle.loads(memoryview(frame)[1:])
             self._pending = loop.run_in_executor(executor, self.conn.recv_bytes)
             return pickle.loads(await asyncio.wait_for(asyncio.shield(self._pending), timeout))
         except asyncio.TimeoutError:
@@ -74,19 +73,26 @@ class _Worker:
         except (EOFError, OSError) as exc:
             raise WorkerDied(self.process.exitcode) from exc
 
-    async def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _readable(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        """Until the pipe is readable (or at EOF); asyncio.TimeoutError after ``timeout``.
+
+        One future woken by the fd watch or by a timer: cheaper than ``wait_for``, which
+        wraps the wait in a task of its own on every document before Python 3.12.
+        """
         fd = self.conn.fileno()
         self._waiter = loop.create_future()
         waiter = self._waiter
-        loop.add_reader(fd, lambda: waiter.done() or waiter.set_result(None))
+        loop.add_reader(fd, _settle, waiter, None)
+        timer = loop.call_later(timeout, _settle, waiter, asyncio.TimeoutError())
         try:
             await waiter
         finally:
+            timer.cancel()
             loop.remove_reader(fd)
             self._waiter = None
 
     async def call(self, job: ParseJob, executor: ThreadPoolExecutor, timeout: float) -> Reply:
-        self.conn.send(job)
+        self.conn.send_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
         return await self.receive(executor, timeout)
 
     async def kill(self, executor: ThreadPoolExecutor) -> None:
@@ -101,6 +107,14 @@ class _Worker:
             self._waiter.set_exception(EOFError("worker stopped"))
             await asyncio.sleep(0)  # let the reader remove its fd watch before we close
         self.conn.close()
+
+
+def _settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
+    if not waiter.done():
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
 
 
 class WorkerPool:
@@ -175,6 +189,13 @@ class WorkerPool:
                 "are waiting; retry later",
                 retry_after_s=1.0,
             )
+        while self._waiting == 0 and not self._idle.empty():
+            # The common case: a worker is idle and nobody queues ahead of us.
+            worker = self._idle.get_nowait()
+            if worker.process.is_alive():
+                return worker
+            self._workers.discard(worker)
+            await self._retire(worker)
         if self._idle.empty() and self.live < self._size:
             self._spawn()
         self._waiting += 1

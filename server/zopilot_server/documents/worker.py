@@ -25,6 +25,10 @@ from .sandbox import WorkerSettings, prepare_worker
 log = logging.getLogger("zopilot_server.documents.worker")
 
 Reply = tuple[Any, ...]
+# Replies up to this size travel in one frame and are read on the server's event loop;
+# larger ones are announced by a frame of their own and read in a thread.
+INLINE_REPLY_BYTES = 1024 * 1024
+INLINE, LARGE = b"S", b"L"
 
 
 def worker_main(conn: Connection, settings: WorkerSettings) -> None:
@@ -43,7 +47,7 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     send_message(conn, ("ready", os.getpid(), guard))
     while True:
         try:
-            job = conn.recv()
+            job = receive_job(conn)
         except (EOFError, OSError):
             return  # the server went away
         if job is None:
@@ -52,11 +56,20 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
 
 
 def send_message(conn: Connection, message: object) -> None:
-    """Its size first, then the pickled message: the server reads small replies on its
-    event loop and large ones in a thread (pool._Worker.receive)."""
+    """The pickled message in one frame when small (``INLINE`` + payload: the server
+    reads it on its event loop); a large one as a ``LARGE`` frame, then the payload,
+    which the server reads in a thread (pool._Worker.receive)."""
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    conn.send(len(payload))
+    if len(payload) <= INLINE_REPLY_BYTES:
+        conn.send_bytes(INLINE + payload)
+        return
+    conn.send_bytes(LARGE)
     conn.send_bytes(payload)
+
+
+def receive_job(conn: Connection) -> ParseJob | None:
+    """The next job (see pool._Worker.call); None tells the worker to exit."""
+    return pickle.loads(conn.recv_bytes())  # type: ignore[no-any-return]
 
 
 def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
