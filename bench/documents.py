@@ -9,8 +9,9 @@ and for each type measures, in alternating rounds:
 - gRPC: ``DocumentParse`` over loopback, markdown out, one request at a time.
 
 It prints JSON with docs/s per type and overall, ``ratio`` = gRPC / in-process docs/s
-(target >= 0.8 for small documents) and ``ratio_median_round``, the median of the
-per-round ratios, which shrugs off a round slowed by some other process. A second
+(target >= 0.8 for small documents), ``ratio_median_round``, the median of the
+per-round ratios, which shrugs off a round slowed by some other process, and
+``overhead_ms_per_doc``, what one request costs more through gRPC. A second
 figure, ``concurrent``, runs as many client threads as the server has workers.
 Compare ratios from one run, not numbers across runs.
 
@@ -132,8 +133,9 @@ def measure_type(
 
 
 def rates(count: int, seconds: dict[str, list[float]]) -> dict[str, float]:
-    """docs/s over all rounds, their ratio, and the median of the per-round ratios
-    (robust to another process stealing the CPU during one round)."""
+    """docs/s over all rounds, their ratio, the median of the per-round ratios (robust to
+    another process stealing the CPU during one round) and what a request through gRPC
+    costs more than the bare parse, in ms (the fixed per-request overhead)."""
     local, remote = sum(seconds["in_process_s"]), sum(seconds["grpc_s"])
     per_round = [a / b for a, b in zip(seconds["in_process_s"], seconds["grpc_s"], strict=True)]
     return {
@@ -141,6 +143,7 @@ def rates(count: int, seconds: dict[str, list[float]]) -> dict[str, float]:
         "grpc_docs_per_s": round(count / remote, 1),
         "ratio": round(local / remote, 3),
         "ratio_median_round": round(statistics.median(per_round), 3),
+        "overhead_ms_per_doc": round((remote - local) / count * 1000, 2),
     }
 
 
