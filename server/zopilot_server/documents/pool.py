@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ..loop_bridge import settle
 from .domain import ParseJob, ParserBusy, ParserClosed, ParseTimeout
 from .sandbox import WorkerSettings
 from .worker import INLINE, Reply, worker_main
@@ -82,8 +83,8 @@ class _Worker:
         fd = self.conn.fileno()
         self._waiter = loop.create_future()
         waiter = self._waiter
-        loop.add_reader(fd, _settle, waiter, None)
-        timer = loop.call_later(timeout, _settle, waiter, asyncio.TimeoutError())
+        loop.add_reader(fd, settle, waiter, None, None)
+        timer = loop.call_later(timeout, settle, waiter, None, asyncio.TimeoutError())
         try:
             await waiter
         finally:
@@ -104,17 +105,9 @@ class _Worker:
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(EOFError("worker stopped"))
+            settle(self._waiter, None, EOFError("worker stopped"))
             await asyncio.sleep(0)  # let the reader remove its fd watch before we close
         self.conn.close()
-
-
-def _settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
-    if not waiter.done():
-        if error is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(error)
 
 
 class WorkerPool:
