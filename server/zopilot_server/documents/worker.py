@@ -49,9 +49,7 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
         try:
             job = receive_job(conn)
         except (EOFError, OSError):
-            return  # the server went away
-        if job is None:
-            return
+            return  # the server closed the pipe (it kills workers on shutdown)
         send_message(conn, run_job(job, settings, guard))
 
 
@@ -67,8 +65,8 @@ def send_message(conn: Connection, message: object) -> None:
     conn.send_bytes(payload)
 
 
-def receive_job(conn: Connection) -> ParseJob | None:
-    """The next job (see pool._Worker.call); None tells the worker to exit."""
+def receive_job(conn: Connection) -> ParseJob:
+    """The next job, as pool._Worker.call sends it (raw pickled bytes)."""
     return pickle.loads(conn.recv_bytes())  # type: ignore[no-any-return]
 
 
