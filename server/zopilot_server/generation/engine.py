@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .chunk_channel import ChunkChannel, ResultCollector
@@ -62,7 +62,6 @@ class Job:
     request: GenerationRequest
     sink: Sink
     control: RunControl
-    submitted_at: float = field(default_factory=time.monotonic)
     withdraw: Callable[[Job], None] | None = None
 
     def cancel(self) -> None:
@@ -137,7 +136,11 @@ class GenerationEngine:
             return len(self._pending)
 
     def close(self) -> None:
-        """Refuse new work, cancel what waits or runs, and let the workers exit."""
+        """Refuse new work, cancel what still waits, and let the workers exit when idle.
+
+        A running generation ends with its RPC (the server is stopped first, and a
+        cancelled call cancels its job), so only queued jobs are cancelled here.
+        """
         with self._cond:
             self._closed = True
             jobs = list(self._pending)
