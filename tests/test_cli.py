@@ -245,7 +245,7 @@ def test_api_key_from_flag_or_environment(make_server):
 
 
 def test_busy_server_exits_5(make_server):
-    server = make_server(max_queue=0, max_concurrent=1)
+    server = make_server(max_queue=0, max_batch_size=1)
     with (
         zc.Client(server.target, timeout=30) as client,
         client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy,

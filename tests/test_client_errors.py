@@ -53,7 +53,7 @@ def test_invalid_argument_lists_every_field_violation(tiny_server):
 
 
 def test_overloaded_carries_retry_after_when_the_queue_is_full(make_server):
-    server = make_server(max_queue=0, max_concurrent=1)
+    server = make_server(max_queue=0, max_batch_size=1)
     client = zc.Client(server.target, timeout=30, retry=None)
     with client, client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy:
         next(busy)  # the only slot is taken, and nothing may wait
@@ -78,10 +78,11 @@ def test_unavailable_when_nothing_listens():
         client.health()
 
 
-def test_deadline_exceeded_while_waiting_for_a_generation_slot(tiny_server):
-    client = zc.Client(tiny_server.target, timeout=30)
+def test_deadline_exceeded_while_waiting_for_a_generation_slot(make_server):
+    server = make_server(max_batch_size=1, max_queue=4)
+    client = zc.Client(server.target, timeout=30)
     with client, client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy:
-        next(busy)  # the one generation slot is taken until this block ends
+        next(busy)  # the batch's one row is taken until this block ends
         with pytest.raises(zc.DeadlineExceeded):
             client.generate("Hello", max_new_tokens=2, timeout=0.5)
 

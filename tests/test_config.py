@@ -15,7 +15,7 @@ def test_defaults():
     assert config == ServerConfig()
     assert (config.host, config.port) == ("127.0.0.1", 50051)
     assert config.doc_max_bytes == 32 * 1024 * 1024
-    assert config.max_concurrent == 1
+    assert config.max_batch_size == 16
 
 
 def test_env_fallback_and_flag_precedence():

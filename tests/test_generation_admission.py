@@ -35,7 +35,7 @@ def running_and_queued(stub, engine, queued_request=LONG):
 
 
 def test_cancelling_a_stream_frees_the_worker_and_starts_the_queued_request(make_server):
-    server = make_server(max_concurrent=1, max_queue=4)
+    server = make_server(max_batch_size=1, max_queue=4)
     engine = server.running.engine
     channel, stub = stub_for(server)
     with channel:
@@ -55,7 +55,7 @@ def test_cancelling_a_stream_frees_the_worker_and_starts_the_queued_request(make
 
 
 def test_client_disconnect_cancels_generation(make_server):
-    server = make_server(max_concurrent=1)
+    server = make_server(max_batch_size=1)
     engine = server.running.engine
     channel, stub = stub_for(server)
     start_stream(stub)
@@ -65,7 +65,7 @@ def test_client_disconnect_cancels_generation(make_server):
 
 
 def test_cancelling_a_queued_request_removes_it(make_server):
-    server = make_server(max_concurrent=1, max_queue=4)
+    server = make_server(max_batch_size=1, max_queue=4)
     engine = server.running.engine
     channel, stub = stub_for(server)
     with channel:
@@ -79,7 +79,7 @@ def test_cancelling_a_queued_request_removes_it(make_server):
 
 
 def test_queue_overflow_is_resource_exhausted_with_retry_info(make_server):
-    server = make_server(max_concurrent=1, max_queue=1)
+    server = make_server(max_batch_size=1, max_queue=1)
     engine = server.running.engine
     channel, stub = stub_for(server)
     with channel:
@@ -103,7 +103,7 @@ def test_queue_overflow_is_resource_exhausted_with_retry_info(make_server):
 
 
 def test_concurrent_generations_with_two_workers(make_server):
-    server = make_server(max_concurrent=2, max_queue=0)
+    server = make_server(max_batch_size=2, max_queue=0)
     channel, stub = stub_for(server)
     results: list[pb.GenerateResponse] = []
     request = pb.GenerateRequest(prompt="parallel", max_new_tokens=200, ignore_eos=True)

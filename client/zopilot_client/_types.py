@@ -101,6 +101,8 @@ class FinishReason(str, enum.Enum):
     STOP_SEQUENCE = "stop_sequence"
     CANCELLED = "cancelled"
     TIME_LIMIT = "time_limit"
+    #: The server was draining; what was generated so far is delivered.
+    SHUTDOWN = "shutdown"
     #: A reason this client version does not know (a newer server).
     UNKNOWN = "unknown"
 

@@ -24,7 +24,7 @@ from . import reflection
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
 from .errors import Unauthenticated, abort
-from .generation.engine import GenerationEngine
+from .generation.engine import BatchLimits, GenerationEngine
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
 from .loop_bridge import settle_threadsafe
@@ -136,15 +136,22 @@ class RunningServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, let in-flight RPCs finish within the grace period, stop."""
+        """Drain so that no answer is lost (README "Shutdown"): NOT_SERVING; requests still
+        queued are refused at once (UNAVAILABLE + RetryInfo: another replica takes them);
+        running generations finish, or end with SHUTDOWN and their text shortly before the
+        grace runs out; then the server stops and the scheduler thread is joined, so no
+        model step is running when the process exits."""
         grace = self.config.grace_period_s if grace is None else grace
         log.info("draining (grace %.1f s)", grace)
         await self.health.enter_graceful_shutdown()
         if self.load_task is not None and not self.load_task.done():
             self.load_task.cancel()
+        if self.engine is not None:
+            # Leave the last stretch of the grace for the final chunks to reach clients.
+            self.engine.drain(max(0.0, grace - min(1.0, grace * 0.2)))
         await self.server.stop(grace)
         if self.engine is not None:
-            self.engine.close()
+            await asyncio.to_thread(self.engine.close)
         await self.documents.close()
         log.info("stopped")
 
@@ -203,8 +210,12 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
     config = running.config
     running.generation.engine = GenerationEngine(
         loaded,
-        max_concurrent=config.max_concurrent,
-        max_queue=config.max_queue,
+        limits=BatchLimits(
+            max_batch_size=config.max_batch_size,
+            max_batch_tokens=config.max_batch_tokens,
+            max_prefill_tokens=config.max_prefill_tokens,
+            max_queue=config.max_queue,
+        ),
         stream_interval_s=config.stream_interval_ms / 1000,
     )
     await running.set_serving(True)

@@ -80,9 +80,22 @@ class ServerConfig:
     max_stop_sequence_chars: int = _opt("longest stop sequence, in characters", 256)
     max_top_n_tokens: int = _opt("most alternatives per token in token details", 10)
     max_queue: int = _opt(
-        "requests that may wait for a generation slot; beyond it RESOURCE_EXHAUSTED", 32
+        "requests that may wait to join the running batch; beyond it RESOURCE_EXHAUSTED", 32
     )
-    max_concurrent: int = _opt("generations that run at the same time", 1)
+    # Continuous batching (README "Batching" says how to size these on a GPU).
+    max_batch_size: int = _opt(
+        "requests decoded together in one step (continuous batching); 1 = one at a time", 16
+    )
+    max_batch_tokens: int = _opt(
+        "KV cache budget: the sum of prompt + max_new_tokens over the running batch; "
+        "requests beyond it wait (a single larger request runs alone)",
+        32768,
+    )
+    max_prefill_tokens: int = _opt(
+        "prompt tokens prefilled per step while others decode (chunked prefill): bounds "
+        "the stall a long prompt causes to running streams",
+        512,
+    )
     stream_interval_ms: int = _opt(
         "GenerateStream: after the first chunk, send at most one chunk per this many ms, "
         "merging the tokens in between (0 = a chunk per token)",
@@ -124,7 +137,9 @@ class ServerConfig:
             ),
             (self.max_stop_sequences >= 0, "--max-stop-sequences must be >= 0"),
             (self.max_queue >= 0, "--max-queue must be >= 0"),
-            (self.max_concurrent >= 1, "--max-concurrent must be >= 1"),
+            (self.max_batch_size >= 1, "--max-batch-size must be >= 1"),
+            (self.max_batch_tokens >= 1, "--max-batch-tokens must be >= 1"),
+            (self.max_prefill_tokens >= 1, "--max-prefill-tokens must be >= 1"),
             (self.bnb_int8_threshold >= 0, "--bnb-int8-threshold must be >= 0"),
             (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),
             (self.stream_interval_ms >= 0, "--stream-interval-ms must be >= 0"),

@@ -76,10 +76,8 @@ class InvalidArgument(ServiceError):
         return cls([FieldViolation(field, description)])
 
 
-class ResourceExhausted(ServiceError):
-    """RESOURCE_EXHAUSTED, with RetryInfo when waiting and retrying helps."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class _Retryable(ServiceError):
+    """A status that carries RetryInfo when waiting and retrying helps."""
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         details = []
@@ -91,7 +89,11 @@ class ResourceExhausted(ServiceError):
         super().__init__(message, details=details)
 
 
-class Unavailable(ServiceError):
+class ResourceExhausted(_Retryable):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(_Retryable):
     code = grpc.StatusCode.UNAVAILABLE
 
 

@@ -7,7 +7,11 @@ engine only ever sees these, so it can be tested and later batched without gRPC.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# Where a request's Chunks (or the exception that ends it) go, from the scheduler thread.
+Sink = Callable[[object], None]
 
 
 class FinishReason(enum.Enum):
@@ -18,6 +22,7 @@ class FinishReason(enum.Enum):
     STOP_SEQUENCE = 3
     CANCELLED = 4
     TIME_LIMIT = 5
+    SHUTDOWN = 6
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,13 @@ class Chunk:
     text: str
     tokens: tuple[TokenDetail, ...] = ()
     completion: Completion | None = None
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """What the engine holds right now (metrics, autoscaling, retry hints)."""
+
+    waiting: int
+    running: int
+    kv_tokens_used: int
+    kv_tokens_budget: int

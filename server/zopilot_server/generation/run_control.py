@@ -1,7 +1,7 @@
 """What can end a generation from outside the token stream: cancellation and time.
 
-A StoppingCriteria is consulted after every decoding step, so a cancelled or timed-out
-request frees the generation worker within one step. For time limits we also predict:
+The scheduler consults it after every decoding step, so a cancelled or timed-out
+request leaves the batch within one step. For time limits we also predict:
 if the next step (estimated from the last one) would overrun the deadline, we stop now,
 so the text reaches the client before its deadline does.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from .domain import FinishReason
 
@@ -60,18 +59,3 @@ class RunControl:
         elif self.out_of_time(now):
             self.finish(FinishReason.TIME_LIMIT)
         return self._finish is not None
-
-
-def stopping_criteria(control: RunControl) -> Any:
-    """A transformers StoppingCriteria that stops when ``control`` says so."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class _ControlCriteria(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            stop = control.should_stop()
-            return torch.full(
-                (input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device
-            )
-
-    return _ControlCriteria()

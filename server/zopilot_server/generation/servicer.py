@@ -25,7 +25,7 @@ from .validation import check_tokenize_request, to_generation_request, truncate_
 log = logging.getLogger(__name__)
 
 errors.register(QueueFull, lambda e: ResourceExhausted(str(e), retry_after_s=e.retry_after_s))
-errors.register(EngineClosed, lambda e: Unavailable(str(e)))
+errors.register(EngineClosed, lambda e: Unavailable(str(e), retry_after_s=e.retry_after_s))
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):

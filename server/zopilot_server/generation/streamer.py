@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from transformers import TextIteratorStreamer
@@ -24,6 +23,7 @@ from .domain import (
     Completion,
     FinishReason,
     GenerationRequest,
+    Sink,
     Timings,
     TokenDetail,
     Usage,
@@ -33,8 +33,6 @@ from .stop_sequences import StopSequenceMatcher
 from .token_details import LogprobRecorder
 
 log = logging.getLogger(__name__)
-
-Sink = Callable[[object], None]
 
 
 class TokenStreamer(TextIteratorStreamer):
@@ -76,12 +74,16 @@ class TokenStreamer(TextIteratorStreamer):
         for token_id in value.reshape(-1).tolist():
             self._on_token(int(token_id))
 
+    def put_token(self, token_id: int, detail: TokenDetail | None = None) -> None:
+        """One generated token from the batch scheduler, with its details when asked."""
+        self._on_token(token_id, detail)
+
     def end(self) -> None:
-        """generate() returned normally: finish with whatever reason ended it."""
+        """Generation ended normally: finish with whatever reason ended it."""
         self.complete(self.control.finish_reason or FinishReason.LENGTH)
 
     # -- internals -------------------------------------------------------------------
-    def _on_token(self, token_id: int) -> None:
+    def _on_token(self, token_id: int, detail: TokenDetail | None = None) -> None:
         if self.control.finish_reason is not None:
             return  # tokens after the end (e.g. past a stop sequence) are not output
         if self.first_token_at is None:
@@ -90,7 +92,9 @@ class TokenStreamer(TextIteratorStreamer):
             self.control.finish(FinishReason.EOS_TOKEN)
             return
         self.generated_tokens += 1
-        if self._recorder is not None:
+        if detail is not None:
+            self._pending_details.append(detail)
+        elif self._recorder is not None:
             self._pending_details.append(self._recorder.detail(token_id))
         result = self._stops.feed(self._detok.push(token_id))
         if result.matched is not None:

@@ -28,8 +28,12 @@ class LogprobRecorder:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        self._logprobs = torch.log_softmax(scores[0].float(), dim=-1)
+        self.record(torch.log_softmax(scores[0].float(), dim=-1))
         return scores
+
+    def record(self, logprobs: Any) -> None:
+        """Keep one step's log-probabilities (the batch runner calls this per row)."""
+        self._logprobs = logprobs
 
     def detail(self, token_id: int) -> TokenDetail:
         """The TokenDetail of the token just chosen from the last recorded step."""

@@ -1,0 +1,331 @@
+"""The continuous-batching scheduler with a fake runner: no model, no gRPC, no torch.
+
+The fake runner records which rows every step carried, so these tests can assert the
+batch membership a user's latency depends on: a request joins at the next step, a
+finished or cancelled one leaves at once, and the limits hold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Sequence
+
+import pytest
+from support import wait_until
+from zopilot_server.generation.domain import FinishReason, GenerationRequest, TokenDetail
+from zopilot_server.generation.scheduler import (
+    BatchLimits,
+    EngineClosed,
+    GenerationFailed,
+    Job,
+    QueueFull,
+    RowSpec,
+    Scheduler,
+    Step,
+)
+
+
+class FakeRunner:
+    """Emits token ``key * 1000 + n`` for a row's n-th token; one step takes ``step_s``."""
+
+    def __init__(self, step_s: float = 0.002, prefill_chunks: int = 1) -> None:
+        self.step_s = step_s
+        self.prefill_chunks = prefill_chunks
+        self.decode_batches: list[list[int]] = []
+        self.prefill_groups: list[list[int]] = []
+        self.fail_next: BaseException | None = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self._rows: dict[int, int] = {}
+        self._group: list[int] = []
+        self._chunks_left = 0
+
+    @property
+    def prefilling(self) -> bool:
+        return bool(self._group)
+
+    def begin_prefill(self, specs: Sequence[RowSpec]) -> None:
+        self._group = [s.key for s in specs]
+        self._chunks_left = self.prefill_chunks
+        self.prefill_groups.append(list(self._group))
+
+    def prefill_step(self) -> list[Step] | None:
+        self._tick()
+        self._chunks_left -= 1
+        if self._chunks_left:
+            return None
+        group, self._group = self._group, []
+        for key in group:
+            self._rows[key] = 1
+        return [Step(key, key * 1000) for key in group]
+
+    def decode_step(self) -> list[Step]:
+        self._tick()
+        self.decode_batches.append(sorted(self._rows))
+        steps = []
+        for key, n in self._rows.items():
+            steps.append(Step(key, key * 1000 + n, TokenDetail(key * 1000 + n, "t", -0.5)))
+            self._rows[key] = n + 1
+        return steps
+
+    def remove(self, keys: Collection[int]) -> None:
+        for key in keys:
+            self._rows.pop(key, None)
+        self._group = [k for k in self._group if k not in keys]
+
+    def release_memory(self) -> None:
+        pass
+
+    def _tick(self) -> None:
+        self.gate.wait(10)
+        time.sleep(self.step_s)
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+
+
+class FakeStreamer:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.tokens: list[int] = []
+        self.details: list[TokenDetail] = []
+        self.reason: FinishReason | None = None
+        self.done = threading.Event()
+
+    def put_token(self, token_id: int, detail: TokenDetail | None = None) -> None:
+        self.tokens.append(token_id)
+        if detail is not None:
+            self.details.append(detail)
+
+    def end(self) -> None:
+        self.complete(self.job.control.finish_reason or FinishReason.LENGTH)
+
+    def complete(self, reason: FinishReason) -> None:
+        self.reason = reason
+        self.done.set()
+
+
+class Harness:
+    def __init__(self, limits: BatchLimits, runner: FakeRunner | None = None) -> None:
+        self.runner = runner or FakeRunner()
+        self.streamers: dict[str, FakeStreamer] = {}
+        self.failures: dict[str, BaseException] = {}
+        self.scheduler = Scheduler(self.runner, self._make, limits)
+
+    def _make(self, job: Job) -> FakeStreamer:
+        streamer = FakeStreamer(job)
+        self.streamers[job.request.request_id] = streamer
+        return streamer
+
+    def submit(self, rid: str, max_new: int = 5, prompt_len: int = 3, **kw) -> Job:
+        request = GenerationRequest(
+            request_id=rid,
+            input_ids=tuple(range(prompt_len)),
+            input_truncated=False,
+            max_new_tokens=max_new,
+            arrival=time.monotonic(),
+            **kw,
+        )
+
+        def sink(item: object) -> None:
+            if isinstance(item, BaseException):
+                self.failures[rid] = item
+
+        return self.scheduler.submit(request, sink)
+
+    def finished(self, rid: str) -> FinishReason | None:
+        streamer = self.streamers.get(rid)
+        return streamer.reason if streamer else None
+
+
+@pytest.fixture
+def harness_factory():
+    made: list[Harness] = []
+
+    def make(runner: FakeRunner | None = None, **limits) -> Harness:
+        harness = Harness(BatchLimits(**limits), runner)
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.runner.gate.set()
+        harness.scheduler.close(5)
+
+
+def test_a_new_request_joins_the_running_batch_without_waiting_for_it_to_drain(
+    harness_factory,
+):
+    h = harness_factory(max_batch_size=4)
+    h.submit("long", max_new=200)
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 3)
+    h.submit("short", max_new=4)
+    assert wait_until(lambda: h.finished("short") is FinishReason.LENGTH)
+    assert h.finished("long") is None, "the long request is still running"
+    together = [b for b in h.runner.decode_batches if len(b) == 2]
+    assert together, "the two requests shared decoding steps"
+    assert h.streamers["short"].tokens == [1000, 1001, 1002, 1003]
+    # The short one left at once: every later step carries the long one alone.
+    last_shared = max(i for i, b in enumerate(h.runner.decode_batches) if len(b) == 2)
+    assert wait_until(lambda: len(h.runner.decode_batches) > last_shared + 2)
+    assert all(b == [0] for b in h.runner.decode_batches[last_shared + 1 :])
+
+
+def test_waiting_arrivals_are_prefilled_together(harness_factory):
+    runner = FakeRunner()
+    runner.gate.clear()  # hold the first step so the others queue up behind it
+    h = harness_factory(runner, max_batch_size=8)
+    h.submit("a")
+    assert wait_until(lambda: len(runner.prefill_groups) == 1)
+    for rid in "bcd":
+        h.submit(rid)
+    runner.gate.set()
+    assert wait_until(lambda: all(h.finished(r) for r in "abcd"))
+    assert runner.prefill_groups == [[0], [1, 2, 3]]
+
+
+def test_max_batch_size_bounds_every_step_and_the_rest_waits(harness_factory):
+    h = harness_factory(max_batch_size=2, max_queue=8)
+    for i in range(5):
+        h.submit(f"r{i}", max_new=6)
+    assert wait_until(lambda: all(h.finished(f"r{i}") for i in range(5)))
+    assert max(len(b) for b in h.runner.decode_batches) == 2
+    assert all(len(h.streamers[f"r{i}"].tokens) == 6 for i in range(5))
+
+
+def test_kv_token_budget_bounds_the_batch(harness_factory):
+    # Each request costs 3 prompt + 10 new = 13 tokens; a budget of 30 fits two.
+    h = harness_factory(max_batch_size=8, max_batch_tokens=30, max_queue=8)
+    for i in range(4):
+        h.submit(f"r{i}", max_new=10)
+    assert wait_until(lambda: all(h.finished(f"r{i}") for i in range(4)))
+    assert max(len(b) for b in h.runner.decode_batches) == 2
+    assert h.scheduler.load().kv_tokens_used == 0
+
+
+def test_a_request_larger_than_the_budget_runs_alone_rather_than_never(harness_factory):
+    h = harness_factory(max_batch_size=8, max_batch_tokens=10)
+    h.submit("big", max_new=20)
+    assert wait_until(lambda: h.finished("big") is FinishReason.LENGTH)
+
+
+def test_queue_overflow_raises_queue_full_with_a_retry_hint(harness_factory):
+    runner = FakeRunner()
+    runner.gate.clear()
+    h = harness_factory(runner, max_batch_size=1, max_queue=1)
+    h.submit("running")
+    assert wait_until(lambda: h.scheduler.active_count == 1)
+    h.submit("queued")
+    with pytest.raises(QueueFull) as info:
+        h.submit("refused")
+    assert info.value.retry_after_s > 0
+    assert h.scheduler.load().waiting == 1
+
+
+def test_cancelling_one_row_ends_only_that_row_within_a_step(harness_factory):
+    h = harness_factory(max_batch_size=4)
+    jobs = {rid: h.submit(rid, max_new=60) for rid in ("a", "b", "c")}
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 2)
+    jobs["b"].cancel()
+    assert wait_until(lambda: h.finished("b") is FinishReason.CANCELLED)
+    assert wait_until(lambda: h.finished("a") is FinishReason.LENGTH)
+    assert h.finished("c") is FinishReason.LENGTH
+    assert len(h.streamers["a"].tokens) == 60 and len(h.streamers["c"].tokens) == 60
+    assert len(h.streamers["b"].tokens) < 60
+
+
+def test_a_time_limit_ends_its_row_only(harness_factory):
+    h = harness_factory(max_batch_size=4, runner=FakeRunner(step_s=0.005))
+    h.submit("limited", max_new=10_000, deadline=time.monotonic() + 0.1)
+    h.submit("free", max_new=40)
+    assert wait_until(lambda: h.finished("limited") is FinishReason.TIME_LIMIT)
+    assert wait_until(lambda: h.finished("free") is FinishReason.LENGTH)
+    assert len(h.streamers["free"].tokens) == 40
+
+
+def test_cancelled_while_queued_never_reaches_the_runner(harness_factory):
+    runner = FakeRunner()
+    runner.gate.clear()
+    h = harness_factory(runner, max_batch_size=1, max_queue=4)
+    h.submit("running", max_new=3)
+    assert wait_until(lambda: h.scheduler.active_count == 1)
+    queued = h.submit("queued", max_new=3)
+    queued.cancel()
+    assert h.scheduler.queued_count == 0
+    runner.gate.set()
+    assert wait_until(lambda: h.finished("running") is FinishReason.LENGTH)
+    assert "queued" not in h.streamers
+
+
+def test_out_of_memory_evicts_the_newest_row_and_the_others_go_on(harness_factory):
+    h = harness_factory(max_batch_size=4)
+    h.submit("old", max_new=40)
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 2)
+    h.submit("new", max_new=40)
+    assert wait_until(lambda: any(len(b) == 2 for b in h.runner.decode_batches))
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    h.runner.fail_next = OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    assert wait_until(lambda: "new" in h.failures)
+    assert isinstance(h.failures["new"], GenerationFailed)
+    assert wait_until(lambda: h.finished("old") is FinishReason.LENGTH)
+    assert "old" not in h.failures and len(h.streamers["old"].tokens) == 40
+
+
+def test_any_other_step_failure_ends_that_step_s_rows_with_the_error(harness_factory):
+    h = harness_factory(max_batch_size=4)
+    h.submit("a", max_new=50)
+    h.submit("b", max_new=50)
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 2)
+    h.runner.fail_next = RuntimeError("boom")
+    assert wait_until(lambda: {"a", "b"} <= set(h.failures))
+    assert "boom" in str(h.failures["a"])
+    assert wait_until(lambda: h.scheduler.load().running == 0)
+    h.submit("after", max_new=3)
+    assert wait_until(lambda: h.finished("after") is FinishReason.LENGTH)
+
+
+def test_drain_refuses_queued_at_once_and_ends_running_with_shutdown(harness_factory):
+    h = harness_factory(max_batch_size=1, max_queue=4, runner=FakeRunner(step_s=0.005))
+    h.submit("running", max_new=100_000)
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 2)
+    h.submit("queued")
+    h.scheduler.drain(0.2)
+    assert isinstance(h.failures.get("queued"), EngineClosed)
+    assert h.failures["queued"].retry_after_s
+    with pytest.raises(EngineClosed, match="draining"):
+        h.submit("late")
+    assert wait_until(lambda: h.finished("running") is FinishReason.SHUTDOWN)
+    assert h.streamers["running"].tokens, "what was generated is delivered"
+
+
+def test_close_joins_the_scheduler_thread(harness_factory):
+    h = harness_factory(max_batch_size=2)
+    h.submit("a", max_new=100_000)
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 1)
+    h.scheduler.close(5)
+    assert h.finished("a") is FinishReason.SHUTDOWN
+    assert not h.scheduler._thread.is_alive()
+
+
+def test_chunked_prefill_lets_running_rows_decode_between_chunks(harness_factory):
+    runner = FakeRunner(prefill_chunks=5)
+    h = harness_factory(runner, max_batch_size=4)
+    h.submit("running", max_new=200)
+    assert wait_until(lambda: len(runner.decode_batches) >= 2)
+    before = len(runner.decode_batches)
+    h.submit("long-prompt", max_new=2)
+    assert wait_until(lambda: h.finished("long-prompt") is FinishReason.LENGTH)
+    # The running row got a decode step for every one of the 5 prefill chunks.
+    alone = [b for b in runner.decode_batches[before:] if b == [0]]
+    assert len(alone) >= 4
+
+
+def test_token_details_reach_the_streamer(harness_factory):
+    h = harness_factory()
+    h.submit("a", max_new=3)
+    assert wait_until(lambda: h.finished("a") is FinishReason.LENGTH)
+    assert [d.id for d in h.streamers["a"].details] == [1, 2]  # decode steps carry details
