@@ -26,7 +26,9 @@ PROMPTS = [
 ]
 
 
-def run_stream(stub, request: pb.GenerateRequest, delay_s: float = 0.0) -> list[pb.GenerateResponse]:
+def run_stream(
+    stub, request: pb.GenerateRequest, delay_s: float = 0.0
+) -> list[pb.GenerateResponse]:
     time.sleep(delay_s)
     return list(stub.GenerateStream(request, timeout=120))
 
@@ -58,7 +60,9 @@ def batched_tiny(make_server):
 def test_greedy_outputs_in_a_batch_equal_the_single_request_outputs(batched_tiny):
     server, stub = batched_tiny
     requests = [
-        pb.GenerateRequest(prompt=p, max_new_tokens=24 + 6 * i, ignore_eos=True, return_token_details=True)
+        pb.GenerateRequest(
+            prompt=p, max_new_tokens=24 + 6 * i, ignore_eos=True, return_token_details=True
+        )
         for i, p in enumerate(PROMPTS)
     ]
     seen_batches: list[int] = []
@@ -93,8 +97,14 @@ def test_token_details_and_top_n_logprobs_match_the_request_alone(batched_tiny):
 def test_seeded_sampling_gives_the_same_text_alone_and_in_a_busy_batch(batched_tiny):
     _, stub = batched_tiny
     sampled = pb.GenerateRequest(
-        prompt="Once upon a time", max_new_tokens=30, ignore_eos=True,
-        temperature=0.9, top_p=0.9, top_k=50, repetition_penalty=1.2, seed=1234,
+        prompt="Once upon a time",
+        max_new_tokens=30,
+        ignore_eos=True,
+        temperature=0.9,
+        top_p=0.9,
+        top_k=50,
+        repetition_penalty=1.2,
+        seed=1234,
     )
     alone = text_of(run_stream(stub, sampled))
     busy = [
@@ -195,8 +205,12 @@ def test_stop_eos_cancel_and_time_limit_each_end_their_own_row_only(smollm2_stub
     with ThreadPoolExecutor(4) as pool:
         futures = {
             name: pool.submit(run_stream, stub, req)
-            for name, req in (("reference", reference), ("eos", eos), ("stop", stop),
-                              ("limited", limited))
+            for name, req in (
+                ("reference", reference),
+                ("eos", eos),
+                ("stop", stop),
+                ("limited", limited),
+            )
         }
         time.sleep(0.3)
         cancelled_call.cancel()
@@ -229,7 +243,14 @@ def test_sigterm_under_load_refuses_the_queued_and_ends_the_running_with_shutdow
     at once, a running stream ends before the grace with its text and SHUTDOWN, and the
     process exits 0 (no model step left running at interpreter exit)."""
     process = start_process(
-        "--port", "0", "--grace-period-s", "3", "--max-batch-size", "1", "--max-queue", "4",
+        "--port",
+        "0",
+        "--grace-period-s",
+        "3",
+        "--max-batch-size",
+        "1",
+        "--max-queue",
+        "4",
         env_extra={"ZOPILOT_MODEL": str(tiny_model_dir), "ZOPILOT_CACHE_DIR": str(model_cache_dir)},
     )
     try:

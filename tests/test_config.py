@@ -37,7 +37,7 @@ def test_every_setting_has_a_flag_and_env_in_help():
     ("argv", "env", "needle"),
     [
         (["--port", "70000"], {}, "--port must be 0..65535"),
-        (["--max-concurrent", "0"], {}, "--max-concurrent must be >= 1"),
+        (["--max-batch-size", "0"], {}, "--max-batch-size must be >= 1"),
         (["--bnb-int8-threshold", "-1"], {}, "--bnb-int8-threshold must be >= 0"),
         (["--device", "tpu"], {}, "invalid choice"),
         ([], {"ZOPILOT_PORT": "abc"}, "ZOPILOT_PORT"),

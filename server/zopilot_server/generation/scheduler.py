@@ -153,9 +153,7 @@ class _Drain:
 class Scheduler:
     """Admission, queue, batch membership, cancellation and deadlines; owns one thread."""
 
-    def __init__(
-        self, runner: Runner, make_streamer: StreamerFactory, limits: BatchLimits
-    ) -> None:
+    def __init__(self, runner: Runner, make_streamer: StreamerFactory, limits: BatchLimits) -> None:
         self._runner = runner
         self._make_streamer = make_streamer
         self.limits = limits
@@ -262,7 +260,7 @@ class Scheduler:
             try:
                 self._start(admitted)
                 self._iterate()
-            except Exception as exc:  # noqa: BLE001 - a bug must not strand every client
+            except Exception as exc:
                 log.exception("scheduler iteration failed; ending the running batch")
                 for job in admitted:
                     if not any(row.job is job for row in self._rows.values()):
@@ -293,7 +291,9 @@ class Scheduler:
         for job in jobs:
             streamer = self._make_streamer(job)
             if job.control.cancelled or job.control.out_of_time():
-                reason = FinishReason.CANCELLED if job.control.cancelled else FinishReason.TIME_LIMIT
+                reason = (
+                    FinishReason.CANCELLED if job.control.cancelled else FinishReason.TIME_LIMIT
+                )
                 self._release(job)
                 streamer.complete(reason)
                 continue
@@ -353,7 +353,9 @@ class Scheduler:
             victims = affected
         for row in victims:
             log.error(
-                "request %s: model step failed: %r", row.job.request.request_id, exc,
+                "request %s: model step failed: %r",
+                row.job.request.request_id,
+                exc,
                 exc_info=exc if row is victims[0] else None,
             )
             row.job.sink(GenerationFailed(row.job.request.request_id, exc))
@@ -371,7 +373,7 @@ class Scheduler:
             self._kv_used = 0
         try:
             self._runner.remove({row.key for row in rows})
-        except Exception:  # noqa: BLE001 - the batch is gone either way
+        except Exception:
             log.exception("could not drop the failed rows")
 
     def _deliver(self, steps: list[Step]) -> None:

@@ -1,0 +1,231 @@
+"""Continuous batching: N concurrent GenerateStream calls vs in-process batch-N generate.
+
+For each N it runs, in the same process and alternating:
+
+- in-process: ``model.generate`` of the same N chat prompts as one left-padded batch
+  (greedy, fixed new tokens, EOS ignored), aggregate tokens/s; and the time of one
+  forward pass over those N prompts (the prefill work itself, the floor of any TTFT);
+- gRPC: N GenerateStream calls started together against the real server (a subprocess),
+  aggregate tokens/s from the first call to the last chunk, and the median TTFT.
+
+Then a long prompt joins four running streams: the running streams' inter-token latency
+while it is prefilled, as a ratio to their steady-state inter-token latency.
+
+Prints JSON; targets (issue "Continuous batching"): ``tokens_per_s_ratio`` >= 0.9 at
+N = 8 and 16 and >= 0.97 at N = 1; ``ttft_over_prefill`` <= 1.2 at N = 8;
+``itl_join_ratio`` <= 2. Machines here are noisy: compare ratios from one run only.
+
+    .venv/bin/python bench/concurrency.py --model smollm2 --n 1 2 4 8 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
+
+import grpc  # noqa: E402
+from stream import model_dirs, start_server  # noqa: E402
+from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
+from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
+
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a rainbow forms.",
+    "Give me three tips for learning a new language.",
+    "What is the difference between a virus and a bacterium?",
+    "Describe the taste of a lemon to someone who never had one.",
+    "Write a haiku about autumn leaves.",
+    "How do airplanes stay in the air?",
+    "List some uses of baking soda around the house.",
+    "Summarise the plot of Romeo and Juliet.",
+    "Why do cats purr?",
+    "Suggest a name for a friendly robot and explain it.",
+    "What are the planets of the solar system?",
+    "Tell me a fun fact about octopuses.",
+    "How does a refrigerator keep food cold?",
+    "Write a limerick about a forgetful wizard.",
+    "What makes bread rise?",
+]
+
+
+def chat_ids(tokenizer: Any, prompt: str) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def left_padded(tokenizer: Any, prompts: list[str]) -> tuple[Any, Any]:
+    import torch
+
+    ids = [chat_ids(tokenizer, p) for p in prompts]
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+    return batch, mask
+
+
+def in_process(model: Any, tokenizer: Any, prompts: list[str], tokens: int) -> dict[str, float]:
+    import torch
+
+    ids, mask = left_padded(tokenizer, prompts)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            eos_token_id=None,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        elapsed = time.perf_counter() - start
+    generated = (out.shape[1] - ids.shape[1]) * len(prompts)
+    return {"tokens_per_s": generated / elapsed, "prefill_ms": prefill_s * 1000}
+
+
+def stream_once(stub: Any, prompt: str, tokens: int, start: threading.Barrier) -> dict[str, Any]:
+    request = pb.GenerateRequest(
+        messages=[pb.ChatMessage(role="user", content=prompt)],
+        max_new_tokens=tokens,
+        ignore_eos=True,
+    )
+    start.wait(30)
+    began = time.perf_counter()
+    arrivals: list[float] = []
+    last = None
+    for chunk in stub.GenerateStream(request, timeout=600):
+        if chunk.text or chunk.tokens:
+            arrivals.append(time.perf_counter())
+        last = chunk
+    assert last is not None and last.usage.generated_tokens == tokens
+    return {"began": began, "arrivals": arrivals, "tokens": tokens}
+
+
+def grpc_concurrent(stub: Any, prompts: list[str], tokens: int) -> dict[str, float]:
+    barrier = threading.Barrier(len(prompts))
+    results: list[dict[str, Any]] = [{} for _ in prompts]
+
+    def run(i: int) -> None:
+        results[i] = stream_once(stub, prompts[i], tokens, barrier)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    began = min(r["began"] for r in results)
+    ended = max(r["arrivals"][-1] for r in results)
+    ttfts = [(r["arrivals"][0] - r["began"]) * 1000 for r in results]
+    return {
+        "tokens_per_s": sum(r["tokens"] for r in results) / (ended - began),
+        "ttft_median_ms": statistics.median(ttfts),
+    }
+
+
+def itl_while_long_prompt_joins(stub: Any, tokenizer: Any, running: int = 4) -> dict[str, float]:
+    """Inter-token gaps of ``running`` streams before and while a long prompt prefills."""
+    long_prompt = " ".join(PROMPTS * 12)  # about 1500 tokens
+    barrier = threading.Barrier(running)
+    results: list[dict[str, Any]] = [{} for _ in range(running)]
+    tokens = 200
+
+    def run(i: int) -> None:
+        results[i] = stream_once(stub, PROMPTS[i], tokens, barrier)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(running)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # steady state
+    joined_at = time.perf_counter()
+    request = pb.GenerateRequest(prompt=long_prompt, max_new_tokens=1, ignore_eos=True)
+    list(stub.GenerateStream(request, timeout=600))
+    prefilled_at = time.perf_counter()
+    for t in threads:
+        t.join()
+    steady, joining = [], []
+    for r in results:
+        gaps = list(zip(r["arrivals"], r["arrivals"][1:], strict=False))
+        steady += [b - a for a, b in gaps if b < joined_at]
+        joining += [b - a for a, b in gaps if a >= joined_at - 0.001 and b <= prefilled_at + 0.5]
+    steady_ms = statistics.median(steady) * 1000
+    join_ms = max(joining) * 1000 if joining else float("nan")
+    return {
+        "long_prompt_tokens": len(tokenizer(long_prompt)["input_ids"]),
+        "prefill_s": prefilled_at - joined_at,
+        "steady_itl_ms": steady_ms,
+        "max_itl_during_join_ms": join_ms,
+        "itl_join_ratio": join_ms / steady_ms,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
+    parser.add_argument("--server-arg", action="append", default=[])
+    parser.add_argument("--skip-join", action="store_true", help="skip the long-prompt join")
+    args = parser.parse_args()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir = Path(args.cache_dir)
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = model_dirs([args.model], cache_dir, Path(work))[args.model]
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+        server_args = ["--max-batch-size", str(max(args.n)), *args.server_arg]
+        process, target = start_server(model_dir, cache_dir, server_args)
+        results = []
+        try:
+            with grpc.insecure_channel(target) as channel:
+                stub = generation_pb2_grpc.GenerationStub(channel)
+                grpc_concurrent(stub, PROMPTS[:2], 4)  # warm-up both sides
+                in_process(model, tokenizer, PROMPTS[:2], 4)
+                for n in args.n:
+                    prompts = PROMPTS[:n]
+                    local = in_process(model, tokenizer, prompts, args.tokens)
+                    remote = grpc_concurrent(stub, prompts, args.tokens)
+                    results.append(
+                        {
+                            "n": n,
+                            "in_process": local,
+                            "grpc": remote,
+                            "tokens_per_s_ratio": remote["tokens_per_s"] / local["tokens_per_s"],
+                            "ttft_over_prefill": remote["ttft_median_ms"] / local["prefill_ms"],
+                        }
+                    )
+                join = None if args.skip_join else itl_while_long_prompt_joins(stub, tokenizer)
+        finally:
+            process.terminate()
+            process.wait(30)
+    report = {
+        "benchmark": "concurrency",
+        "model": args.model,
+        "new_tokens": args.tokens,
+        "server_args": server_args,
+        "results": results,
+        "long_prompt_join": join,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
