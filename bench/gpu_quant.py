@@ -12,6 +12,8 @@
    warm-up stream, then ``--repeats`` greedy streams of ``--tokens`` tokens (ignore_eos).
    It reads VRAM from torch.cuda (weights after load, peak while generating) and TTFT /
    tokens per second at the client; the server's own timings are reported next to them.
+   Then ``--streams`` N (default 1, 8, 32) streams at once through the batching
+   scheduler: aggregate tokens/s and median TTFT per N (VRAM peak covers them too).
 4. Prints one JSON object. A mode the environment cannot run (for example 4-bit on a CPU
    with the image's bitsandbytes) is reported with its refusal message, and a mode that
    fails (out of memory, say) with its error, so the other modes' figures still print.
@@ -90,6 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--tokens", type=int, default=None, help="tokens per stream")
     parser.add_argument("--repeats", type=int, default=2, help="measured streams per mode")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="concurrent stream counts measured per mode (continuous batching)",
+    )
     parser.add_argument("--work-dir", type=Path, help="where the model is saved (default: auto)")
     parser.add_argument(
         "--cache-dir", type=Path, default=REPO / ".cache" / "test-models", help=CACHE_HELP
@@ -199,6 +208,18 @@ async def stream_once(stub: Any, tokens: int) -> dict[str, float]:
     }
 
 
+async def concurrent_streams(stub: Any, n: int, tokens: int) -> dict[str, float]:
+    """``n`` streams started together: aggregate tokens/s over the batch, median TTFT."""
+    started = time.perf_counter()
+    runs = await asyncio.gather(*(stream_once(stub, tokens) for _ in range(n)))
+    elapsed = time.perf_counter() - started
+    return {
+        "streams": n,
+        "aggregate_tokens_per_s": round(sum(r["generated_tokens"] for r in runs) / elapsed, 2),
+        "ttft_median_ms": round(statistics.median(r["ttft_ms"] for r in runs), 2),
+    }
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.median(run[key] for run in runs), 2) for key in runs[0]}
 
@@ -218,6 +239,9 @@ async def measure_mode(mode: str, model_dir: Path, args: argparse.Namespace) -> 
         dtype="bfloat16" if args.device == "cuda" else "float32",
         quantize=mode,
         doc_workers=1,  # the document parser is not measured here
+        max_batch_size=max(args.streams),
+        max_queue=max(args.streams),
+        max_batch_tokens=max(32768, max(args.streams) * (args.tokens + 64)),
     )
     started = time.perf_counter()
     running = await start_server(config)
@@ -231,6 +255,7 @@ async def measure_mode(mode: str, model_dir: Path, args: argparse.Namespace) -> 
             info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
             await stream_once(stub, 4)  # warm-up: kernels, allocator, caches
             runs = [await stream_once(stub, args.tokens) for _ in range(args.repeats)]
+            concurrency = [await concurrent_streams(stub, n, args.tokens) for n in args.streams]
         peak = cuda.max_memory_allocated() - before if cuda is not None else None
     except (QuantizationUnsupported, ModelLoadError) as exc:
         return {"mode": mode, "refused": str(exc)}
@@ -250,6 +275,7 @@ async def measure_mode(mode: str, model_dir: Path, args: argparse.Namespace) -> 
         "vram_weights_bytes": weights,
         "vram_peak_bytes": peak,
         **median_of(runs),
+        "concurrency": concurrency,
     }
 
 

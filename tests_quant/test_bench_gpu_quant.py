@@ -44,4 +44,6 @@ def test_cpu_smoke_mode_serves_every_mode_and_prints_json(tmp_path: Path) -> Non
         assert entry["generated_tokens"] == 4
         assert entry["vram_peak_bytes"] is None  # no GPU: null, never a made-up number
         assert entry["memory_footprint_bytes"] > 0
+        assert [c["streams"] for c in entry["concurrency"]] == [1, 8, 32]
+        assert all(c["aggregate_tokens_per_s"] > 0 for c in entry["concurrency"])
     assert modes["4bit"]["memory_footprint_bytes"] < modes["none"]["memory_footprint_bytes"]
