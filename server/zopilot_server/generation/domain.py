@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .oom import is_out_of_memory
+
 
 class FinishReason(enum.Enum):
     """Why a generation ended. Values match zopilot.v1.FinishReason."""
@@ -106,3 +108,37 @@ class Chunk:
     text: str
     tokens: tuple[TokenDetail, ...] = ()
     completion: Completion | None = None
+
+
+class QueueFull(Exception):
+    """No generation slot and no room to wait; retry after ``retry_after_s``."""
+
+    def __init__(self, queued: int, retry_after_s: float) -> None:
+        super().__init__(f"generation queue is full ({queued} waiting); retry later")
+        self.retry_after_s = retry_after_s
+
+
+class EngineClosed(Exception):
+    """The engine is shutting down and accepts no new work."""
+
+
+class GenerationFailed(Exception):
+    """generate() raised; ``cause`` is the original exception.
+
+    Constructing one from an out-of-memory cause gives an OutOfMemory, so whoever catches
+    generate()'s error classifies it once, here, and the error table maps classes only.
+    """
+
+    def __new__(cls, request_id: str, cause: BaseException) -> GenerationFailed:
+        if cls is GenerationFailed and is_out_of_memory(cause):
+            cls = OutOfMemory
+        return super().__new__(cls, request_id, cause)
+
+    def __init__(self, request_id: str, cause: BaseException) -> None:
+        super().__init__(f"generation failed for request {request_id}: {cause!r}")
+        self.request_id = request_id
+        self.cause = cause
+
+
+class OutOfMemory(GenerationFailed):
+    """generate() ran out of (GPU) memory: retrying with a shorter request may fit."""

@@ -34,25 +34,7 @@ log = logging.getLogger(__name__)
 Sink = Callable[[object], None]
 
 
-class QueueFull(Exception):
-    """No generation slot and no room to wait; retry after ``retry_after_s``."""
-
-    def __init__(self, queued: int, retry_after_s: float) -> None:
-        super().__init__(f"generation queue is full ({queued} waiting); retry later")
-        self.retry_after_s = retry_after_s
-
-
-class EngineClosed(Exception):
-    """The engine is shutting down and accepts no new work."""
-
-
-class GenerationFailed(Exception):
-    """generate() raised; ``cause`` is the original exception."""
-
-    def __init__(self, request_id: str, cause: BaseException) -> None:
-        super().__init__(f"generation failed for request {request_id}: {cause!r}")
-        self.request_id = request_id
-        self.cause = cause
+from .domain import EngineClosed, GenerationFailed, QueueFull  # noqa: E402
 
 
 @dataclass
