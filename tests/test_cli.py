@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import zopilot_client as zc
-from client_helpers import FakeServer, engine_idle, finish_spy, free_port, health_server_later
+from support import FakeServer, engine_idle, finish_spy, free_port, health_server_later
 from zopilot_client import cli
 from zopilot_server.generation.domain import FinishReason as ServerFinish
 
@@ -194,8 +194,6 @@ def test_parse_writes_markdown_to_stdout_or_a_file(tiny_server, tmp_path):
     note = tmp_path / "note.txt"
     note.write_text("Hello from zopilot\n")
     result = run_cli("parse", str(note), target=tiny_server.target)
-    if result.returncode == cli.ExitCode.UNSUPPORTED:
-        pytest.skip(f"DocumentParse not available on this server yet: {result.stderr}")
     assert result.returncode == 0, result.stderr
     assert "Hello from zopilot" in result.stdout
     out = tmp_path / "note.md"

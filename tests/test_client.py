@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import zopilot_client as zc
-from client_helpers import engine_idle, finish_spy
-from support import InProcessServer
+from support import InProcessServer, engine_idle, finish_spy
 from zopilot_server.generation.domain import FinishReason as ServerFinish
 
 LONG = {"max_new_tokens": 1500, "ignore_eos": True}  # long enough to be cut short
@@ -132,18 +131,10 @@ def test_a_stream_with_a_timeout_ends_with_time_limit_and_keeps_its_text(client)
     assert s.result is not None and s.result.usage.generated_tokens > 0 and s.text
 
 
-def parse_or_skip(client: zc.Client, source: object, **options: object) -> zc.ParsedDocument:
-    """DocumentParse lands separately (issue 4): until then this server answers UNIMPLEMENTED."""
-    try:
-        return client.parse_document(source, **options)
-    except zc.Unimplemented as error:
-        pytest.skip(f"DocumentParse not available on this server yet: {error.message}")
-
-
 def test_parse_document_from_a_path_bytes_or_a_file(client, tmp_path):
     note = tmp_path / "note.txt"
     note.write_text("Hello from zopilot\n")
-    from_path = parse_or_skip(client, note, formats=["markdown", "text"], request_id="doc-1")
+    from_path = client.parse_document(note, formats=["markdown", "text"], request_id="doc-1")
     assert "Hello from zopilot" in (from_path.markdown or "")
     assert "Hello from zopilot" in (from_path.text or "")
     assert from_path.html is None and from_path.request_id == "doc-1"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import zopilot_client as zc
-from client_helpers import engine_idle, finish_spy
+from support import engine_idle, finish_spy
 from zopilot_server.generation.domain import FinishReason as ServerFinish
 
 LONG = {"max_new_tokens": 1500, "ignore_eos": True}

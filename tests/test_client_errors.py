@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import pytest
 import zopilot_client as zc
-from client_helpers import FakeServer, abort_with, free_port, health_server_later, serving_health
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
+from support import FakeServer, abort_with, free_port, health_server_later, serving_health
 from zopilot_client.pb import generation_pb2 as pb
 
 GENERATE = "/zopilot.v1.Generation/Generate"
@@ -106,16 +106,10 @@ def tiny_png() -> bytes:
     )
 
 
-def skip_if_unimplemented(error: zc.RpcError) -> None:
-    if isinstance(error, zc.Unimplemented):
-        pytest.skip(f"DocumentParse not available on this server yet: {error.message}")
-
-
 def test_invalid_document_names_the_field(tiny_server):
     client = zc.Client(tiny_server.target, timeout=60)
     with client, pytest.raises(zc.RpcError) as caught:
         client.parse_document(b"", filename="empty.txt")
-    skip_if_unimplemented(caught.value)
     assert isinstance(caught.value, zc.InvalidArgument)
     assert [v.field for v in caught.value.field_violations] == ["content"]
 
@@ -125,7 +119,6 @@ def test_failed_precondition_for_an_image_without_ocr_models(make_server, tmp_pa
     client = zc.Client(server.target, timeout=60)
     with client, pytest.raises(zc.RpcError) as caught:
         client.parse_document(tiny_png(), filename="scan.png")
-    skip_if_unimplemented(caught.value)
     assert isinstance(caught.value, zc.FailedPrecondition)
 
 

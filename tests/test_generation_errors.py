@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from support import field_violations
+from support import assert_generates, field_violations
 from zopilot_client.pb import generation_pb2 as pb
 
 
@@ -101,7 +101,7 @@ def test_messages_without_chat_template(make_server, no_template_model_dir):
         )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "no chat template" in field_violations(error)["messages"]
-        assert stub.Generate(pb.GenerateRequest(prompt="hi", max_new_tokens=2)).text is not None
+        assert_generates(stub)
 
 
 def pb_stub(channel):
@@ -133,9 +133,7 @@ def test_exception_in_generate_is_internal_and_never_hangs(make_server, caplog):
             assert "req-boom" in error.details()
         assert "req-boom" in caplog.text and "boom in forward" in caplog.text
         restore()
-        assert stub.Generate(
-            pb.GenerateRequest(prompt="hi", max_new_tokens=3)
-        ).usage.generated_tokens
+        assert_generates(stub)
 
 
 def test_out_of_memory_is_resource_exhausted(make_server):
@@ -149,7 +147,7 @@ def test_out_of_memory_is_resource_exhausted(make_server):
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "out of memory" in error.details()
         restore()
-        assert stub.Generate(pb.GenerateRequest(prompt="hi", max_new_tokens=3)).text is not None
+        assert_generates(stub)
 
 
 def test_api_key_is_required_when_configured(make_server):
@@ -167,3 +165,27 @@ def test_api_key_is_required_when_configured(make_server):
         ok = stub.Generate(request, metadata=(("authorization", "Bearer s3cret"),))
         assert ok.usage.generated_tokens == 2 or ok.finish_reason == pb.FINISH_REASON_EOS_TOKEN
     assert server.health() == health_pb2.HealthCheckResponse.SERVING  # probes need no key
+
+
+def test_status_table_lists_every_subclass_before_its_base():
+    """isinstance picks the first match: a base listed earlier would shadow its subclass."""
+    from zopilot_server.errors import STATUS_TABLE
+
+    classes = [exc_type for exc_type, _ in STATUS_TABLE]
+    for i, earlier in enumerate(classes):
+        for later in classes[i + 1 :]:
+            assert not issubclass(later, earlier), f"{later.__name__} is shadowed by {earlier}"
+
+
+def test_generation_failures_map_by_class():
+    from zopilot_server.errors import to_service_error
+    from zopilot_server.generation.domain import GenerationFailed, OutOfMemory
+
+    oom = GenerationFailed("req-1", torch.OutOfMemoryError("CUDA out of memory"))
+    assert type(oom) is OutOfMemory and oom.request_id == "req-1"
+    assert to_service_error(oom).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    bug = GenerationFailed("req-2", RuntimeError("boom"))
+    assert type(bug) is GenerationFailed
+    internal = to_service_error(bug, "ignored")
+    assert internal.code == grpc.StatusCode.INTERNAL
+    assert "req-2" in internal.message and "boom" not in internal.message

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import InProcessServer
+from support import InProcessServer, assert_generates
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.generation.model_loader import load_model
@@ -43,7 +43,7 @@ def test_not_serving_and_unavailable_while_the_model_loads(tiny_config):
             release.set()
             server.wait_ready()
             assert server.health() == SERVING
-            assert stub.Generate(pb.GenerateRequest(prompt="hi", max_new_tokens=2), timeout=30)
+            assert_generates(stub)
     finally:
         release.set()
         server.stop()
@@ -116,7 +116,7 @@ def test_process_serves_and_exits_cleanly_on_sigterm(tiny_model_dir, model_cache
         assert "loaded" in log and "MiB" in log, "the load log states time and memory"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
-            assert stub.Generate(pb.GenerateRequest(prompt="hi", max_new_tokens=2), timeout=30)
+            assert_generates(stub)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
         rest = process.stdout.read()

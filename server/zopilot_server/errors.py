@@ -1,11 +1,15 @@
 """One error wrapper for every handler: exceptions in, specific gRPC statuses out.
 
-Domain code raises ServiceError (or lets a known library exception escape); the
-``rpc_errors`` decorator, applied to unary and streaming handlers alike, turns it into
-a status with rich details (google.rpc.BadRequest, RetryInfo) in the standard
-``grpc-status-details-bin`` trailer, which grpcurl and grpcio-status clients decode.
-Anything unexpected becomes INTERNAL, logged with the request id, and the server keeps
-serving.
+Servicers raise ServiceError; domain code raises its own exceptions (defined in the
+domain modules, free of gRPC), and ``STATUS_TABLE`` below says, in one place, which
+status each one gets. The ``rpc_errors`` decorator, applied to unary and streaming
+handlers alike, turns either into a status with rich details (google.rpc.BadRequest,
+RetryInfo) in the standard ``grpc-status-details-bin`` trailer, which grpcurl and
+grpcio-status clients decode. Anything unexpected becomes INTERNAL, logged with the
+request id, and the server keeps serving.
+
+This module imports only the domain modules (which import nothing of ours above them),
+so every layer may import it without a cycle.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from .generation.oom import is_out_of_memory
+from .documents.domain import (
+    DocumentRejected,
+    OcrModelsMissing,
+    ParserBusy,
+    ParserClosed,
+    ParseTimeout,
+)
+from .generation.domain import EngineClosed, GenerationFailed, OutOfMemory, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -133,30 +144,40 @@ class Message(str, enum.Enum):
         return self.value.format(**kwargs)
 
 
-_TRANSLATORS: dict[type[BaseException], Callable[[Any], ServiceError]] = {}
-
-
-def register(exc_type: type[BaseException], translate: Callable[[Any], ServiceError]) -> None:
-    """Teach ``to_service_error`` a domain exception, so domain code stays free of gRPC."""
-    _TRANSLATORS[exc_type] = translate
-
-
-def to_service_error(exc: BaseException, request_id: str = "") -> ServiceError:
-    """Map any exception to a ServiceError; unknown ones become INTERNAL and are logged."""
-    if isinstance(exc, ServiceError):
-        return exc
-    for exc_type, translate in _TRANSLATORS.items():
-        if isinstance(exc, exc_type):
-            return translate(exc)
-    request_id = getattr(exc, "request_id", "") or request_id
-    cause = getattr(exc, "cause", None)
-    if (isinstance(cause, BaseException) and is_out_of_memory(cause)) or is_out_of_memory(exc):
-        return ResourceExhausted("out of memory while generating; retry with a shorter request")
+def _internal(exc: BaseException, request_id: str) -> ServiceError:
+    """INTERNAL for a bug: logged in full with the request id, only the id sent back."""
     log.error("request %s: internal error", request_id or "-", exc_info=exc)
     suffix = f" (request id {request_id})" if request_id else ""
     return ServiceError(
         f"internal error{suffix}; see the server log", code=grpc.StatusCode.INTERNAL
     )
+
+
+_OUT_OF_MEMORY = "out of memory while generating; retry with a shorter request"
+
+# Exception class -> its status, given the exception and the request id. Checked in
+# order with isinstance, so a subclass must come before its base (test_generation_errors keeps
+# that true): OutOfMemory before GenerationFailed.
+STATUS_TABLE: tuple[tuple[type[BaseException], Callable[[Any, str], ServiceError]], ...] = (
+    (ServiceError, lambda e, _: e),
+    (OutOfMemory, lambda e, _: ResourceExhausted(_OUT_OF_MEMORY)),
+    (QueueFull, lambda e, _: ResourceExhausted(str(e), retry_after_s=e.retry_after_s)),
+    (EngineClosed, lambda e, _: Unavailable(str(e), retry_after_s=e.retry_after_s)),
+    (GenerationFailed, lambda e, request_id: _internal(e, e.request_id or request_id)),
+    (DocumentRejected, lambda e, _: InvalidArgument.single(e.field, e.message)),
+    (OcrModelsMissing, lambda e, _: FailedPrecondition(str(e))),
+    (ParseTimeout, lambda e, _: DeadlineExceeded(str(e))),
+    (ParserBusy, lambda e, _: ResourceExhausted(str(e), retry_after_s=e.retry_after_s)),
+    (ParserClosed, lambda e, _: Unavailable(str(e))),
+)
+
+
+def to_service_error(exc: BaseException, request_id: str = "") -> ServiceError:
+    """Map any exception to a ServiceError by ``STATUS_TABLE``; others become INTERNAL."""
+    for exc_type, translate in STATUS_TABLE:
+        if isinstance(exc, exc_type):
+            return translate(exc, request_id)
+    return _internal(exc, request_id)
 
 
 def status_trailer(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:

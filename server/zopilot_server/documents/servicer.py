@@ -1,7 +1,7 @@
 """The zopilot.v1.Documents servicer: protobuf in, DocumentParser, protobuf out.
 
 All logic lives below (validation, detection, parser, pool, worker, extract); this
-module only translates, logs one line per request and teaches the error wrapper what
+module only translates and logs one line per request; errors.STATUS_TABLE says what
 our domain errors mean as gRPC statuses.
 """
 
@@ -14,34 +14,17 @@ import grpc
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 
-from .. import errors
 from ..config import ServerConfig
 from ..errors import (
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    ResourceExhausted,
-    Unavailable,
     rpc_errors,
 )
 from .domain import (
-    DocumentRejected,
-    OcrModelsMissing,
     ParseOutcome,
-    ParserBusy,
-    ParserClosed,
-    ParseTimeout,
 )
 from .parser import DocumentParser
 from .validation import DocumentRequest, to_document_request
 
 log = logging.getLogger(__name__)
-
-errors.register(DocumentRejected, lambda e: InvalidArgument.single(e.field, e.message))
-errors.register(OcrModelsMissing, lambda e: FailedPrecondition(str(e)))
-errors.register(ParseTimeout, lambda e: DeadlineExceeded(str(e)))
-errors.register(ParserBusy, lambda e: ResourceExhausted(str(e), retry_after_s=e.retry_after_s))
-errors.register(ParserClosed, lambda e: Unavailable(str(e)))
 
 
 class DocumentsServicer(pb_grpc.DocumentsServicer):

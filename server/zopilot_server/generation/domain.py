@@ -10,6 +10,8 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .oom import is_out_of_memory
+
 # Where a request's Chunks (or the exception that ends it) go, from the scheduler thread.
 Sink = Callable[[object], None]
 
@@ -121,3 +123,41 @@ class EngineLoad:
     running: int
     kv_tokens_used: int
     kv_tokens_budget: int
+
+
+class QueueFull(Exception):
+    """No room in the batch and no room to wait; retry after ``retry_after_s``."""
+
+    def __init__(self, queued: int, retry_after_s: float) -> None:
+        super().__init__(f"generation queue is full ({queued} waiting); retry later")
+        self.retry_after_s = retry_after_s
+
+
+class EngineClosed(Exception):
+    """The engine is draining or stopped and accepts no new work; retry elsewhere."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class GenerationFailed(Exception):
+    """A model step raised; ``cause`` is the original exception.
+
+    Constructing one from an out-of-memory cause gives an OutOfMemory, so whoever catches
+    a model step's error classifies it once, here, and the error table maps classes only.
+    """
+
+    def __new__(cls, request_id: str, cause: BaseException) -> GenerationFailed:
+        if cls is GenerationFailed and is_out_of_memory(cause):
+            cls = OutOfMemory
+        return super().__new__(cls, request_id, cause)
+
+    def __init__(self, request_id: str, cause: BaseException) -> None:
+        super().__init__(f"generation failed for request {request_id}: {cause!r}")
+        self.request_id = request_id
+        self.cause = cause
+
+
+class OutOfMemory(GenerationFailed):
+    """A model step ran out of (GPU) memory: retrying with a shorter request may fit."""

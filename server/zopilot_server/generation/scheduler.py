@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .domain import (
+    EngineClosed,
     EngineLoad,
     FinishReason,
+    GenerationFailed,
     GenerationRequest,
+    QueueFull,
     Sink,
     TokenDetail,
 )
@@ -35,31 +38,6 @@ from .oom import is_out_of_memory
 from .run_control import RunControl
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    """No room in the batch and no room to wait; retry after ``retry_after_s``."""
-
-    def __init__(self, queued: int, retry_after_s: float) -> None:
-        super().__init__(f"generation queue is full ({queued} waiting); retry later")
-        self.retry_after_s = retry_after_s
-
-
-class EngineClosed(Exception):
-    """The engine is draining or stopped and accepts no new work; retry elsewhere."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class GenerationFailed(Exception):
-    """A model step raised; ``cause`` is the original exception."""
-
-    def __init__(self, request_id: str, cause: BaseException) -> None:
-        super().__init__(f"generation failed for request {request_id}: {cause!r}")
-        self.request_id = request_id
-        self.cause = cause
 
 
 @dataclass(frozen=True)

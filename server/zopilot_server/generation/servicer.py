@@ -9,23 +9,17 @@ import grpc
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 
-from .. import errors
 from ..config import ServerConfig
-from ..errors import ResourceExhausted, Unavailable, rpc_errors
+from ..errors import Unavailable, rpc_errors
 from .domain import Chunk, Completion, GenerationRequest, TokenDetail
 from .engine import (
-    EngineClosed,
     GenerationEngine,
-    QueueFull,
     complete_generation,
     stream_chunks,
 )
 from .validation import check_tokenize_request, to_generation_request, truncate_left
 
 log = logging.getLogger(__name__)
-
-errors.register(QueueFull, lambda e: ResourceExhausted(str(e), retry_after_s=e.retry_after_s))
-errors.register(EngineClosed, lambda e: Unavailable(str(e), retry_after_s=e.retry_after_s))
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
