@@ -34,6 +34,7 @@ class FakeRunner:
         self.prefill_chunks = prefill_chunks
         self.decode_batches: list[list[int]] = []
         self.prefill_groups: list[list[int]] = []
+        self.chunked: list[bool] = []
         self.fail_next: BaseException | None = None
         self.gate = threading.Event()
         self.gate.set()
@@ -50,9 +51,10 @@ class FakeRunner:
         self._chunks_left = self.prefill_chunks
         self.prefill_groups.append(list(self._group))
 
-    def prefill_step(self) -> list[Step] | None:
+    def prefill_step(self, chunked: bool = True) -> list[Step] | None:
         self._tick()
-        self._chunks_left -= 1
+        self.chunked.append(chunked)
+        self._chunks_left = self._chunks_left - 1 if chunked else 0
         if self._chunks_left:
             return None
         group, self._group = self._group, []
@@ -322,6 +324,8 @@ def test_chunked_prefill_lets_running_rows_decode_between_chunks(harness_factory
     # The running row got a decode step for every one of the 5 prefill chunks.
     alone = [b for b in runner.decode_batches[before:] if b == [0]]
     assert len(alone) >= 4
+    # The first request, with nobody decoding, was prefilled in one pass.
+    assert runner.chunked[0] is False and runner.chunked[1:6] == [True] * 5
 
 
 def test_token_details_reach_the_streamer(harness_factory):

@@ -93,8 +93,9 @@ class ServerConfig:
     )
     max_prefill_tokens: int = _opt(
         "prompt tokens prefilled per step while others decode (chunked prefill): bounds "
-        "the stall a long prompt causes to running streams",
-        512,
+        "the stall a long prompt causes to running streams; with nobody decoding a prompt "
+        "is prefilled in one pass",
+        64,
     )
     stream_interval_ms: int = _opt(
         "GenerateStream: after the first chunk, send at most one chunk per this many ms, "

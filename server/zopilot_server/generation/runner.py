@@ -138,11 +138,16 @@ class ModelRunner:
         )
 
     @_inference
-    def prefill_step(self) -> list[Step] | None:
-        """Run one chunk of the group's prompts; the first tokens once all are read."""
+    def prefill_step(self, chunked: bool = True) -> list[Step] | None:
+        """Run one chunk of the group's prompts; the first tokens once all are read.
+
+        ``chunked``: at most ``max_prefill_tokens`` (over the group) this step, because
+        other rows are waiting to decode; otherwise the whole prompt in one pass, which
+        is the quickest way to a first token when nobody else is running.
+        """
         p = self._prefill
         assert p is not None
-        width = max(1, self._max_prefill_tokens // len(p.rows))
+        width = max(1, self._max_prefill_tokens // len(p.rows)) if chunked else p.ids.shape[1]
         start, end = p.done, min(p.done + width, p.ids.shape[1])
         out = self._forward(
             p.ids[:, start:end], p.mask[:, :end], p.positions[:, start:end], p.cache

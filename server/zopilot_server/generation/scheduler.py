@@ -4,8 +4,9 @@ One scheduler thread owns the model through a Runner (runner.py). Every iteratio
 ends rows that were cancelled, timed out or are being shut down; admits waiting
 requests that fit ``max_batch_size`` and the KV budget ``max_batch_tokens`` as one
 prefill group; runs one prefill chunk of that group (at most ``max_prefill_tokens``
-prompt tokens, so a long prompt joining never freezes the running streams for its whole
-prefill); and then one decode step over every running row. A finished row leaves the
+prompt tokens while other rows decode, so a long prompt joining never freezes the
+running streams for its whole prefill; the whole prompt at once when nobody else is
+running); and then one decode step over every running row. A finished row leaves the
 batch at once. Requests beyond the batch wait in a FIFO queue of at most ``max_queue``;
 beyond that ``submit`` raises QueueFull with a retry hint.
 
@@ -46,7 +47,7 @@ class BatchLimits:
 
     max_batch_size: int = 8
     max_batch_tokens: int = 32768
-    max_prefill_tokens: int = 512
+    max_prefill_tokens: int = 64
     max_queue: int = 32
 
 
@@ -73,7 +74,7 @@ class Runner(Protocol):
     @property
     def prefilling(self) -> bool: ...
     def begin_prefill(self, specs: Sequence[RowSpec]) -> None: ...
-    def prefill_step(self) -> list[Step] | None: ...
+    def prefill_step(self, chunked: bool = True) -> list[Step] | None: ...
     def decode_step(self) -> list[Step]: ...
     def remove(self, keys: Collection[int]) -> None: ...
     def release_memory(self) -> None: ...
@@ -286,7 +287,9 @@ class Scheduler:
     def _iterate(self) -> None:
         self._end_rows(self._interrupted())
         if self._runner.prefilling:
-            steps = self._run_step(prefill=True)
+            # Chunk the prefill only when there are streams whose steps it would delay.
+            decoding = any(not row.prefilling for row in self._rows.values())
+            steps = self._run_step(prefill=True, chunked=decoding)
             if steps:
                 self._deliver(steps)
         if any(not row.prefilling for row in self._rows.values()):
@@ -313,10 +316,12 @@ class Scheduler:
                 ended.append(row)
         return ended
 
-    def _run_step(self, *, prefill: bool) -> list[Step] | None:
+    def _run_step(self, *, prefill: bool, chunked: bool = True) -> list[Step] | None:
         affected = [row for row in self._rows.values() if row.prefilling == prefill]
         try:
-            return self._runner.prefill_step() if prefill else self._runner.decode_step()
+            if prefill:
+                return self._runner.prefill_step(chunked)
+            return self._runner.decode_step()
         except Exception as exc:  # noqa: BLE001 - handed to the affected requests
             self._on_failure(exc, affected, prefill=prefill)
             return None
