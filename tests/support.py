@@ -12,9 +12,10 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -25,6 +26,8 @@ from zopilot_server.generation.domain import Chunk, FinishReason
 from zopilot_server.generation.model_loader import load_model
 
 READY_TIMEOUT_S = 120
+
+DetailT = TypeVar("DetailT", bound=Message)
 
 
 class InProcessServer:
@@ -95,23 +98,34 @@ def rich_status(error: grpc.RpcError) -> Any:
     return status
 
 
+def rich_detail(error: grpc.RpcError, detail_type: type[DetailT]) -> DetailT:
+    """The first google.rpc detail of ``detail_type`` in ``error``'s status trailer."""
+    for detail in rich_status(error).details:
+        if detail.Is(detail_type.DESCRIPTOR):
+            message = detail_type()
+            detail.Unpack(message)
+            return message
+    raise AssertionError(f"no {detail_type.__name__} detail in {error.code()}: {error.details()}")
+
+
+def bad_request(error: grpc.RpcError) -> error_details_pb2.BadRequest:
+    """The google.rpc.BadRequest detail of an INVALID_ARGUMENT error."""
+    return rich_detail(error, error_details_pb2.BadRequest)
+
+
 def field_violations(error: grpc.RpcError) -> dict[str, str]:
     """google.rpc.BadRequest field violations of an INVALID_ARGUMENT error, by field."""
-    for detail in rich_status(error).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return {v.field: v.description for v in bad.field_violations}
-    raise AssertionError("no BadRequest detail")
+    return {v.field: v.description for v in bad_request(error).field_violations}
+
+
+def violated_fields(error: grpc.RpcError) -> list[str]:
+    """The violated fields in the order the server sent them, repeats kept."""
+    return [v.field for v in bad_request(error).field_violations]
 
 
 def retry_delay_s(error: grpc.RpcError) -> float:
-    for detail in rich_status(error).details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToTimedelta().total_seconds()
-    raise AssertionError("no RetryInfo detail")
+    info = rich_detail(error, error_details_pb2.RetryInfo)
+    return info.retry_delay.ToTimedelta().total_seconds()
 
 
 def assert_generates(stub: generation_pb2_grpc.GenerationStub, tokens: int = 3) -> None:

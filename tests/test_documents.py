@@ -23,9 +23,8 @@ from typing import Any
 import documents_builders as build
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
-from support import InProcessServer, wait_until
+from support import InProcessServer, violated_fields, wait_until
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 from zopilot_server.config import ServerConfig
@@ -87,17 +86,6 @@ def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value
-
-
-def bad_request_fields(error: grpc.RpcError) -> list[str]:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                bad = error_details_pb2.BadRequest()
-                if detail.Unpack(bad):
-                    return [v.field for v in bad.field_violations]
-    raise AssertionError(f"no BadRequest detail in {error}")
 
 
 def requests_dir(server: InProcessServer) -> Path:
@@ -263,7 +251,7 @@ def test_bad_input_is_invalid_argument(
     error = rpc_error(lambda: parse(content, filename))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert message in error.details()
-    assert bad_request_fields(error) == [field]
+    assert violated_fields(error) == [field]
 
 
 def test_docx_with_broken_xml_is_invalid_argument(parse: Parse) -> None:
@@ -287,9 +275,9 @@ def test_invalid_fields_are_reported_together(parse: Parse) -> None:
         )
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_request_fields(error) == ["formats[0]", "formats[1]", "json_schema"]
+    assert violated_fields(error) == ["formats[0]", "formats[1]", "json_schema"]
     error = rpc_error(lambda: parse(b"x", "a.txt", json_fields=["total"]))
-    assert bad_request_fields(error) == ["json_fields"]
+    assert violated_fields(error) == ["json_fields"]
 
 
 def test_server_healthy_and_no_temp_files_after_bad_input(

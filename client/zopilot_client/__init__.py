@@ -33,7 +33,7 @@ from ._exceptions import (
     ZopilotError,
 )
 from ._requests import CallOptions, GenerateOptions, GenerateParams, ParseOptions, TokenizeOptions
-from ._types import (
+from ._results import (
     ChatMessage,
     DocumentMetadata,
     FinishReason,

@@ -10,7 +10,7 @@ import grpc.aio
 
 from ._base import AsyncClosesOnExit, BaseClient, PreparedCall, StreamBase
 from ._exceptions import from_grpc_error
-from ._types import (
+from ._results import (
     GenerateChunk,
     GenerateResult,
     HealthStatus,

@@ -19,7 +19,7 @@ from . import _health, _requests
 from ._channel import RetryPolicy, TLSLike, channel_credentials, channel_options
 from ._exceptions import RpcError, from_grpc_error
 from ._requests import CallOptions, DocumentSource, split_options
-from ._types import (
+from ._results import (
     GenerateChunk,
     GenerateResult,
     HealthStatus,

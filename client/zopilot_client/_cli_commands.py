@@ -27,7 +27,7 @@ from ._exceptions import (
     Unavailable,
     ZopilotError,
 )
-from ._types import ChatMessage, GenerateResult, HealthStatus, PromptLike
+from ._results import ChatMessage, GenerateResult, HealthStatus, PromptLike
 
 OK, USAGE, UNAVAILABLE = 0, 2, 3
 

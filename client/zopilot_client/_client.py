@@ -8,7 +8,7 @@ import grpc
 
 from ._base import BaseClient, ClosesOnExit, PreparedCall, StreamBase
 from ._exceptions import from_grpc_error
-from ._types import (
+from ._results import (
     GenerateChunk,
     GenerateResult,
     HealthStatus,

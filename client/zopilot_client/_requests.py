@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 elif TYPE_CHECKING:
     from typing_extensions import Unpack as Unpack
 
-from ._types import ChatMessage, OutputFormat, PromptLike
+from ._results import ChatMessage, OutputFormat, PromptLike
 from .pb import documents_pb2, generation_pb2
 
 

@@ -1,7 +1,7 @@
 """DocumentParse domain objects and errors, shared by the server and its worker processes.
 
 Nothing here imports gRPC or docstrange: the worker processes unpickle these types, and
-they must stay cheap to import there. The servicer maps the errors to statuses.
+they must stay cheap to import there. errors.STATUS_TABLE maps the errors to statuses.
 """
 
 from __future__ import annotations

@@ -185,10 +185,8 @@ class WorkerPool:
         while self._waiting == 0 and not self._idle.empty():
             # The common case: a worker is idle and nobody queues ahead of us.
             worker = self._idle.get_nowait()
-            if worker.process.is_alive():
+            if await self._alive_or_retired(worker):
                 return worker
-            self._workers.discard(worker)
-            await self._retire(worker)
         if self._idle.empty() and self.live < self._size:
             self._spawn()
         self._waiting += 1
@@ -217,10 +215,16 @@ class WorkerPool:
         """An idle worker that is still alive (one may have died while idle: replace it)."""
         while True:
             worker = await self._idle.get()
-            if worker.process.is_alive():
+            if await self._alive_or_retired(worker):
                 return worker
-            self._workers.discard(worker)
-            await self._retire(worker)
+
+    async def _alive_or_retired(self, worker: _Worker) -> bool:
+        """True if ``worker`` (just taken idle) still lives; else drop it, start another."""
+        if worker.process.is_alive():
+            return True
+        self._workers.discard(worker)
+        await self._retire(worker)
+        return False
 
     def _spawn(self) -> None:
         self._starting += 1
