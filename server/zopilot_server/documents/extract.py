@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fields, ocr_models, outputs
+from . import fields, ocr_models, office, outputs
 from .domain import DocumentRejected, OcrModelsMissing, OutputFormat, ParseJob, ParseOutcome
 
 # docstrange processor class per detected type (the OCR types are handled separately).
@@ -141,7 +141,40 @@ def _extract(job: ParseJob, model_dir: Path) -> Extraction:
     return _office(job)
 
 
+# Our own walkers (office.py) for the formats whose docstrange processor loses content.
+OWN_WALKERS = {"docx": "python-docx", "pptx": "python-pptx", "xlsx": "openpyxl", "csv": "csv"}
+
+
 def _office(job: ParseJob) -> Extraction:
+    if job.doc_type in OWN_WALKERS and job.path.endswith(f".{job.doc_type}"):
+        return _own_office(job)
+    return _docstrange_office(job)
+
+
+def _own_office(job: ParseJob) -> Extraction:
+    """docx / pptx / xlsx / csv through office.py; any library failure is the file's."""
+    try:
+        if job.doc_type == "docx":
+            result = office.docx_markdown(job.path)
+        elif job.doc_type == "pptx":
+            result = office.pptx_markdown(job.path)
+        elif job.doc_type == "xlsx":
+            result = office.xlsx_markdown(job.path)
+        else:
+            result = office.csv_markdown(job.path, job.display_name)
+    except Exception as exc:  # zipfile, lxml, openpyxl and csv raise many types
+        raise _rejected(job, exc) from exc
+    return Extraction(
+        result.markdown,
+        f"zopilot:{OWN_WALKERS[job.doc_type]}",
+        metadata=result.metadata,
+        sheet_count=result.sheet_count,
+        slide_count=result.slide_count,
+        warnings=result.warnings,
+    )
+
+
+def _docstrange_office(job: ParseJob) -> Extraction:
     from docstrange.exceptions import ConversionError
 
     try:
