@@ -200,3 +200,14 @@ def pdf_fidelity() -> bytes:
     data = document.tobytes()
     document.close()
     return data
+
+
+def pdf_hash_lines() -> bytes:
+    """A text-layer PDF whose lines start with "#" (issue numbers, not headings)."""
+    document = pymupdf.open()
+    page = document.new_page()
+    page.insert_text((72, 72), "#42 fixed the parser")
+    page.insert_text((72, 100), "# not a heading either")
+    data = document.tobytes()
+    document.close()
+    return data

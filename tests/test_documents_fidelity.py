@@ -220,3 +220,12 @@ def test_html_renderer_keeps_structure_and_safe_links() -> None:
         html_render.sanitize('<p onclick="x">k</p><a href="javascript:y">z</a>')
     )
     assert tags == [("p", {}), ("a", {"rel": "noopener noreferrer nofollow"})]
+
+
+def test_pdf_lines_starting_with_hash_are_not_headings(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_TEXT, pb.OUTPUT_FORMAT_HTML]
+    reply = parse(build.pdf_hash_lines(), "issues.pdf", formats=formats)
+    assert "\\#42 fixed the parser" in reply.markdown.splitlines()
+    assert "#42 fixed the parser" in reply.text.splitlines()
+    assert "# not a heading either" in reply.text.splitlines()
+    assert "<h1>" not in reply.html and "<p>#42 fixed the parser" in reply.html

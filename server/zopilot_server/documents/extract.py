@@ -36,6 +36,8 @@ OCR_TYPES = frozenset({"png", "jpg", "gif", "bmp", "tiff", "webp"})
 PRIVATE_METADATA = frozenset({"file_path", "file_name", "processor"})
 _DOCX_TRUNCATED = re.compile(r"\*Table truncated to first (\d+) rows out of (\d+) total\.\*")
 _SPLIT_HEADING = re.compile(r"^(#+)\n## ", re.MULTILINE)
+# A PDF line that starts with "#" is text, not a markdown heading: escaped as "\#".
+_HASH_LINE = re.compile(r"^([ \t]*)#", re.MULTILINE)
 _DOCX_MERGED = "*Warning: Table contains merged cells which may not render correctly"
 
 
@@ -252,6 +254,11 @@ def _pdf_pages(job: ParseJob) -> tuple[list[str], bool]:
         raise _rejected(job, exc) from exc
 
 
+def escape_hash_lines(text: str) -> str:
+    """Plain text for markdown: a line starting with "#" gets "\\#" (not a heading)."""
+    return _HASH_LINE.sub(r"\1\\#", text)
+
+
 def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
     pages, repaired = _pdf_pages(job)
     if not any(text.strip() for text in pages):
@@ -259,7 +266,7 @@ def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
         extraction.page_count = len(pages)
         return extraction
     markdown = "\n\n".join(
-        f"## Page {number}\n\n{text.strip()}"
+        f"## Page {number}\n\n{escape_hash_lines(text.strip())}"
         for number, text in enumerate(pages, start=1)
         if text.strip()
     )

@@ -136,8 +136,8 @@ def body(markdown: str) -> str:
             out.append("<hr>")
         elif not stripped:
             flush()
-        else:
-            paragraph.append(stripped)
+        else:  # "\#" starts a text line that only looks like a heading (extract.py)
+            paragraph.append(stripped[1:] if stripped.startswith("\\#") else stripped)
         index += 1
     flush()
     return sanitize("\n".join(out))

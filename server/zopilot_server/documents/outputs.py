@@ -33,6 +33,7 @@ _TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
 _TABLE_RULE = re.compile(r"^\s*\|[\s\-:|]+\|\s*$")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _HEADING = re.compile(r"^#{1,6}\s+", re.MULTILINE)
+_ESCAPED_HASH = re.compile(r"^(\s*)\\#")
 # Emphasis only as markdown writes it: the markers at word edges, never inside a word.
 _EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=[^\s*_])(.+?)(?<=[^\s*_])\1(?![\w*])")
 
@@ -143,7 +144,8 @@ def to_text(markdown: str) -> str:
         if _TABLE_ROW.match(line):
             lines.append("\t".join(c.replace("\n", " ") for c in _cells(line)))
         else:
-            lines.append(_EMPHASIS.sub(r"\2", _HEADING.sub("", line)))
+            line = _ESCAPED_HASH.sub(r"\1#", _HEADING.sub("", line))
+            lines.append(_EMPHASIS.sub(r"\2", line))
     return "\n".join(lines)
 
 
