@@ -14,6 +14,7 @@ import io
 import json
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import documents_builders as build
@@ -21,7 +22,7 @@ import pytest
 from support import InProcessServer
 from test_documents import ALL_FORMATS, Parse, make_parse
 from zopilot_client.pb import documents_pb2 as pb
-from zopilot_server.documents import html_render, outputs
+from zopilot_server.documents import html_render, office, outputs
 
 
 @pytest.fixture
@@ -229,3 +230,18 @@ def test_pdf_lines_starting_with_hash_are_not_headings(parse: Parse) -> None:
     assert "#42 fixed the parser" in reply.text.splitlines()
     assert "# not a heading either" in reply.text.splitlines()
     assert "<h1>" not in reply.html and "<p>#42 fixed the parser" in reply.html
+
+
+def test_docx_merged_cells_keep_columns_aligned(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    table = document.add_table(rows=2, cols=3)
+    for row in range(2):
+        for col in range(3):
+            table.cell(row, col).text = f"c{row}{col}"
+    table.cell(0, 0).merge(table.cell(0, 1)).text = "merged"
+    path = tmp_path / "merged.docx"
+    document.save(str(path))
+    lines = office.docx_markdown(str(path)).markdown.splitlines()
+    assert lines == ["| merged |  | c02 |", "| --- | --- | --- |", "| c10 | c11 | c12 |"]

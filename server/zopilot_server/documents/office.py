@@ -133,15 +133,14 @@ def _paragraph_text(paragraph: Any) -> str:
 
 
 def _docx_rows(docx_table: Any) -> list[list[str]]:
-    """Every row; a merged cell once; a nested table's rows inside its cell."""
+    """Every row; a horizontally merged cell's text once (then empty cells, so the
+    columns stay aligned); a nested table's rows inside its cell."""
     rows = []
     for row in docx_table.rows:
-        cells, seen = [], set()
+        cells, previous = [], None
         for table_cell in row.cells:
-            if id(table_cell._tc) in seen:
-                continue
-            seen.add(id(table_cell._tc))
-            cells.append(_docx_cell(table_cell))
+            cells.append("" if table_cell._tc is previous else _docx_cell(table_cell))
+            previous = table_cell._tc
         rows.append(cells)
     return rows
 
