@@ -211,3 +211,14 @@ def pdf_hash_lines() -> bytes:
     data = document.tobytes()
     document.close()
     return data
+
+
+HTML_TABLES = (
+    b"<html><body><h1>Stock</h1><p>Intro text</p>"
+    b"<table><tr><td>Name</td><td>Qty</td></tr><tr><td>apple</td><td>3</td></tr></table>"
+    b"<table><thead><tr><th>Code</th><th>Note</th></tr></thead>"
+    b"<tbody><tr><td>x|y</td><td>line<br>two</td></tr></tbody></table>"
+    b"<p>Between</p><table><tr><th colspan=2>Wide</th></tr>"
+    b"<tr><td>cellword</td><td><table><tr><td>n1</td><td>n2</td></tr></table></td></tr>"
+    b"</table><p>End</p></body></html>"
+)

@@ -245,3 +245,21 @@ def test_docx_merged_cells_keep_columns_aligned(tmp_path: Path) -> None:
     document.save(str(path))
     lines = office.docx_markdown(str(path)).markdown.splitlines()
     assert lines == ["| merged |  | c02 |", "| --- | --- | --- |", "| c10 | c11 | c12 |"]
+
+
+def test_html_tables_are_separate_whole_and_in_json(parse: Parse) -> None:
+    reply = parse(build.HTML_TABLES, "stock.html", formats=ALL_FORMATS)
+    lines = reply.markdown.splitlines()
+    for line in ("| Name | Qty |", "| apple | 3 |", "| x\\|y | line<br>two |", "| Wide |  |"):
+        assert line in lines
+    assert "| cellword | n1 / n2 |" in lines
+    assert reply.markdown.index("Intro text") < reply.markdown.index("| Name | Qty |")
+    assert reply.markdown.index("Between") < reply.markdown.index("| Wide |  |")
+    tables = outputs.to_csv(reply.markdown, []).split("=== Table")
+    assert len(tables) == 3
+    assert csv_rows(tables[1].split("\n", 2)[2].strip()) == [["Code", "Note"], ["x|y", "line\ntwo"]]
+    sections = json.loads(reply.json)["document"]["sections"]
+    found = [t for s in sections for t in s["content"].get("tables", [])]
+    assert len(found) == 3, sections
+    assert_safe_html(reply.html)
+    assert reply.metadata.method == "docstrange:HTMLProcessor"

@@ -38,6 +38,7 @@ _DOCX_TRUNCATED = re.compile(r"\*Table truncated to first (\d+) rows out of (\d+
 _SPLIT_HEADING = re.compile(r"^(#+)\n## ", re.MULTILINE)
 # A PDF line that starts with "#" is text, not a markdown heading: escaped as "\#".
 _HASH_LINE = re.compile(r"^([ \t]*)#", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n{3,}")
 _DOCX_MERGED = "*Warning: Table contains merged cells which may not render correctly"
 
 
@@ -179,14 +180,28 @@ def _own_office(job: ParseJob) -> Extraction:
 def _docstrange_office(job: ParseJob) -> Extraction:
     from docstrange.exceptions import ConversionError
 
+    path, tables = job.path, None
+    if job.doc_type == "html":
+        path = job.path.removesuffix(".html") + "-untabled.html"
+        try:
+            tables = office.html_tables(job.path, path)
+        except Exception as exc:  # lxml raises many types on hostile markup
+            raise _rejected(job, exc) from exc
+        if tables is None:
+            path = job.path
     try:
-        result = run_processor(job.doc_type, job.path)
+        result = run_processor(job.doc_type, path)
     except ConversionError as exc:
         raise _rejected(job, exc) from exc
+    finally:
+        if path != job.path:
+            os.unlink(path)
     metadata = {k: v for k, v in result.metadata.items() if k not in PRIVATE_METADATA}
     markdown = result.content
     if job.doc_type == "docx":
         markdown = repair_docx_headings(markdown)
+    if tables:
+        markdown = _tables_back(markdown, tables)
     extraction = Extraction(markdown, f"docstrange:{PROCESSORS[job.doc_type]}", metadata=metadata)
     if job.doc_type == "xlsx":
         extraction.sheet_count = int(metadata.get("sheet_count", 0))
@@ -196,6 +211,14 @@ def _docstrange_office(job: ParseJob) -> Extraction:
     elif job.doc_type == "pptx":
         extraction.slide_count = int(metadata.get("slide_count", 0))
     return extraction
+
+
+def _tables_back(markdown: str, tables: list[str]) -> str:
+    """Our HTML tables in place of their tokens, each a block of its own."""
+    for number, rendered in enumerate(tables):
+        token = office.TABLE_TOKEN.format(number)
+        markdown = re.sub(rf"[ \t]*{token}[ \t]*", lambda _m, t=rendered: f"\n\n{t}\n\n", markdown)
+    return _BLANK_LINES.sub("\n\n", markdown).strip()
 
 
 def _empty_sheets(metadata: dict[str, Any]) -> list[str]:

@@ -3,8 +3,9 @@
 docstrange's own ``extract_data`` / ``extract_csv`` first look for an Ollama server on
 localhost (a network call we forbid) and are quadratic in the number of table rows; its
 ``extract_html`` links Google Fonts (a page rendering it would call the network). So:
-- json: docstrange's own MarkdownToJSONParser; above ``JSON_LINEAR_ABOVE_ROWS`` table
-  rows a subclass that removes its quadratic step (same result, with a warning);
+- json: docstrange's own MarkdownToJSONParser with our table reader; above
+  ``JSON_LINEAR_ABOVE_ROWS`` table rows a subclass that also removes its quadratic step
+  (same result, with a warning);
 - csv: every markdown table, read line by line (empty cells kept, unlike docstrange),
   written with the csv module (a cell's ``<br>`` becomes a quoted newline again);
 - html: html_render.py (escaped text, nh3 allowlist) in a minimal page, no remote assets;
@@ -38,7 +39,20 @@ _ESCAPED_HASH = re.compile(r"^(\s*)\\#")
 _EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=[^\s*_])(.+?)(?<=[^\s*_])\1(?![\w*])")
 
 
-class LinearMarkdownToJSONParser(MarkdownToJSONParser):
+class TableMarkdownToJSONParser(MarkdownToJSONParser):
+    """docstrange's parser with our table reader: its regex merges tables separated by a
+    blank line, drops empty cells (shifting the rest left), splits ``\\|`` inside a
+    cell and drops header-only tables (a one-row sheet)."""
+
+    def _extract_tables(self, content: str) -> list[dict[str, Any]]:
+        return [
+            {"headers": table[0], "rows": table[1:], "columns": len(table[0])}
+            for table in markdown_tables(content)
+            if any(cell for cell in table[0]) or len(table) > 1
+        ]
+
+
+class LinearMarkdownToJSONParser(TableMarkdownToJSONParser):
     """docstrange's parser without its quadratic paragraph step.
 
     ``_extract_paragraphs`` blanks every table row, then runs list patterns that start
@@ -60,7 +74,7 @@ def table_row_count(markdown: str) -> int:
 def to_json(markdown: str, metadata: dict[str, Any], warnings: list[str]) -> str:
     """docstrange's structured JSON (sections, paragraphs, lists, tables) plus metadata."""
     rows = table_row_count(markdown)
-    parser: MarkdownToJSONParser = MarkdownToJSONParser()
+    parser: MarkdownToJSONParser = TableMarkdownToJSONParser()
     if rows > JSON_LINEAR_ABOVE_ROWS:
         parser = LinearMarkdownToJSONParser()
         warnings.append(
