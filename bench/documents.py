@@ -82,6 +82,7 @@ def fidelity_documents() -> dict[str, tuple[str, bytes]]:
             "pptx:fidelity": ("pptx", build.pptx_fidelity()),
             "xlsx:fidelity": ("xlsx", build.xlsx_fidelity()),
             "csv:fidelity": ("csv", build.CSV_FIDELITY),
+            "html:tables": ("html", build.HTML_TABLES),
             "pdf:fidelity": ("pdf", build.pdf_fidelity()),
         }
     )
