@@ -263,3 +263,26 @@ def test_html_tables_are_separate_whole_and_in_json(parse: Parse) -> None:
     assert len(found) == 3, sections
     assert_safe_html(reply.html)
     assert reply.metadata.method == "docstrange:HTMLProcessor"
+
+
+def test_images_that_are_not_extracted_are_warned_about(tmp_path: Path) -> None:
+    import docx
+    import pptx
+    from pptx.util import Inches
+
+    document = docx.Document()
+    document.add_paragraph("caption text")
+    document.add_picture(io.BytesIO(build.png_image()))
+    document.save(str(tmp_path / "pic.docx"))
+    result = office.docx_markdown(str(tmp_path / "pic.docx"))
+    assert result.markdown == "caption text"
+    assert result.warnings == ["docx: 1 image(s) not extracted (their text is not OCRed)"]
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[6])
+    group = slide.shapes.add_group_shape()
+    group.shapes.add_picture(io.BytesIO(build.png_image()), Inches(1), Inches(1))
+    slide.shapes.add_picture(io.BytesIO(build.png_image()), Inches(3), Inches(1))
+    deck.save(str(tmp_path / "pic.pptx"))
+    assert office.pptx_markdown(str(tmp_path / "pic.pptx")).warnings == [
+        "pptx: 2 picture(s) not extracted (not OCRed)"
+    ]

@@ -76,7 +76,26 @@ def docx_markdown(path: str) -> Office:
         "file_type": "docx",
         "extractor": "python-docx",
     }
-    return Office("\n\n".join(p for p in parts if p.strip()), metadata)
+    return Office(
+        "\n\n".join(p for p in parts if p.strip()), metadata, warnings=_docx_losses(document)
+    )
+
+
+def _docx_losses(document: Any) -> list[str]:
+    """What the walker does not read, said rather than dropped silently."""
+    warnings = []
+    images = len(document.inline_shapes)
+    if images:
+        warnings.append(f"docx: {images} image(s) not extracted (their text is not OCRed)")
+    names = {str(part.partname) for part in document.part.package.iter_parts()}
+    for partname, what in (
+        ("/word/comments.xml", "comments"),
+        ("/word/footnotes.xml", "footnotes"),
+        ("/word/endnotes.xml", "endnotes"),
+    ):
+        if partname in names:
+            warnings.append(f"docx: {what} are not extracted")
+    return warnings
 
 
 def _docx_blocks(document: Any, parent: Any) -> Iterator[str]:
@@ -194,7 +213,23 @@ def pptx_markdown(path: str) -> Office:
             if notes is not None and notes.text.strip():
                 parts.append(f"Notes: {' '.join(notes.text.split())}")
     metadata = {"slide_count": len(deck.slides), "file_type": "pptx", "extractor": "python-pptx"}
-    return Office("\n\n".join(parts), metadata, slide_count=len(deck.slides))
+    office = Office("\n\n".join(parts), metadata, slide_count=len(deck.slides))
+    pictures = sum(_pptx_pictures(slide.shapes) for slide in deck.slides)
+    if pictures:
+        office.warnings.append(f"pptx: {pictures} picture(s) not extracted (not OCRed)")
+    return office
+
+
+def _pptx_pictures(shapes: Iterable[Any]) -> int:
+    from pptx.enum.shapes import MSO_SHAPE_TYPE
+
+    count = 0
+    for shape in shapes:
+        if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+            count += _pptx_pictures(shape.shapes)
+        elif shape.shape_type == MSO_SHAPE_TYPE.PICTURE:
+            count += 1
+    return count
 
 
 def _pptx_shapes(shapes: Iterable[Any]) -> Iterator[str]:
