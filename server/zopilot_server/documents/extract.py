@@ -214,9 +214,13 @@ def _docstrange_office(job: ParseJob) -> Extraction:
 
 
 def _tables_back(markdown: str, tables: list[str]) -> str:
-    """Our HTML tables in place of their tokens, each a block of its own."""
+    """Our HTML tables in place of their tokens, each a block of its own; a table whose
+    token docstrange dropped (it skips some containers) is appended, not lost."""
     for number, rendered in enumerate(tables):
         token = office.TABLE_TOKEN.format(number)
+        if token not in markdown:
+            markdown += f"\n\n{rendered}"
+            continue
         markdown = re.sub(rf"[ \t]*{token}[ \t]*", lambda _m, t=rendered: f"\n\n{t}\n\n", markdown)
     return _BLANK_LINES.sub("\n\n", markdown).strip()
 
