@@ -13,7 +13,18 @@ It prints JSON with docs/s per type and overall, ``ratio`` = gRPC / in-process d
 per-round ratios, which shrugs off a round slowed by some other process, and
 ``overhead_ms_per_doc``, what one request costs more through gRPC. A second
 figure, ``concurrent``, runs as many client threads as the server has workers.
-Compare ratios from one run, not numbers across runs.
+Compare ratios from one run, not numbers across runs. The in-process side is
+docstrange's own processor even where the worker now runs our walkers (office.py for
+docx, pptx, xlsx, csv), so ``ratio`` also says what the walkers cost against it.
+
+``fidelity`` (issue 12): for every fixture, the share of an independent extractor's
+words (a multiset: a word twice must come back twice) found in our ``text`` output,
+and, for comparison, in docstrange's own processor's markdown. The extractors read the
+file without docstrange or our code: the raw OOXML ``<w:t>`` / ``<a:t>`` text of docx
+(body, headers, footers) and pptx (slides, charts), openpyxl's cell values, Python's
+csv module, lxml's text of html (scripts and styles dropped), the raw txt, and PyMuPDF's
+words for pdf (the same library our pdf path uses: that figure checks our rendering, not
+the extraction). ``--fidelity-only`` skips the throughput rounds.
 
     .venv/bin/python bench/documents.py --rounds 3 --per-round 10
 """
@@ -24,11 +35,14 @@ import argparse
 import concurrent.futures
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +66,107 @@ def documents() -> dict[str, bytes]:
         "html": build.HTML_PAGE,
         "txt": build.TEXT_NOTE,
         "pdf": build.pdf_pages(3),
+    }
+
+
+def fidelity_documents() -> dict[str, tuple[str, bytes]]:
+    """Fixtures for the fidelity figure: the throughput set plus the ones holding what
+    docstrange loses (long/nested tables, margins, groups, charts, one-row sheets)."""
+    import documents_builders as build
+
+    named = {f"{t}:basic": (t, content) for t, content in documents().items()}
+    named.update(
+        {
+            "docx:fidelity": ("docx", build.docx_fidelity()),
+            "docx:long-table": ("docx", build.docx_report(table_rows=60)),
+            "pptx:fidelity": ("pptx", build.pptx_fidelity()),
+            "xlsx:fidelity": ("xlsx", build.xlsx_fidelity()),
+            "csv:fidelity": ("csv", build.CSV_FIDELITY),
+            "html:tables": ("html", build.HTML_TABLES),
+            "pdf:fidelity": ("pdf", build.pdf_fidelity()),
+        }
+    )
+    return named
+
+
+_PUNCT = "\"'.,;:!?()[]{}<>*_#|`"
+
+
+def words(text: str) -> Counter[str]:
+    """Whitespace-separated words, outer punctuation and markdown marks trimmed."""
+    found = (w.strip(_PUNCT) for w in re.split(r"[\s|]+", text))
+    return Counter(w for w in found if w)
+
+
+def independent_text(doc_type: str, content: bytes) -> str:
+    """The document's text read without docstrange or our walkers."""
+    import io
+
+    if doc_type in {"docx", "pptx"}:
+        parts = (
+            r"word/(document|header\d*|footer\d*)\.xml"
+            if doc_type == "docx"
+            else (r"ppt/(slides/slide|charts/chart)\d+\.xml")
+        )
+        tag = "w:t" if doc_type == "docx" else "a:t"
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            xml = [archive.read(n).decode() for n in archive.namelist() if re.fullmatch(parts, n)]
+        pattern = re.compile(rf"<{tag}(?:\s[^>]*)?>([^<]*)</{tag}>")
+        import html as html_lib
+
+        return " ".join(html_lib.unescape(t) for x in xml for t in pattern.findall(x))
+    if doc_type == "xlsx":
+        import openpyxl
+
+        book = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+        cells = [str(v) for s in book for row in s.iter_rows(values_only=True) for v in row]
+        book.close()
+        return " ".join(v for v in cells if v != "None")
+    if doc_type == "csv":
+        import csv
+
+        return " ".join(c for row in csv.reader(io.StringIO(content.decode())) for c in row)
+    if doc_type == "html":
+        import lxml.html
+
+        tree = lxml.html.fromstring(content)
+        for bad in tree.xpath("//script|//style"):
+            bad.drop_tree()
+        return " ".join(tree.itertext())
+    if doc_type == "pdf":
+        import pymupdf
+
+        with pymupdf.open(stream=content, filetype="pdf") as document:
+            return " ".join(w[4] for page in document for w in page.get_text("words"))
+    return content.decode()
+
+
+def kept(reference: Counter[str], ours: Counter[str]) -> float:
+    total = sum(reference.values())
+    return 1.0 if total == 0 else sum(min(n, ours[w]) for w, n in reference.items()) / total
+
+
+def fidelity(stub: documents_pb2_grpc.DocumentsStub, work_dir: Path) -> dict[str, Any]:
+    """Per fixture and per type: the share of independent words in our text output."""
+    per_doc: dict[str, dict[str, float]] = {}
+    by_type: dict[str, list[float]] = {}
+    for name, (doc_type, content) in fidelity_documents().items():
+        reference = words(independent_text(doc_type, content))
+        request = pb.DocumentParseRequest(
+            content=content, filename=f"f.{doc_type}", formats=[pb.OUTPUT_FORMAT_TEXT]
+        )
+        ours = kept(reference, words(stub.DocumentParse(request, timeout=60).text))
+        row = {"words": sum(reference.values()), "ours": round(ours, 3)}
+        if doc_type != "pdf":
+            path = work_dir / f"fidelity.{doc_type}"
+            path.write_bytes(content)
+            theirs = in_process_parser(doc_type)(str(path))
+            row["docstrange"] = round(kept(reference, words(theirs)), 3)
+        per_doc[name] = row
+        by_type.setdefault(doc_type, []).append(ours)
+    return {
+        "per_type_min": {t: round(min(v), 3) for t, v in by_type.items()},
+        "per_doc": per_doc,
     }
 
 
@@ -100,7 +215,10 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     try:
         with grpc.insecure_channel(target) as channel:
             stub = documents_pb2_grpc.DocumentsStub(channel)
-            return measure(stub, docs, paths, args)
+            result = {"fidelity": fidelity(stub, work_dir)}
+            if not args.fidelity_only:
+                result.update(measure(stub, docs, paths, args))
+            return result
     finally:
         process.terminate()
         process.wait(30)
@@ -189,6 +307,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="server --doc-workers")
+    parser.add_argument("--fidelity-only", action="store_true", help="skip the throughput")
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="zopilot-bench-docs-") as work:

@@ -39,3 +39,4 @@ def test_documents_bench_reports_ratios(model_cache_dir):
     )
     assert report["overall"]["ratio"] > 0
     assert set(report["per_type"]) >= {"docx", "xlsx", "pdf"}
+    assert set(report["fidelity"]["per_type_min"]) >= {"docx", "xlsx", "pptx", "csv", "pdf"}

@@ -116,7 +116,7 @@ def test_docx_headings_table_and_every_format(parse: Parse) -> None:
     sections = json.loads(reply.json)["document"]["sections"]
     assert sections[0]["title"] == "Quarterly Report"
     meta = reply.metadata
-    assert (meta.detected_type, meta.method) == ("docx", "docstrange:DOCXProcessor")
+    assert (meta.detected_type, meta.method) == ("docx", "zopilot:python-docx")
     assert meta.size_bytes == len(build.docx_report())
     assert meta.parser_version == "1.1.6" and meta.processing_ms > 0
 
@@ -127,10 +127,10 @@ def test_unrequested_formats_are_unset(parse: Parse) -> None:
     assert not any(reply.HasField(f) for f in ("html", "text", "json", "csv"))
 
 
-def test_docx_long_table_is_truncated_with_a_warning(parse: Parse) -> None:
+def test_docx_long_table_is_kept_whole(parse: Parse) -> None:
     reply = parse(build.docx_report(table_rows=25), "long.docx")
-    assert "| Widget 19 | 59 |" in reply.markdown and "Widget 20" not in reply.markdown
-    assert any("truncated to 20 rows (of 25)" in w for w in reply.warnings)
+    assert "| Widget 19 | 59 |" in reply.markdown and "| Widget 24 | 64 |" in reply.markdown
+    assert not any("truncated" in w for w in reply.warnings)
 
 
 def test_xlsx_every_sheet(parse: Parse) -> None:

@@ -23,6 +23,8 @@ MIB = 1024 * 1024
 MAX_EXPANDED_BYTES = 512 * MIB
 # How far into a text document we look for NUL bytes (binary content).
 TEXT_SNIFF_BYTES = 64 * 1024
+# charset-normalizer's names for the code pages a Western European text is usually in.
+WESTERN_ENCODINGS = frozenset({"cp1252", "latin_1", "iso8859_15"})
 # Bytes a PDF may carry before its "%PDF-" header (a BOM, whitespace).
 PDF_LEADING_JUNK = b"\x00\t\n\r\f \xef\xbb\xbf"
 LEGACY_OFFICE = {".doc": ".docx", ".xls": ".xlsx", ".ppt": ".pptx"}
@@ -207,15 +209,42 @@ def _check_text(doc_type: DocType, content: bytes) -> Detected:
 
 
 def _decode(content: bytes) -> tuple[str, str]:
-    """Text and the encoding it was read with: UTF-16 by BOM, UTF-8, cp1252, latin-1."""
+    """Text and the encoding it was read with: UTF-16 by BOM, UTF-8, the detected one,
+    cp1252, latin-1."""
     if content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             return content.decode("utf-16"), "utf-16"
         except UnicodeDecodeError:
             pass
-    for encoding in ("utf-8", "cp1252"):
+    try:
+        return content.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    guessed = _detected_encoding(content)
+    if guessed is not None:
+        return guessed
+    try:
+        return content.decode("cp1252"), "cp1252"
+    except UnicodeDecodeError:
+        return content.decode("latin-1"), "latin-1"
+
+
+def _detected_encoding(content: bytes) -> tuple[str, str] | None:
+    """charset-normalizer's guess (Shift-JIS, GB18030, cp1251, cp1250, ...). Where
+    cp1252 is among its plausible candidates it wins: short Western texts fit several
+    single-byte code pages equally well, and cp1252 is by far the most common of them."""
+    import charset_normalizer
+
+    matches = charset_normalizer.from_bytes(content[:TEXT_SNIFF_BYTES])
+    candidates = [match.encoding for match in matches]
+    if not candidates:
+        return None
+    if WESTERN_ENCODINGS.intersection(candidates):
         try:
-            return content.decode(encoding), encoding
+            return content.decode("cp1252"), "cp1252"
         except UnicodeDecodeError:
-            continue
-    return content.decode("latin-1"), "latin-1"
+            pass
+    try:
+        return content.decode(candidates[0]), candidates[0]
+    except (UnicodeDecodeError, LookupError):
+        return None

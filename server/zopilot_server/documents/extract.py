@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fields, ocr_models, outputs
+from . import fields, ocr_models, office, outputs
 from .domain import DocumentRejected, OcrModelsMissing, OutputFormat, ParseJob, ParseOutcome
 
 # docstrange processor class per detected type (the OCR types are handled separately).
@@ -36,6 +36,9 @@ OCR_TYPES = frozenset({"png", "jpg", "gif", "bmp", "tiff", "webp"})
 PRIVATE_METADATA = frozenset({"file_path", "file_name", "processor"})
 _DOCX_TRUNCATED = re.compile(r"\*Table truncated to first (\d+) rows out of (\d+) total\.\*")
 _SPLIT_HEADING = re.compile(r"^(#+)\n## ", re.MULTILINE)
+# A PDF line that starts with "#" is text, not a markdown heading: escaped as "\#".
+_HASH_LINE = re.compile(r"^([ \t]*)#", re.MULTILINE)
+_BLANK_LINES = re.compile(r"\n{3,}")
 _DOCX_MERGED = "*Warning: Table contains merged cells which may not render correctly"
 
 
@@ -141,17 +144,64 @@ def _extract(job: ParseJob, model_dir: Path) -> Extraction:
     return _office(job)
 
 
+# Our own walkers (office.py) for the formats whose docstrange processor loses content.
+OWN_WALKERS = {"docx": "python-docx", "pptx": "python-pptx", "xlsx": "openpyxl", "csv": "csv"}
+
+
 def _office(job: ParseJob) -> Extraction:
+    if job.doc_type in OWN_WALKERS and job.path.endswith(f".{job.doc_type}"):
+        return _own_office(job)
+    return _docstrange_office(job)
+
+
+def _own_office(job: ParseJob) -> Extraction:
+    """docx / pptx / xlsx / csv through office.py; any library failure is the file's."""
+    try:
+        if job.doc_type == "docx":
+            result = office.docx_markdown(job.path)
+        elif job.doc_type == "pptx":
+            result = office.pptx_markdown(job.path)
+        elif job.doc_type == "xlsx":
+            result = office.xlsx_markdown(job.path)
+        else:
+            result = office.csv_markdown(job.path, job.display_name)
+    except Exception as exc:  # zipfile, lxml, openpyxl and csv raise many types
+        raise _rejected(job, exc) from exc
+    return Extraction(
+        result.markdown,
+        f"zopilot:{OWN_WALKERS[job.doc_type]}",
+        metadata=result.metadata,
+        sheet_count=result.sheet_count,
+        slide_count=result.slide_count,
+        warnings=result.warnings,
+    )
+
+
+def _docstrange_office(job: ParseJob) -> Extraction:
     from docstrange.exceptions import ConversionError
 
+    path, tables = job.path, None
+    if job.doc_type == "html":
+        path = job.path.removesuffix(".html") + "-untabled.html"
+        try:
+            tables = office.html_tables(job.path, path)
+        except Exception as exc:  # lxml raises many types on hostile markup
+            raise _rejected(job, exc) from exc
+        if tables is None:
+            path = job.path
     try:
-        result = run_processor(job.doc_type, job.path)
+        result = run_processor(job.doc_type, path)
     except ConversionError as exc:
         raise _rejected(job, exc) from exc
+    finally:
+        if path != job.path:
+            os.unlink(path)
     metadata = {k: v for k, v in result.metadata.items() if k not in PRIVATE_METADATA}
     markdown = result.content
     if job.doc_type == "docx":
         markdown = repair_docx_headings(markdown)
+    if tables:
+        markdown = _tables_back(markdown, tables)
     extraction = Extraction(markdown, f"docstrange:{PROCESSORS[job.doc_type]}", metadata=metadata)
     if job.doc_type == "xlsx":
         extraction.sheet_count = int(metadata.get("sheet_count", 0))
@@ -161,6 +211,18 @@ def _office(job: ParseJob) -> Extraction:
     elif job.doc_type == "pptx":
         extraction.slide_count = int(metadata.get("slide_count", 0))
     return extraction
+
+
+def _tables_back(markdown: str, tables: list[str]) -> str:
+    """Our HTML tables in place of their tokens, each a block of its own; a table whose
+    token docstrange dropped (it skips some containers) is appended, not lost."""
+    for number, rendered in enumerate(tables):
+        token = office.TABLE_TOKEN.format(number)
+        if token not in markdown:
+            markdown += f"\n\n{rendered}"
+            continue
+        markdown = re.sub(rf"[ \t]*{token}[ \t]*", lambda _m, t=rendered: f"\n\n{t}\n\n", markdown)
+    return _BLANK_LINES.sub("\n\n", markdown).strip()
 
 
 def _empty_sheets(metadata: dict[str, Any]) -> list[str]:
@@ -219,6 +281,11 @@ def _pdf_pages(job: ParseJob) -> tuple[list[str], bool]:
         raise _rejected(job, exc) from exc
 
 
+def escape_hash_lines(text: str) -> str:
+    """Plain text for markdown: a line starting with "#" gets "\\#" (not a heading)."""
+    return _HASH_LINE.sub(r"\1\\#", text)
+
+
 def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
     pages, repaired = _pdf_pages(job)
     if not any(text.strip() for text in pages):
@@ -226,7 +293,7 @@ def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
         extraction.page_count = len(pages)
         return extraction
     markdown = "\n\n".join(
-        f"## Page {number}\n\n{text.strip()}"
+        f"## Page {number}\n\n{escape_hash_lines(text.strip())}"
         for number, text in enumerate(pages, start=1)
         if text.strip()
     )

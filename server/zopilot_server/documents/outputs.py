@@ -3,11 +3,15 @@
 docstrange's own ``extract_data`` / ``extract_csv`` first look for an Ollama server on
 localhost (a network call we forbid) and are quadratic in the number of table rows; its
 ``extract_html`` links Google Fonts (a page rendering it would call the network). So:
-- json: docstrange's own MarkdownToJSONParser; above ``JSON_LINEAR_ABOVE_ROWS`` table
-  rows a subclass that removes its quadratic step (same result, with a warning);
-- csv: every markdown table, read line by line (empty cells kept, unlike docstrange);
-- html: docstrange's markdown-to-HTML converter in a minimal page with no remote assets;
-- text: the markdown without its markup (headings, emphasis, table rules).
+- json: docstrange's own MarkdownToJSONParser with our table reader; above
+  ``JSON_LINEAR_ABOVE_ROWS`` table rows a subclass that also removes its quadratic step
+  (same result, with a warning);
+- csv: every markdown table, read line by line (empty cells kept, unlike docstrange),
+  written with the csv module (a cell's ``<br>`` becomes a quoted newline again);
+- html: html_render.py (escaped text, nh3 allowlist) in a minimal page, no remote assets;
+- text: the markdown without its markup (headings, table rules, and emphasis markers
+  only where they are markdown: ``first_name`` and ``2*3*4`` stay as written; table
+  cells are never touched).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from docstrange.result import MarkdownToHTMLConverter, MarkdownToJSONParser
+from docstrange.result import MarkdownToJSONParser
 
+from . import html_render
 from .domain import OutputFormat
 
 JSON_LINEAR_ABOVE_ROWS = 2000
@@ -29,10 +34,25 @@ _TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
 _TABLE_RULE = re.compile(r"^\s*\|[\s\-:|]+\|\s*$")
 _BLANK_RUN = re.compile(r"\n{3,}")
 _HEADING = re.compile(r"^#{1,6}\s+", re.MULTILINE)
-_EMPHASIS = re.compile(r"(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1")
+_ESCAPED_HASH = re.compile(r"^(\s*)\\#")
+# Emphasis only as markdown writes it: the markers at word edges, never inside a word.
+_EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=[^\s*_])(.+?)(?<=[^\s*_])\1(?![\w*])")
 
 
-class LinearMarkdownToJSONParser(MarkdownToJSONParser):
+class TableMarkdownToJSONParser(MarkdownToJSONParser):
+    """docstrange's parser with our table reader: its regex merges tables separated by a
+    blank line, drops empty cells (shifting the rest left), splits ``\\|`` inside a
+    cell and drops header-only tables (a one-row sheet)."""
+
+    def _extract_tables(self, content: str) -> list[dict[str, Any]]:
+        return [
+            {"headers": table[0], "rows": table[1:], "columns": len(table[0])}
+            for table in markdown_tables(content)
+            if any(cell for cell in table[0]) or len(table) > 1
+        ]
+
+
+class LinearMarkdownToJSONParser(TableMarkdownToJSONParser):
     """docstrange's parser without its quadratic paragraph step.
 
     ``_extract_paragraphs`` blanks every table row, then runs list patterns that start
@@ -54,7 +74,7 @@ def table_row_count(markdown: str) -> int:
 def to_json(markdown: str, metadata: dict[str, Any], warnings: list[str]) -> str:
     """docstrange's structured JSON (sections, paragraphs, lists, tables) plus metadata."""
     rows = table_row_count(markdown)
-    parser: MarkdownToJSONParser = MarkdownToJSONParser()
+    parser: MarkdownToJSONParser = TableMarkdownToJSONParser()
     if rows > JSON_LINEAR_ABOVE_ROWS:
         parser = LinearMarkdownToJSONParser()
         warnings.append(
@@ -62,8 +82,28 @@ def to_json(markdown: str, metadata: dict[str, Any], warnings: list[str]) -> str
             f"parser (docstrange's extract_data is quadratic above ~{JSON_LINEAR_ABOVE_ROWS} "
             "rows)"
         )
-    data = {**parser.parse(markdown), **metadata, "format": "structured_json"}
+    data = {**_parse_keeping_preamble(parser, markdown), **metadata, "format": "structured_json"}
     return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _parse_keeping_preamble(parser: MarkdownToJSONParser, markdown: str) -> dict[str, Any]:
+    """docstrange's parse, plus the text before the first heading, which it drops when
+    the document has any heading: as a first "Content" section, the title docstrange
+    itself gives a document without headings."""
+    first = _HEADING.search(markdown)
+    preamble = markdown[: first.start()] if first else ""
+    if not first or not preamble.strip():
+        return parser.parse(markdown)
+    head = parser.parse(preamble)["document"]
+    data = parser.parse(markdown[first.start() :])
+    document = data["document"]
+    document["sections"] = head["sections"] + document["sections"]
+    meta, extra = document.setdefault("metadata", {}), head.get("metadata", {})
+    meta["total_sections"] = meta.get("total_sections", 0) + extra.get("total_sections", 0)
+    for key, value in extra.items():
+        if key.startswith("has_"):
+            meta[key] = bool(meta.get(key)) or bool(value)
+    return data
 
 
 def markdown_tables(markdown: str) -> Iterator[list[list[str]]]:
@@ -82,7 +122,8 @@ def markdown_tables(markdown: str) -> Iterator[list[list[str]]]:
 
 
 def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip()[1:-1].split("|")]
+    """A row's cells as their text: ``\\|`` is a pipe and ``<br>`` a line break."""
+    return [cell.replace("<br>", "\n") for cell in html_render.cells(line)]
 
 
 def to_csv(markdown: str, warnings: list[str]) -> str:
@@ -100,8 +141,8 @@ def to_csv(markdown: str, warnings: list[str]) -> str:
 
 
 def to_html(markdown: str, title: str) -> str:
-    """A self-contained HTML page (docstrange's converter; no remote fonts or scripts)."""
-    body = MarkdownToHTMLConverter().extract(markdown)
+    """A self-contained, sanitized HTML page (no scripts, handlers or remote content)."""
+    body = html_render.body(markdown)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
@@ -115,10 +156,11 @@ def to_text(markdown: str) -> str:
         if _TABLE_RULE.match(line) and "-" in line:
             continue
         if _TABLE_ROW.match(line):
-            line = "\t".join(_cells(line))
-        lines.append(line)
-    text = _HEADING.sub("", "\n".join(lines))
-    return _EMPHASIS.sub(r"\2", text)
+            lines.append("\t".join(c.replace("\n", " ") for c in _cells(line)))
+        else:
+            line = _ESCAPED_HASH.sub(r"\1#", _HEADING.sub("", line))
+            lines.append(_EMPHASIS.sub(r"\2", line))
+    return "\n".join(lines)
 
 
 Renderer = Callable[[str, dict[str, Any], list[str]], str]

@@ -1,0 +1,288 @@
+"""DocumentParse keeps what is in the document and renders it safely.
+
+Each fixture (tests/documents_builders.py) holds content docstrange 1.1.6's processors
+lose: DOCX tables past row 20, text around tables, nested tables, headers, footers and
+hyperlinks; PPTX tables, group shapes and chart titles; one-row and header-less sheets;
+CSV cells that hold a newline, NA / N/A / NULL and integers in a column with blanks.
+They go through the real server; the renderers' edge cases are checked unit-level.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import documents_builders as build
+import pytest
+from support import InProcessServer
+from test_documents import ALL_FORMATS, Parse, make_parse
+from zopilot_client.pb import documents_pb2 as pb
+from zopilot_server.documents import html_render, office, outputs
+
+
+@pytest.fixture
+def parse(tiny_server: InProcessServer) -> Iterator[Parse]:
+    yield from make_parse(tiny_server)
+
+
+class _Tags(HTMLParser):
+    """Every start tag and its attributes, as a browser's tokenizer would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+
+def assert_safe_html(page: str) -> list[tuple[str, dict[str, str]]]:
+    """No script / img / iframe / style tags, no on* handler, no javascript: URL."""
+    reader = _Tags()
+    reader.feed(page)
+    for tag, attrs in reader.tags:
+        assert tag not in {"script", "img", "iframe", "object", "embed", "style", "link"}, tag
+        for name, value in attrs.items():
+            assert not name.startswith("on"), (tag, name)
+            assert not value.strip().lower().startswith("javascript:"), (tag, value)
+            if name in {"src", "srcset", "background"}:
+                raise AssertionError(f"remote source in <{tag} {name}={value!r}>")
+    return reader.tags
+
+
+def csv_rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+# --- through the RPC ---------------------------------------------------------------
+
+
+def test_docx_keeps_order_whole_tables_margins_links_and_nested_tables(parse: Parse) -> None:
+    reply = parse(build.docx_fidelity(), "fidelity.docx", formats=ALL_FORMATS)
+    markdown = reply.markdown
+    order = [
+        "Confidential header alpha",
+        "Intro paragraph one before the table.",
+        "| first_name | score |",
+        "| person_29 | 129 |",
+        "After the table: see hyperlinkword",
+        "Footer page omega",
+    ]
+    positions = [markdown.index(text) for text in order]
+    assert positions == sorted(positions)
+    assert "- A bullet item kept" in markdown.splitlines()
+    assert "nestedleft / nestedright" in markdown
+    assert not any("truncated" in w for w in reply.warnings)
+    # text keeps identifiers and arithmetic as written, in prose and in cells
+    assert "with first_name and 2*3*4 inside." in reply.text
+    assert "first_name\tscore" in reply.text.splitlines()
+    assert "person_7\t107" in reply.text.splitlines()
+    # csv: the nested table's line break stays inside its (quoted) cell
+    rows = csv_rows(reply.csv)
+    assert len(rows) == 30 and all(len(row) == 2 for row in rows)
+    assert rows[1] == ["person_1", "101\nnestedleft / nestedright"]
+    assert rows[29] == ["person_29", "129"]
+    # json keeps the paragraphs that come before the table
+    paragraphs = json.loads(reply.json)["document"]["sections"][0]["content"]["paragraphs"]
+    assert "Intro paragraph one before the table." in paragraphs
+    tags = assert_safe_html(reply.html)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in reply.html
+    assert [t for t, _ in tags].count("table") == 1
+    assert "<table><thead><tr><th>first_name</th>" in reply.html
+
+
+def test_pptx_keeps_tables_groups_and_chart_titles(parse: Parse) -> None:
+    reply = parse(build.pptx_fidelity(), "deck.pptx", formats=ALL_FORMATS)
+    lines = reply.markdown.splitlines()
+    for line in ("## Slide 1", "Quarterly tables", "| Region | Units |", "| Tablenorth | 17 |"):
+        assert line in lines
+    for word in ("Tablesouth", "groupedalpha", "groupedbeta", "Chartheading revenue"):
+        assert word in reply.text
+    assert csv_rows(reply.csv) == [["Region", "Units"], ["Tablenorth", "17"], ["Tablesouth", "23"]]
+    assert reply.metadata.slide_count == 1
+
+
+def test_xlsx_one_row_and_header_less_sheets_keep_their_data(parse: Parse) -> None:
+    reply = parse(build.xlsx_fidelity(), "book.xlsx", formats=ALL_FORMATS)
+    markdown = reply.markdown
+    assert "| lonelyvalue | 42 | first_name |" in markdown.splitlines()
+    assert "| 1 | 2 | 3 |" in markdown and "| 4 | 5 | 6 |" in markdown
+    assert "Unnamed" not in markdown
+    assert "| a | NA |" in markdown and "| b | NULL |" in markdown
+    assert not any("empty" in w for w in reply.warnings), reply.warnings
+    assert reply.metadata.sheet_count == 3
+    assert ["lonelyvalue", "42", "first_name"] in csv_rows(reply.csv)
+    assert "lonelyvalue\t42\tfirst_name" in reply.text.splitlines()
+
+
+def test_csv_keeps_cells_as_written_and_the_clients_name(parse: Parse) -> None:
+    reply = parse(build.CSV_FIDELITY, "client-data.csv", formats=ALL_FORMATS)
+    assert reply.markdown.startswith("# CSV Data: client-data.csv")
+    assert "document.csv" not in reply.markdown
+    assert csv_rows(reply.csv) == csv_rows(build.CSV_FIDELITY.decode())
+    assert "5\tx_y*z*w\t21" in reply.text.splitlines()
+    assert "17.0" not in reply.markdown and "| 3 | N/A | 19 |" in reply.markdown
+    assert_safe_html(reply.html)
+
+
+@pytest.mark.parametrize(
+    ("content", "filename"),
+    [
+        (build.SCRIPT_TEXT.encode(), "evil.txt"),
+        (build.pdf_fidelity(), "evil.pdf"),
+        (
+            b"<html><body><h1>T</h1><p>&lt;script&gt;alert(1)&lt;/script&gt;</p>"
+            b'<script>alert(2)</script><img src="https://evil.example/x.png" onerror="x()">'
+            b'<a href="javascript:alert(3)">click</a><p onclick="y()">para</p></body></html>',
+            "evil.html",
+        ),
+    ],
+    ids=["txt", "pdf", "html"],
+)
+def test_html_output_has_no_active_or_remote_content(
+    parse: Parse, content: bytes, filename: str
+) -> None:
+    reply = parse(content, filename, formats=[pb.OUTPUT_FORMAT_HTML, pb.OUTPUT_FORMAT_TEXT])
+    assert_safe_html(reply.html)
+    assert "<script" not in reply.html.lower()
+    if filename == "evil.pdf":
+        assert "user_id and 2*3*4 stay" in reply.text
+
+
+def test_shift_jis_text_is_detected(parse: Parse) -> None:
+    text = "日本語のテキストです。東京都の会議メモ。"
+    reply = parse(text.encode("shift_jis"), "memo.txt")
+    assert text in reply.markdown
+    assert any("decoded as cp932" in w or "shift_jis" in w for w in reply.warnings)
+
+
+# --- unit level ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("markdown", "text"),
+    [
+        ("**bold** and *it* and __b__ and _u_", "bold and it and b and u"),
+        ("first_name, last_name and snake_case_word", "first_name, last_name and snake_case_word"),
+        ("2*3*4 = 24 and a * b * c", "2*3*4 = 24 and a * b * c"),
+        ("| _x_ | **y** |\n| --- | --- |\n| a_b | 2*3 |", "_x_\t**y**\na_b\t2*3"),
+        ("| a \\| b | c<br>d |", "a | b\tc d"),
+    ],
+)
+def test_text_strips_only_markdown_emphasis(markdown: str, text: str) -> None:
+    assert outputs.to_text(markdown) == text
+
+
+def test_csv_cells_unescape_pipes_and_line_breaks() -> None:
+    markdown = "| h1 | h2 |\n| --- | --- |\n| a \\| b | line 1<br>line 2 |"
+    assert csv_rows(outputs.to_csv(markdown, [])) == [["h1", "h2"], ["a | b", "line 1\nline 2"]]
+
+
+def test_json_keeps_text_before_the_first_heading() -> None:
+    markdown = "Lead paragraph.\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n# Later\n\nBody."
+    data: dict[str, Any] = json.loads(outputs.to_json(markdown, {}, []))
+    sections = data["document"]["sections"]
+    assert [s["title"] for s in sections] == ["Content", "Later"]
+    assert sections[0]["content"]["paragraphs"] == ["Lead paragraph."]
+    assert sections[0]["content"]["tables"][0]["rows"] == [["1", "2"]]
+    assert data["document"]["metadata"]["total_sections"] == 2
+
+
+@pytest.mark.parametrize(
+    "markdown",
+    [
+        "[click](javascript:alert(1)) and ![x](https://evil.example/p.png)",
+        '<a href="javascript:x" onclick="y">a</a><img src="http://e.example/i.png" onerror=z>',
+        "# <script>alert(1)</script>\n\n| <b onmouseover=x>c</b> |\n| --- |\n| <svg onload=y> |",
+        "```\n<script>alert(1)</script>\n```",
+    ],
+)
+def test_html_renderer_escapes_and_sanitizes(markdown: str) -> None:
+    page = outputs.to_html(markdown, "t")
+    assert_safe_html(page)
+    assert "<script" not in page and "<svg" not in page
+
+
+def test_html_renderer_keeps_structure_and_safe_links() -> None:
+    markdown = (
+        "# T\n\n- one\n- two\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n[docs](https://x.example/d)"
+    )
+    body = html_render.body(markdown)
+    assert "<h1>T</h1>" in body and "<ul><li>one</li><li>two</li></ul>" in body
+    assert "<table><thead><tr><th>a</th><th>b</th></tr></thead><tbody>" in body
+    assert "<p><table" not in body and "<p><thead" not in body
+    assert 'href="https://x.example/d"' in body and "noopener" in body
+    tags = assert_safe_html(
+        html_render.sanitize('<p onclick="x">k</p><a href="javascript:y">z</a>')
+    )
+    assert tags == [("p", {}), ("a", {"rel": "noopener noreferrer nofollow"})]
+
+
+def test_pdf_lines_starting_with_hash_are_not_headings(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_TEXT, pb.OUTPUT_FORMAT_HTML]
+    reply = parse(build.pdf_hash_lines(), "issues.pdf", formats=formats)
+    assert "\\#42 fixed the parser" in reply.markdown.splitlines()
+    assert "#42 fixed the parser" in reply.text.splitlines()
+    assert "# not a heading either" in reply.text.splitlines()
+    assert "<h1>" not in reply.html and "<p>#42 fixed the parser" in reply.html
+
+
+def test_docx_merged_cells_keep_columns_aligned(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    table = document.add_table(rows=2, cols=3)
+    for row in range(2):
+        for col in range(3):
+            table.cell(row, col).text = f"c{row}{col}"
+    table.cell(0, 0).merge(table.cell(0, 1)).text = "merged"
+    path = tmp_path / "merged.docx"
+    document.save(str(path))
+    lines = office.docx_markdown(str(path)).markdown.splitlines()
+    assert lines == ["| merged |  | c02 |", "| --- | --- | --- |", "| c10 | c11 | c12 |"]
+
+
+def test_html_tables_are_separate_whole_and_in_json(parse: Parse) -> None:
+    reply = parse(build.HTML_TABLES, "stock.html", formats=ALL_FORMATS)
+    lines = reply.markdown.splitlines()
+    for line in ("| Name | Qty |", "| apple | 3 |", "| x\\|y | line<br>two |", "| Wide |  |"):
+        assert line in lines
+    assert "| cellword | n1 / n2 |" in lines
+    assert reply.markdown.index("Intro text") < reply.markdown.index("| Name | Qty |")
+    assert reply.markdown.index("Between") < reply.markdown.index("| Wide |  |")
+    tables = outputs.to_csv(reply.markdown, []).split("=== Table")
+    assert len(tables) == 3
+    assert csv_rows(tables[1].split("\n", 2)[2].strip()) == [["Code", "Note"], ["x|y", "line\ntwo"]]
+    sections = json.loads(reply.json)["document"]["sections"]
+    found = [t for s in sections for t in s["content"].get("tables", [])]
+    assert len(found) == 3, sections
+    assert_safe_html(reply.html)
+    assert reply.metadata.method == "docstrange:HTMLProcessor"
+
+
+def test_images_that_are_not_extracted_are_warned_about(tmp_path: Path) -> None:
+    import docx
+    import pptx
+    from pptx.util import Inches
+
+    document = docx.Document()
+    document.add_paragraph("caption text")
+    document.add_picture(io.BytesIO(build.png_image()))
+    document.save(str(tmp_path / "pic.docx"))
+    result = office.docx_markdown(str(tmp_path / "pic.docx"))
+    assert result.markdown == "caption text"
+    assert result.warnings == ["docx: 1 image(s) not extracted (their text is not OCRed)"]
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[6])
+    group = slide.shapes.add_group_shape()
+    group.shapes.add_picture(io.BytesIO(build.png_image()), Inches(1), Inches(1))
+    slide.shapes.add_picture(io.BytesIO(build.png_image()), Inches(3), Inches(1))
+    deck.save(str(tmp_path / "pic.pptx"))
+    assert office.pptx_markdown(str(tmp_path / "pic.pptx")).warnings == [
+        "pptx: 2 picture(s) not extracted (not OCRed)"
+    ]
