@@ -318,13 +318,15 @@ def test_size_limit_names_the_limit_and_matches_the_transport(
     assert_serves(fault_parse, fault_server)
 
 
-def test_ocr_without_models_is_failed_precondition(fault_parse: Parse) -> None:
-    for content, filename in ((build.pdf_pages(2, text=False), "scan.pdf"),
-                              (build.png_image(), "photo.png")):  # fmt: skip
-        error = rpc_error(lambda c=content, f=filename: fault_parse(c, f))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "ocr_models fetch --dir" in error.details()
-        assert "--doc-model-dir" in error.details()
+def test_ocr_without_models_uses_the_bundled_engine(fault_parse: Parse) -> None:
+    """No docstrange models: the bundled engine reads the pages (tests/test_documents_ocr.py
+    checks what it reads); these have no text, which the reply says."""
+    for content, filename, pages in ((build.pdf_pages(2, text=False), "scan.pdf", 2),
+                                     (build.png_image(), "photo.png", 1)):  # fmt: skip
+        reply = fault_parse(content, filename)
+        assert reply.metadata.method == "tesseract-ocr"
+        assert reply.metadata.page_count == pages
+        assert "no text found in the document" in reply.warnings
 
 
 def _worker_pids(server: InProcessServer) -> list[int]:

@@ -181,11 +181,14 @@ def image_pages(job: ParseJob) -> tuple[list[Any], list[str]]:
     limits before it is decoded; plus warnings (frames that were not read)."""
     from PIL import Image, ImageSequence
 
-    # Pillow's own bomb guard (it refuses at twice this) backs up the check below.
-    Image.MAX_IMAGE_PIXELS = max(job.ocr_max_pixels, 1)
     warnings: list[str] = []
     try:
+        # Opening reads the header only; our check of its size, with a message naming our
+        # flag, comes before Pillow's own guard, which then backs it up for every frame.
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(job.path) as image:
+            _check_pixels(image.width, image.height, job.ocr_max_pixels, "the image")
+            Image.MAX_IMAGE_PIXELS = max(job.ocr_max_pixels, 1)
             frames = getattr(image, "n_frames", 1)
             if frames > 1 and job.doc_type not in MULTI_PAGE_IMAGES:
                 warnings.append(f"the {job.doc_type} has {frames} frames; only the first was read")
@@ -226,7 +229,9 @@ def _greyscale(frame: Any) -> Any:
         white.paste((255, 255, 255, 255), (0, 0, *frame.size))
         white.alpha_composite(frame)
         frame = white
-    return ImageOps.autocontrast(frame.convert("L"), cutoff=1)
+    # Clip only the lightest 1% (paper texture, JPEG noise): clipping the darkest would
+    # blank a sparse page, whose text is less than 1% of its pixels.
+    return ImageOps.autocontrast(frame.convert("L"), cutoff=(0, 1))
 
 
 def render_pdf_page(page: Any, max_pixels: int) -> tuple[Any, int]:
