@@ -99,8 +99,8 @@ def _run(argv: list[str], image: bytes) -> bytes:
 def read(image: Any) -> OcrPage:
     """OCR one greyscale PIL image; retry upright when it reads as a rotated page."""
     page = _recognise(image)
-    if page.confidence >= RETRY_BELOW_CONFIDENCE and page.words:
-        return page
+    if page.confidence >= RETRY_BELOW_CONFIDENCE or not page.words:
+        return page  # read well, or blank (a sideways page still reads as some noise)
     turn = _orientation(image)
     if not turn:
         return page
