@@ -69,13 +69,6 @@ def binary() -> str:
     return path
 
 
-def engine_version() -> str:
-    """``tesseract X.Y.Z``, from the engine itself (for metadata and the verifier)."""
-    out = _run([binary(), "--version"], b"").decode("utf-8", "replace")
-    first = out.strip().splitlines()[0] if out.strip() else ENGINE
-    return first.strip()
-
-
 def _run(argv: list[str], image: bytes) -> bytes:
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
     try:
