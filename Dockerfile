@@ -53,7 +53,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       "python${PYTHON_VERSION}" "python${PYTHON_VERSION}-venv" ca-certificates tini \
-      tesseract-ocr tesseract-ocr-eng \
+      tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd \
  && rm -rf /var/lib/apt/lists/* \
  && "python${PYTHON_VERSION}" -m venv /opt/venv \
  && python -c "import sys; v = '%d.%d' % sys.version_info[:2]; assert v == '${PYTHON_VERSION}', v" \

@@ -48,7 +48,7 @@ if ! command -v tesseract >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      tesseract-ocr tesseract-ocr-eng >/dev/null
+      tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd >/dev/null
   else
     echo "install: OCR needs Tesseract: sudo apt-get install tesseract-ocr tesseract-ocr-eng" >&2
     exit 1
