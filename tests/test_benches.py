@@ -35,8 +35,10 @@ def test_stream_bench_reports_ratios(model_cache_dir):
 @pytest.mark.slow
 def test_documents_bench_reports_ratios(model_cache_dir):
     report = run_bench(
-        "documents.py", "--rounds", "1", "--per-round", "1", cache_dir=model_cache_dir
-    )
+        "documents.py", "--rounds", "1", "--per-round", "1", "--ocr-pages", "1",
+        cache_dir=model_cache_dir,
+    )  # fmt: skip
     assert report["overall"]["ratio"] > 0
+    assert report["ocr"]["png_200dpi"]["word_recall"] >= 0.9
     assert set(report["per_type"]) >= {"docx", "xlsx", "pdf"}
     assert set(report["fidelity"]["per_type_min"]) >= {"docx", "xlsx", "pptx", "csv", "pdf"}

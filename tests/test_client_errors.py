@@ -92,14 +92,15 @@ def test_not_found_for_an_unknown_health_service(tiny_server):
         client.health("no.such.Service")
 
 
-def tiny_png() -> bytes:
-    """A valid 1x1 PNG: an image, so parsing it needs the OCR models."""
+def tiny_png(width: int = 1, height: int = 1) -> bytes:
+    """A 1x1 PNG (an image, so parsing it needs OCR); with a larger size, a decompression
+    bomb's header: it claims width x height pixels and carries one."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data)
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     pixels = zlib.compress(b"\x00\xff\xff\xff")
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
@@ -114,12 +115,16 @@ def test_invalid_document_names_the_field(tiny_server):
     assert [v.field for v in caught.value.field_violations] == ["content"]
 
 
-def test_failed_precondition_for_an_image_without_ocr_models(make_server, tmp_path):
+def test_an_image_without_ocr_models_is_read_by_the_bundled_engine(make_server, tmp_path):
     server = make_server(doc_model_dir=str(tmp_path))  # an empty model folder
-    client = zc.Client(server.target, timeout=60)
-    with client, pytest.raises(zc.RpcError) as caught:
-        client.parse_document(tiny_png(), filename="scan.png")
-    assert isinstance(caught.value, zc.FailedPrecondition)
+    with zc.Client(server.target, timeout=60) as client:
+        reply = client.parse_document(tiny_png(), filename="scan.png")
+        with pytest.raises(zc.RpcError) as caught:
+            client.parse_document(tiny_png(50_000, 50_000), filename="bomb.png")
+    assert reply.metadata.method == "tesseract-ocr"
+    assert "no text found in the document" in reply.warnings
+    assert isinstance(caught.value, zc.InvalidArgument)
+    assert "--doc-ocr-max-pixels" in caught.value.message
 
 
 # ------------------------------------------------------------------ the fake server

@@ -120,6 +120,11 @@ class ServerConfig:
     doc_prestart: bool = _opt(
         "start the parser workers at startup (otherwise on the first DocumentParse)", True
     )
+    # bundled OCR (documents/ocr.py), used when docstrange's OCR models are not installed
+    doc_ocr_max_pages: int = _opt("pages one document may need OCR on; more is refused", 50)
+    doc_ocr_max_pixels: int = _opt(
+        "pixels per image (or rendered page) for OCR; larger images are refused", 40_000_000
+    )
     doc_fault_injection: bool = _opt(
         "TESTING ONLY: filenames starting with 'zopilot-fault-' make the parser hang, crash "
         "or probe the network; never enable in production",
@@ -148,6 +153,8 @@ class ServerConfig:
             (self.doc_workers >= 1, "--doc-workers must be >= 1"),
             (self.doc_timeout_s > 0, "--doc-timeout-s must be > 0"),
             (self.doc_max_queue >= 0, "--doc-max-queue must be >= 0"),
+            (self.doc_ocr_max_pages >= 1, "--doc-ocr-max-pages must be >= 1"),
+            (self.doc_ocr_max_pixels >= 1, "--doc-ocr-max-pixels must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -266,6 +266,38 @@ def check_cuda(build: TorchBuild, want_cuda: str, *, gpu_expected: bool) -> list
     return rows
 
 
+def check_ocr(binary: str = "tesseract") -> list[Row]:
+    """The bundled OCR engine (documents/ocr.py) runs and has the languages it uses."""
+    import shutil
+    import subprocess
+
+    path = shutil.which(binary)
+    if path is None:
+        return [Row("ocr engine", binary, "missing", "not on PATH (apt-get install tesseract-ocr)")]
+    try:
+        done = subprocess.run(
+            [path, "--list-langs"], capture_output=True, text=True, timeout=30, check=False
+        )
+        version = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [Row("ocr engine", binary, "broken", f"does not run: {exc}")]
+    lines = (version.stdout or version.stderr).strip().splitlines()
+    rows = [Row("ocr engine", binary, lines[0] if lines else "?")]
+    langs = set((done.stdout + done.stderr).split())
+    for lang in ("eng", "osd"):
+        rows.append(
+            Row(
+                f"ocr language {lang}",
+                "installed",
+                "installed" if lang in langs else "missing",
+                "" if lang in langs else f"apt-get install tesseract-ocr-{lang}",
+            )
+        )
+    return rows
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """A fixed-width table that reads well in a ``docker build`` log."""
     header = ("package / check", "expected", "installed", "status")
@@ -331,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         "must be visible whenever the kernel exposes one",
     )
     parser.add_argument("--require-gpu", action="store_true", help="--require-cuda + a GPU")
+    parser.add_argument(
+        "--require-ocr",
+        action="store_true",
+        help="the bundled OCR engine (tesseract with English and orientation data) must run",
+    )
     parser.add_argument("--cuda-version", default="", help="expected CUDA (default: from pin)")
     parser.add_argument("--quiet", action="store_true", help="print only mismatches")
     return parser
@@ -360,6 +397,8 @@ def run(
             )
         gpu_expected = args.require_gpu or gpus_exposed()
         rows += check_cuda(torch_probe(), want, gpu_expected=gpu_expected)
+    if getattr(args, "require_ocr", False):
+        rows += check_ocr()
     mode = "expect" if args.expect else profile.value
     title = (
         f"zopilot verify_env: profile {mode}, pins from {source}, "

@@ -31,6 +31,9 @@ class ParseJob:
     json_schema: dict[str, object] | None = None
     display_name: str = "document"
     request_id: str = ""
+    # Bundled OCR limits (ocr.py): pages read per document, pixels per image.
+    ocr_max_pages: int = 50
+    ocr_max_pixels: int = 40_000_000
     # Test-only fault to act out (see faults.py); empty unless --doc-fault-injection.
     fault: str = ""
 

@@ -3,8 +3,10 @@
 Only docstrange's format processors are used, called directly on a file path: never a
 ``DocumentExtractor`` (its default is cloud mode) and never its URL processor. Text-layer
 PDFs are read with PyMuPDF (docstrange's own PDFProcessor OCRs every page and builds the
-OCR models in its constructor); PDFs without a text layer and images go to docstrange's
-OCR processors, and only when the local models are complete (ocr_models.py).
+OCR models in its constructor). Images and PDFs without any text layer go to docstrange's
+OCR processors when its local models are complete (ocr_models.py), and to the bundled
+engine (ocr.py) when they are not; in a PDF that has a text layer on some pages, only
+the other pages are OCRed, by the bundled engine.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fields, ocr_models, office, outputs
+from . import fields, ocr, ocr_models, office, outputs
 from .domain import DocumentRejected, OcrModelsMissing, OutputFormat, ParseJob, ParseOutcome
 
 # docstrange processor class per detected type (the OCR types are handled separately).
@@ -32,6 +34,9 @@ PROCESSORS = {
     "txt": "TXTProcessor",
 }
 OCR_TYPES = frozenset({"png", "jpg", "gif", "bmp", "tiff", "webp"})
+# metadata["page_methods"] entries: how each page's text was obtained.
+TEXT_METHOD = "pymupdf-text"
+OCR_METHOD = f"{ocr.ENGINE}-ocr"
 # docstrange metadata that would leak server paths or repeat what we report elsewhere.
 PRIVATE_METADATA = frozenset({"file_path", "file_name", "processor"})
 _DOCX_TRUNCATED = re.compile(r"\*Table truncated to first (\d+) rows out of (\d+) total\.\*")
@@ -140,12 +145,33 @@ def _extract(job: ParseJob, model_dir: Path) -> Extraction:
     if job.doc_type == "pdf":
         return _pdf(job, model_dir)
     if job.doc_type in OCR_TYPES:
+        if ocr_models.missing(model_dir):
+            return _bundled_image(job)
         return _ocr(job, model_dir, "ImageProcessor")
     return _office(job)
 
 
 # Our own walkers (office.py) for the formats whose docstrange processor loses content.
 OWN_WALKERS = {"docx": "python-docx", "pptx": "python-pptx", "xlsx": "openpyxl", "csv": "csv"}
+
+
+def _bundled_image(job: ParseJob) -> Extraction:
+    """An image (every page of a multi-page TIFF) through the bundled engine."""
+    images, warnings = ocr.image_pages(job)
+    pages = [ocr.read(image) for image in images]
+    markdown = _ocr_markdown(pages) if len(pages) > 1 else pages[0].text
+    methods = [OCR_METHOD] * len(pages)
+    extraction = Extraction(
+        markdown, OCR_METHOD, {"pages": len(pages), "page_methods": methods}, len(pages)
+    )
+    extraction.warnings += warnings + [ocr.describe(n, p) for n, p in enumerate(pages, 1)]
+    return extraction
+
+
+def _ocr_markdown(pages: list[ocr.OcrPage]) -> str:
+    return "\n\n".join(
+        f"## Page {number}\n\n{page.text}" for number, page in enumerate(pages, 1) if page.text
+    )
 
 
 def _office(job: ParseJob) -> Extraction:
@@ -288,23 +314,41 @@ def escape_hash_lines(text: str) -> str:
 
 def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
     pages, repaired = _pdf_pages(job)
-    if not any(text.strip() for text in pages):
+    empty = [n for n, text in enumerate(pages) if not text.strip()]
+    if len(empty) == len(pages) and not ocr_models.missing(model_dir):
         extraction = _ocr(job, model_dir, "PDFProcessor")
         extraction.page_count = len(pages)
         return extraction
+    ocr.check_pages(len(empty), job.ocr_max_pages)
+    read = _ocr_pdf_pages(job, empty)
+    texts = [read[n][0].text if n in read else text.strip() for n, text in enumerate(pages)]
     markdown = "\n\n".join(
-        f"## Page {number}\n\n{escape_hash_lines(text.strip())}"
-        for number, text in enumerate(pages, start=1)
-        if text.strip()
+        f"## Page {number}\n\n{escape_hash_lines(text)}"
+        for number, text in enumerate(texts, start=1)
+        if text
     )
-    extraction = Extraction(markdown, "pymupdf-text", {"pages": len(pages)}, len(pages))
-    empty = [str(n) for n, text in enumerate(pages, start=1) if not text.strip()]
-    if empty:
-        which = f"page {empty[0]} has" if len(empty) == 1 else f"pages {', '.join(empty)} have"
-        extraction.warnings.append(f"{which} no text layer (scanned?); not OCRed")
+    methods = [OCR_METHOD if n in read else TEXT_METHOD for n in range(len(pages))]
+    method = "+".join(m for m in (TEXT_METHOD, OCR_METHOD) if m in methods)
+    metadata = {"pages": len(pages), "page_methods": methods}
+    extraction = Extraction(markdown, method, metadata, len(pages))
+    extraction.warnings += [ocr.describe(n + 1, page, dpi) for n, (page, dpi) in read.items()]
     if repaired:
         extraction.warnings.append("the PDF was damaged and repaired; text may be incomplete")
     return extraction
+
+
+def _ocr_pdf_pages(job: ParseJob, numbers: list[int]) -> dict[int, tuple[ocr.OcrPage, int]]:
+    """The bundled engine's reading (and render dpi) of the PDF pages ``numbers``."""
+    if not numbers:
+        return {}
+    import pymupdf
+
+    read = {}
+    with pymupdf.open(job.path, filetype="pdf") as document:
+        for number in numbers:
+            image, dpi = ocr.render_pdf_page(document[number], job.ocr_max_pixels)
+            read[number] = (ocr.read(image), dpi)
+    return read
 
 
 def _ocr(job: ParseJob, model_dir: Path, processor_name: str) -> Extraction:

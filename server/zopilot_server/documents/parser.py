@@ -112,6 +112,8 @@ class DocumentParser:
             json_schema=request.json_schema,
             display_name=request.filename or f"document{detected.doc_type.extension}",
             request_id=request.request_id,
+            ocr_max_pages=self._config.doc_ocr_max_pages,
+            ocr_max_pixels=self._config.doc_ocr_max_pixels,
             fault=faults.requested(request.filename, self._config.doc_fault_injection),
         )
 
