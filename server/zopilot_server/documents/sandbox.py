@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import re
+import resource
+import shutil
 import socket
 import sys
+import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -41,6 +45,7 @@ class WorkerSettings:
     model_dir: str
     fault_injection: bool = False
     log_level: str = "WARNING"
+    memory_limit_bytes: int = 0  # RLIMIT_AS; 0 = none
 
 
 class NetworkDisabled(PermissionError):
@@ -135,8 +140,81 @@ def drop_secrets(environ: MutableMapping[str, str]) -> None:
             del environ[name]
 
 
+def limit_memory(limit_bytes: int) -> None:
+    """Cap this process's address space: past it, allocations fail (MemoryError in
+    Python), so a decompression bomb costs one worker at most ``limit_bytes``, never the
+    machine. An address-space cap rather than a cgroup: it needs no privileges."""
+    if limit_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+SCRATCH_PREFIX = "zopilot-docs-"
+_OWNER_LOCK = ".owner.lock"
+_UNLOCKED_GRACE_S = 60.0  # a dir this young without a lock may be a server starting up
+
+
+def claim_scratch_root(root: str) -> int:
+    """Mark ``root`` as in use by this process for as long as it lives: an exclusive
+    flock, which the kernel releases when the process dies, SIGKILL included. Returns
+    the lock's fd (keep it open)."""
+    fd = os.open(os.path.join(root, _OWNER_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def remove_stale_scratch(parent: str) -> list[str]:
+    """Delete scratch folders that servers killed without cleanup (SIGKILL, OOM) left in
+    ``parent``: those whose owner lock nobody holds. Returns the removed paths."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(parent, name)
+        if os.path.islink(path) or not os.path.isdir(path) or not _abandoned(path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _abandoned(path: str) -> bool:
+    try:
+        fd = os.open(os.path.join(path, _OWNER_LOCK), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:  # left by an older version, or one just being created
+        try:
+            return time.time() - os.stat(path).st_mtime > _UNLOCKED_GRACE_S
+        except OSError:
+            return False
+    except OSError:
+        return False  # not ours to judge (another user's, unreadable)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # its server is alive
+    finally:
+        os.close(fd)
+    return True
+
+
+# Read into ServerConfig at startup and never needed again.
+SERVER_SECRETS = ("ZOPILOT_API_KEY",)
+
+
+def scrub_server_secrets(environ: MutableMapping[str, str]) -> None:
+    """Remove the server's own secrets from its environment before it spawns a worker.
+
+    A spawned process starts with a copy of the parent's environment, and that initial
+    copy stays readable in /proc/PID/environ whatever the child deletes later; only a
+    variable absent at spawn time is truly absent. The server read its key at startup."""
+    for name in SERVER_SECRETS:
+        environ.pop(name, None)
+
+
 def prepare_worker(settings: WorkerSettings) -> str:
     """Isolate this (fresh, spawned) process; return a description of the network guard."""
+    limit_memory(settings.memory_limit_bytes)
     drop_secrets(os.environ)
     os.environ.update(private_environment(settings))
     os.makedirs(settings.home_dir, exist_ok=True)

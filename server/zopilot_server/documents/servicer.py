@@ -22,6 +22,7 @@ from ..errors import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
+    loggable,
     rpc_errors,
 )
 from .domain import (
@@ -32,7 +33,8 @@ from .domain import (
     ParserClosed,
     ParseTimeout,
 )
-from .parser import DocumentParser
+from .parser import DocumentParser, ParserOutOfMemory
+from .pool import WorkersCannotStart
 from .validation import DocumentRequest, to_document_request
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ errors.register(OcrModelsMissing, lambda e: FailedPrecondition(str(e)))
 errors.register(ParseTimeout, lambda e: DeadlineExceeded(str(e)))
 errors.register(ParserBusy, lambda e: ResourceExhausted(str(e), retry_after_s=e.retry_after_s))
 errors.register(ParserClosed, lambda e: Unavailable(str(e)))
+errors.register(WorkersCannotStart, lambda e: FailedPrecondition(str(e)))
+errors.register(ParserOutOfMemory, lambda e: ResourceExhausted(str(e)))
 
 
 class DocumentsServicer(pb_grpc.DocumentsServicer):
@@ -69,7 +73,7 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
             log.info(
                 "document %s (%s, %d bytes): %s",
                 document.request_id,
-                document.filename or document.mime_type or "?",
+                loggable(document.filename or document.mime_type or "?"),
                 len(document.content),
                 type(exc).__name__,
             )
@@ -77,7 +81,7 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         log.info(
             "document %s (%s, %d bytes) parsed in %.0f ms by %s",
             document.request_id,
-            document.filename or document.mime_type or "?",
+            loggable(document.filename or document.mime_type or "?"),
             len(document.content),
             (time.perf_counter() - started) * 1000,
             outcome.method,

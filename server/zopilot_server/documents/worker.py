@@ -5,11 +5,13 @@ holds torch and gRPC threads, which plain fork would copy in an unsafe state), s
 module and its imports must stay light until ``prepare_worker`` has cut the network.
 Replies are plain tuples, because our exceptions do not survive pickling intact:
 ("ok", ParseOutcome) | ("rejected", field, message) | ("ocr_missing", message) |
-("internal", message).
+("memory", limit_bytes) | ("internal", message). The first message is ("ready", pid,
+guard), or ("broken", pid, why) when the parser cannot even be imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -34,7 +36,12 @@ INLINE, LARGE = b"S", b"L"
 def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     """Entry point of a worker process."""
     guard = prepare_worker(settings)
-    from . import extract
+    try:
+        from . import extract
+    except Exception as exc:  # noqa: BLE001 - told to the server, which stops retrying
+        with contextlib.suppress(OSError):  # the server is gone or stopped waiting
+            send_message(conn, ("broken", os.getpid(), f"{type(exc).__name__}: {exc}"))
+        return
 
     try:
         extract.warm_up(settings.scratch_root)
@@ -50,7 +57,10 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
             job = receive_job(conn)
         except (EOFError, OSError):
             return  # the server closed the pipe (it kills workers on shutdown)
-        send_message(conn, run_job(job, settings, guard))
+        reply = run_job(job, settings, guard)
+        send_message(conn, reply)
+        if reply[0] == "memory":
+            return  # a heap that hit its cap is not worth keeping: the pool replaces us
 
 
 def send_message(conn: Connection, message: object) -> None:
@@ -87,6 +97,10 @@ def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
         return ("rejected", exc.field, exc.message)
     except OcrModelsMissing as exc:
         return ("ocr_missing", str(exc))
+    except MemoryError:
+        # The address-space cap (sandbox.limit_memory) stopped an allocation.
+        gc.collect()
+        return ("memory", settings.memory_limit_bytes)
     except Exception as exc:  # noqa: BLE001 - reported to the server as INTERNAL
         log.error(
             "request %s: parsing a %s failed:\n%s",
