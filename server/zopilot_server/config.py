@@ -131,8 +131,9 @@ class ServerConfig:
     )
     max_streams_per_connection: int = _opt("concurrent calls one connection may have", 128)
     doc_worker_memory_mib: int = _opt(
-        "address-space cap (RLIMIT_AS) of each parser worker; a document that needs more "
-        "fails with RESOURCE_EXHAUSTED and the worker is replaced; 0 = no cap",
+        "memory one parse may take: each parser worker's address space is capped (RLIMIT_AS) "
+        "at its size after start-up plus this; a document that needs more fails with "
+        "RESOURCE_EXHAUSTED and the worker is replaced; 0 = no cap",
         4096,
     )
 

@@ -45,7 +45,7 @@ class WorkerSettings:
     model_dir: str
     fault_injection: bool = False
     log_level: str = "WARNING"
-    memory_limit_bytes: int = 0  # RLIMIT_AS; 0 = none
+    memory_limit_bytes: int = 0  # address space a parse may add (RLIMIT_AS); 0 = none
 
 
 class NetworkDisabled(PermissionError):
@@ -140,12 +140,24 @@ def drop_secrets(environ: MutableMapping[str, str]) -> None:
             del environ[name]
 
 
-def limit_memory(limit_bytes: int) -> None:
-    """Cap this process's address space: past it, allocations fail (MemoryError in
-    Python), so a decompression bomb costs one worker at most ``limit_bytes``, never the
-    machine. An address-space cap rather than a cgroup: it needs no privileges."""
-    if limit_bytes > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+def address_space_bytes() -> int:
+    """This process's current virtual size (what RLIMIT_AS counts)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def limit_memory(budget_bytes: int) -> int:
+    """Cap this process's address space at its current size plus ``budget_bytes``; past
+    it, allocations fail (MemoryError in Python), so a decompression bomb costs one
+    worker at most the budget, never the machine. Called once the parser libraries are
+    imported, so their mapped code (large for CUDA builds of torch) is not counted
+    against the documents. An address-space cap rather than a cgroup: it needs no
+    privileges. Returns the cap (0: none)."""
+    if budget_bytes <= 0:
+        return 0
+    cap = address_space_bytes() + budget_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return cap
 
 
 SCRATCH_PREFIX = "zopilot-docs-"
@@ -214,7 +226,6 @@ def scrub_server_secrets(environ: MutableMapping[str, str]) -> None:
 
 def prepare_worker(settings: WorkerSettings) -> str:
     """Isolate this (fresh, spawned) process; return a description of the network guard."""
-    limit_memory(settings.memory_limit_bytes)
     drop_secrets(os.environ)
     os.environ.update(private_environment(settings))
     os.makedirs(settings.home_dir, exist_ok=True)

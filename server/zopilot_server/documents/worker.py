@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .domain import DocumentRejected, OcrModelsMissing, ParseJob
-from .sandbox import WorkerSettings, prepare_worker
+from .sandbox import WorkerSettings, limit_memory, prepare_worker
 
 log = logging.getLogger("zopilot_server.documents.worker")
 
@@ -51,6 +51,8 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     # garbage collector's full passes, which otherwise walk it during every large parse.
     gc.collect()
     gc.freeze()
+    cap = limit_memory(settings.memory_limit_bytes)
+    log.debug("address space capped at %d MiB", cap // (1024 * 1024))
     send_message(conn, ("ready", os.getpid(), guard))
     while True:
         try:
@@ -93,15 +95,17 @@ def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
         from . import extract
 
         return ("ok", extract.parse(job, settings.model_dir))
+    except MemoryError:
+        return _out_of_memory(settings)
     except DocumentRejected as exc:
+        if _caused_by_memory(exc):  # docstrange wraps it in its ConversionError
+            return _out_of_memory(settings)
         return ("rejected", exc.field, exc.message)
     except OcrModelsMissing as exc:
         return ("ocr_missing", str(exc))
-    except MemoryError:
-        # The address-space cap (sandbox.limit_memory) stopped an allocation.
-        gc.collect()
-        return ("memory", settings.memory_limit_bytes)
     except Exception as exc:  # noqa: BLE001 - reported to the server as INTERNAL
+        if _caused_by_memory(exc):
+            return _out_of_memory(settings)
         log.error(
             "request %s: parsing a %s failed:\n%s",
             job.request_id or "-",
@@ -111,3 +115,21 @@ def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
         return ("internal", f"{type(exc).__name__}: {exc}")
     finally:
         tempfile.tempdir = None
+
+
+def _out_of_memory(settings: WorkerSettings) -> Reply:
+    """The address-space cap (sandbox.limit_memory) stopped an allocation."""
+    gc.collect()
+    return ("memory", settings.memory_limit_bytes)
+
+
+def _caused_by_memory(exc: BaseException) -> bool:
+    """Whether a MemoryError lies anywhere in ``exc``'s cause / context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
