@@ -25,13 +25,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import InProcessServer, field_violations, wait_until
 from zopilot_client import Client
-from zopilot_client._base import DEFAULT_TIMEOUT_S
 from zopilot_client.cli import build_parser, make_client
 from zopilot_client.pb import documents_pb2 as dpb
 from zopilot_client.pb import documents_pb2_grpc as dpb_grpc
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
-from zopilot_server.documents import sandbox
 
 # A field-5 length prefix that promises far more bytes than follow: no message parses it.
 MALFORMED = b"\x2a\xff\xff\xff\x0fnot-really"
@@ -231,9 +229,10 @@ def _health_latencies(target: str, stop: Callable[[], bool], limit: int = 400) -
 def test_health_answers_while_a_maximal_input_is_tokenized(
     make_server: Callable[..., InProcessServer], rpc: str
 ) -> None:
-    """Measured as ratios: health latency during the tokenizing, against the tokenizing
-    itself and against an idle health check. On the loop, every check issued during the
-    work waits for the rest of it (about half of it at the median)."""
+    """Measured as ratios: the slowest health check during the call, against the call
+    itself (and reported against an idle check). With tokenizing on the event loop one
+    check waits for nearly all of it (measured: 936 ms of a 955 ms Generate); off the loop
+    the slowest waits about 1% of it (GIL hand-offs)."""
     chars = 800_000
     server = make_server(max_input_chars=chars, doc_prestart=False)
     idle = statistics.median(_health_latencies(server.target, lambda: False, limit=30))
@@ -261,10 +260,10 @@ def test_health_answers_while_a_maximal_input_is_tokenized(
     else:
         assert "exceeds the model context" in field_violations(result)["prompt"]
     assert len(during) >= 3, f"only {len(during)} health checks in {work:.2f} s of work"
-    median = statistics.median(during)
-    assert median < work / 10, (
-        f"health median {median * 1000:.1f} ms during {work:.2f} s of tokenizing "
-        f"(idle {idle * 1000:.2f} ms, ratio {median / idle:.0f}x)"
+    worst = max(during)
+    assert worst < work / 4, (
+        f"slowest health check {worst * 1000:.1f} ms during {work:.2f} s of tokenizing "
+        f"(idle median {idle * 1000:.2f} ms: {worst / idle:.0f}x)"
     )
 
 
@@ -386,6 +385,8 @@ def test_documents_fail_at_once_when_workers_cannot_start(
 
 
 def test_stale_scratch_dirs_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    from zopilot_server.documents import sandbox
+
     stale = tmp_path / f"{sandbox.SCRATCH_PREFIX}killed"
     stale.mkdir()
     (stale / ".owner.lock").touch()
@@ -406,7 +407,7 @@ def test_stale_scratch_dirs_are_removed_and_live_ones_kept(tmp_path: Path) -> No
 def test_server_start_removes_a_killed_servers_scratch_dir(
     make_server: Callable[..., InProcessServer],
 ) -> None:
-    stale = Path(tempfile.mkdtemp(prefix=sandbox.SCRATCH_PREFIX))
+    stale = Path(tempfile.mkdtemp(prefix="zopilot-docs-"))
     lock = os.open(stale / ".owner.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)
     os.close(lock)  # its owner is gone: the lock is free
@@ -419,6 +420,8 @@ def test_server_start_removes_a_killed_servers_scratch_dir(
 
 
 def test_client_and_cli_calls_have_a_deadline_by_default() -> None:
+    from zopilot_client._base import DEFAULT_TIMEOUT_S
+
     with Client("127.0.0.1:1") as client:
         assert client._call_options({})["timeout"] == DEFAULT_TIMEOUT_S
     with make_client(build_parser().parse_args(["health"])) as client:
