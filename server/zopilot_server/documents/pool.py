@@ -31,6 +31,9 @@ from .worker import INLINE, Reply, worker_main
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
+# While workers cannot start, requests retry a start at most this often (each costs a
+# process and a second of CPU; a fixed install is found within this delay).
+RESTART_BACKOFF_S = 10.0
 JOIN_TIMEOUT_S = 10.0
 
 
@@ -146,6 +149,7 @@ class WorkerPool:
         # One reader thread per worker, plus room for the reaping of killed ones.
         self._executor = ThreadPoolExecutor(max_workers=2 * size + 2, thread_name_prefix="doc")
         self.last_start_error = ""  # why the last worker start failed, if it did
+        self._last_start_failure = 0.0  # time.monotonic() of that failure
 
     @property
     def live(self) -> int:
@@ -199,7 +203,8 @@ class WorkerPool:
         if self._closed:
             raise ParserClosed("the document parser is shutting down")
         if self._broken.is_set():
-            if self.live < self._size:
+            due = time.monotonic() - self._last_start_failure >= RESTART_BACKOFF_S
+            if due and self.live < self._size:
                 self._spawn()  # try again in the background: the install may be fixed
             raise self._cannot_start()
         if self._busy + self._waiting >= self._size + self._max_queue:
@@ -283,6 +288,7 @@ class WorkerPool:
             log.error("a document parser worker failed to start: %s", exc)
             cannot = isinstance(exc, WorkersCannotStart)
             self.last_start_error = str(exc) if cannot else f"{type(exc).__name__}: {exc}"
+            self._last_start_failure = time.monotonic()
             if not self._workers and not self._broken.is_set():
                 self._broken.set()
                 self._on_health(False)
