@@ -25,7 +25,7 @@ from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2,
 from . import reflection
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
-from .errors import InvalidArgument, ServiceError, Unauthenticated, abort
+from .errors import ServiceError, Unauthenticated, abort
 from .generation.engine import GenerationEngine
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
@@ -118,7 +118,9 @@ def _guard_unary_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
 
     def refuse(request: _Malformed) -> ServiceError:
         log.debug("malformed request message: %s", type(request.error).__name__)
-        return InvalidArgument.single("", "the request is not a valid protobuf message")
+        return ServiceError(
+            "the request is not a valid protobuf message", code=grpc.StatusCode.INVALID_ARGUMENT
+        )
 
     if handler.response_streaming:
         behavior = handler.unary_stream
