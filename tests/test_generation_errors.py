@@ -37,7 +37,7 @@ def error_of(call, request, **kwargs) -> grpc.RpcError:
         ({"prompt": "x", "top_p": 0.0}, "top_p", "(0, 1]"),
         ({"prompt": "x", "top_p": 1.5}, "top_p", "(0, 1]"),
         ({"prompt": "x", "top_k": -3}, "top_k", "got -3"),
-        ({"prompt": "x", "repetition_penalty": 0.0}, "repetition_penalty", "(0, 10]"),
+        ({"prompt": "x", "repetition_penalty": 0.0}, "repetition_penalty", "[0.01, 10]"),
         ({"prompt": "x", "stop_sequences": ["a", ""]}, "stop_sequences", "empty string (index 1)"),
         ({"prompt": "x", "stop_sequences": ["s"] * 9}, "stop_sequences", "at most 8"),
         ({"prompt": "x", "stop_sequences": ["s" * 300]}, "stop_sequences", "longer than 256"),

@@ -34,6 +34,10 @@ T = TypeVar("T")
 Self = TypeVar("Self")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# Every call has a deadline unless the caller passes timeout=None: it bounds the call and
+# all its retries together, so a server that dies mid-call (or never answers) cannot
+# leave a caller waiting forever. Ten minutes covers a 4096-token generation on a CPU.
+DEFAULT_TIMEOUT_S = 600.0
 _GENERATION = "/zopilot.v1.Generation/"
 _DOCUMENTS = "/zopilot.v1.Documents/"
 
@@ -128,7 +132,7 @@ class BaseClient:
         *,
         api_key: str | None = None,
         tls: TLSLike = None,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
         metadata: Metadata | None = None,
         retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen, shared safely
         wait_for_ready: bool = False,

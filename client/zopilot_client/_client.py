@@ -65,9 +65,10 @@ class Client(BaseClient, ClosesOnExit):
     or a resolver URI (``dns:///zopilot.internal:50051``); calls are spread round robin.
     ``api_key`` travels as ``authorization: Bearer`` metadata (use TLS across networks).
     ``tls``: None/False plaintext, True for TLS with the system roots, or a ``TLS``.
-    ``timeout``: default seconds per call (None: no deadline). ``metadata``: sent with
-    every call. ``retry``: the RetryPolicy for UNAVAILABLE / RESOURCE_EXHAUSTED (None
-    disables retries). ``wait_for_ready``: wait for the server instead of failing fast.
+    ``timeout``: default seconds per call, retries included (600; None: no deadline).
+    ``metadata``: sent with every call. ``retry``: the RetryPolicy for UNAVAILABLE /
+    RESOURCE_EXHAUSTED (None disables retries). ``wait_for_ready``: wait for the server
+    instead of failing fast.
     ``options``: extra gRPC channel arguments. Use as a context manager or ``close()``.
     """
 

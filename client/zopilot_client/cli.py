@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _cli_commands as commands
-from ._base import DEFAULT_TARGET
+from ._base import DEFAULT_TARGET, DEFAULT_TIMEOUT_S
 from ._channel import TLS, RetryPolicy
 from ._client import Client
 from ._exceptions import (
@@ -114,7 +114,12 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         help=f"server address HOST:PORT or gRPC target (env ZOPILOT_TARGET; {DEFAULT_TARGET})",
     )
     group.add_argument("--api-key", default=keep, help="API key (env ZOPILOT_API_KEY)")
-    group.add_argument("--timeout", type=float, default=keep, help="seconds per call")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=keep,
+        help=f"seconds per call, retries included (default {DEFAULT_TIMEOUT_S:g})",
+    )
     group.add_argument("--tls", action="store_true", default=keep, help="use TLS")
     group.add_argument("--tls-ca", default=keep, metavar="PEM", help="CA bundle (implies --tls)")
     group.add_argument(
@@ -243,7 +248,7 @@ def make_client(args: argparse.Namespace) -> Client:
         getattr(args, "target", None) or os.environ.get("ZOPILOT_TARGET") or DEFAULT_TARGET,
         api_key=getattr(args, "api_key", None) or os.environ.get("ZOPILOT_API_KEY") or None,
         tls=tls,
-        timeout=getattr(args, "timeout", None),
+        timeout=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
         retry=None if getattr(args, "no_retry", False) else RetryPolicy(),
         wait_for_ready=getattr(args, "wait_for_ready", False),
     )

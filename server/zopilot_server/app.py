@@ -9,6 +9,8 @@ report NOT_SERVING, give in-flight RPCs the grace period and stop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import logging
 import signal
 import threading
@@ -23,7 +25,7 @@ from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2,
 from . import reflection
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
-from .errors import Unauthenticated, abort
+from .errors import ServiceError, Unauthenticated, abort
 from .generation.engine import BatchLimits, GenerationEngine
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
@@ -42,6 +44,7 @@ SEND_LIMIT_BYTES = 256 * 1024 * 1024
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     """Channel arguments, each chosen on purpose."""
     return [
+        *_connection_limits(config),
         # Documents arrive whole in one message: accept the largest allowed document plus
         # room for the other fields; DocumentParse still names the limit when exceeded.
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
@@ -57,6 +60,104 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+def _connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
+    """What one connection may hold: bounded streams, and a bounded life, so that calls
+    a client never finishes (a half-closed call without a message gets no handler, and so
+    no status) or never reads end with the connection instead of living forever."""
+    options = [("grpc.max_concurrent_streams", config.max_streams_per_connection)]
+    if config.max_connection_age_s > 0:
+        # GOAWAY after this age (clients reconnect transparently); calls still open then
+        # get the grace below, after which the connection is closed under them.
+        options.append(("grpc.max_connection_age_ms", round(config.max_connection_age_s * 1000)))
+        options.append(
+            ("grpc.max_connection_age_grace_ms", round(config.max_connection_age_grace_s * 1000))
+        )
+    if config.max_connection_idle_s > 0:
+        # A connection with no call for this long is closed (GOAWAY).
+        options.append(("grpc.max_connection_idle_ms", round(config.max_connection_idle_s * 1000)))
+    return options
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse (see MalformedRequestGuard)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class MalformedRequestGuard(grpc.aio.ServerInterceptor):
+    """Bytes that are not a valid request message get INVALID_ARGUMENT, quietly.
+
+    grpc.aio parses a request before any handler runs and answers a parse failure with
+    UNKNOWN plus an ERROR traceback per call. Wrapping each handler's deserializer lets
+    the failure reach the handler as a value; the handler then answers INVALID_ARGUMENT
+    (or, behind ApiKeyInterceptor, UNAUTHENTICATED first: that denial never reads it).
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler  # reflection's request stream keeps gRPC's own handling
+        return _guard_unary_request(handler)
+
+
+def _guard_unary_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    parse = handler.request_deserializer
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: client bytes
+            return _Malformed(exc)
+
+    def refuse(request: _Malformed) -> ServiceError:
+        log.debug("malformed request message: %s", type(request.error).__name__)
+        return ServiceError(
+            "the request is not a valid protobuf message", code=grpc.StatusCode.INVALID_ARGUMENT
+        )
+
+    if handler.response_streaming:
+        behavior = handler.unary_stream
+        if inspect.isasyncgenfunction(behavior):
+
+            async def guarded_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Malformed):
+                    await abort(context, refuse(request))
+                async for item in behavior(request, context):
+                    yield item
+
+            guarded: Any = guarded_generator
+        else:  # a coroutine that answers with context.write (health Watch)
+
+            async def guarded_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                if isinstance(request, _Malformed):
+                    await abort(context, refuse(request))
+                await behavior(request, context)
+
+            guarded = guarded_writer
+        return grpc.unary_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=deserialize,
+            response_serializer=handler.response_serializer,
+        )
+    unary = handler.unary_unary
+
+    async def guarded_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            await abort(context, refuse(request))
+        return await unary(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        guarded_unary,
+        request_deserializer=deserialize,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -121,6 +222,10 @@ class RunningServer:
     documents: DocumentsServicer
     # Done once the model is loaded and health says SERVING (raises if the load failed).
     load_task: asyncio.Task[None] | None = None
+    serving: bool = False
+    # False while the parser's workers cannot start: Documents is NOT_SERVING then.
+    documents_ok: bool = True
+    _health_tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
 
     @property
     def engine(self) -> GenerationEngine | None:
@@ -132,8 +237,22 @@ class RunningServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in (OVERALL, GENERATION_SERVICE, DOCUMENTS_SERVICE):
+        self.serving = serving
+        for name in (OVERALL, GENERATION_SERVICE):
             await self.health.set(name, status)
+        await self._set_documents_health()
+
+    async def _set_documents_health(self) -> None:
+        ok = self.serving and self.documents_ok
+        status = health_pb2.HealthCheckResponse
+        await self.health.set(DOCUMENTS_SERVICE, status.SERVING if ok else status.NOT_SERVING)
+
+    def documents_health_changed(self, ok: bool) -> None:
+        """Called by the parser (on the loop) when its workers stop or resume starting."""
+        self.documents_ok = ok
+        task = asyncio.get_running_loop().create_task(self._set_documents_health())
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain so that no answer is lost (README "Shutdown"): NOT_SERVING; requests still
@@ -161,7 +280,10 @@ ModelLoader = Callable[[ServerConfig], LoadedModel]
 
 async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -> RunningServer:
     """Bind, start serving health/reflection at once, and load the model in the background."""
-    interceptors = [ApiKeyInterceptor(config.api_key)] if config.api_key else []
+    # The key check runs first: its denial never looks at the request (malformed or not).
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestGuard()]
+    if config.api_key:
+        interceptors.insert(0, ApiKeyInterceptor(config.api_key))
     server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     generation = GenerationServicer(config)
@@ -174,6 +296,7 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     running = RunningServer(server, port, config, health_servicer, generation, documents)
+    documents.parser.on_health = running.documents_health_changed
     await running.set_serving(False)
     await server.start()
     log.info("listening on %s:%d (loading model, health NOT_SERVING)", config.host, port)

@@ -131,6 +131,31 @@ class ServerConfig:
         False,
     )
 
+    # --- hardening limits (what one client or one document may cost) ---
+    max_input_chars: int = _opt(
+        "longest prompt / messages / Tokenize text, in characters, checked before "
+        "tokenizing; 0 = 16 x the model's context length",
+        0,
+    )
+    max_connection_age_s: float = _opt(
+        "close a connection this long after it opened (GOAWAY; clients reconnect), so "
+        "stuck or forgotten calls cannot live forever; 0 = never",
+        1800.0,
+    )
+    max_connection_age_grace_s: float = _opt(
+        "after --max-connection-age-s, calls still running get this long to finish", 600.0
+    )
+    max_connection_idle_s: float = _opt(
+        "close a connection that has had no call for this long; 0 = never", 900.0
+    )
+    max_streams_per_connection: int = _opt("concurrent calls one connection may have", 128)
+    doc_worker_memory_mib: int = _opt(
+        "memory one parse may take: each parser worker's address space is capped (RLIMIT_AS) "
+        "at its size after start-up plus this; a document that needs more fails with "
+        "RESOURCE_EXHAUSTED and the worker is replaced; 0 = no cap",
+        4096,
+    )
+
     def validated(self) -> ServerConfig:
         """Return self after checking cross-field rules; raise ValueError naming the flag."""
         checks = [
@@ -155,6 +180,12 @@ class ServerConfig:
             (self.doc_max_queue >= 0, "--doc-max-queue must be >= 0"),
             (self.doc_ocr_max_pages >= 1, "--doc-ocr-max-pages must be >= 1"),
             (self.doc_ocr_max_pixels >= 1, "--doc-ocr-max-pixels must be >= 1"),
+            (self.max_input_chars >= 0, "--max-input-chars must be >= 0"),
+            (self.max_connection_age_s >= 0, "--max-connection-age-s must be >= 0"),
+            (self.max_connection_age_grace_s >= 0, "--max-connection-age-grace-s must be >= 0"),
+            (self.max_connection_idle_s >= 0, "--max-connection-idle-s must be >= 0"),
+            (self.max_streams_per_connection >= 1, "--max-streams-per-connection must be >= 1"),
+            (self.doc_worker_memory_mib >= 0, "--doc-worker-memory-mib must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

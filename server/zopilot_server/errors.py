@@ -32,7 +32,9 @@ from .documents.domain import (
     OcrModelsMissing,
     ParserBusy,
     ParserClosed,
+    ParserOutOfMemory,
     ParseTimeout,
+    WorkersCannotStart,
 )
 from .generation.domain import EngineClosed, GenerationFailed, OutOfMemory, QueueFull
 
@@ -64,14 +66,52 @@ class ServiceError(Exception):
         self.details = tuple(details)
 
 
+# A hostile request can be wrong in a million ways: report the first few, each cut short,
+# so the status message and its BadRequest trailer stay small (well under the 8 KiB
+# header limit clients apply by default).
+MAX_REPORTED_VIOLATIONS = 16
+MAX_VIOLATION_CHARS = 200
+MAX_ID_CHARS = 128  # request_id, in every service
+_LOG_TEXT_CHARS = 80
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def loggable(text: str, limit: int = _LOG_TEXT_CHARS) -> str:
+    """Client text made safe for one log line: control characters (newlines that could
+    forge log lines, terminal escapes) escaped, and cut to ``limit`` characters."""
+    escaped = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return _clip(escaped, limit)
+
+
+def request_id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a request_id (None when it can): echoed in every response
+    and written to logs, so it must be short and printable."""
+    if len(value) > MAX_ID_CHARS:
+        return f"is longer than {MAX_ID_CHARS} characters"
+    if not value.isprintable():
+        return "must contain printable characters only"
+    return None
+
+
 class InvalidArgument(ServiceError):
-    """INVALID_ARGUMENT with a google.rpc.BadRequest listing every bad field."""
+    """INVALID_ARGUMENT with a google.rpc.BadRequest listing the bad fields (at most
+    ``MAX_REPORTED_VIOLATIONS``, each description at most ``MAX_VIOLATION_CHARS``)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
-        self.violations = tuple(violations)
+        total = len(violations)
+        shown = [
+            FieldViolation(_clip(v.field, 64), _clip(v.description, MAX_VIOLATION_CHARS))
+            for v in violations[:MAX_REPORTED_VIOLATIONS]
+        ]
+        self.violations = tuple(shown)
         message = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        if total > len(shown):
+            message += f"; and {total - len(shown)} more problems"
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
@@ -133,6 +173,9 @@ class Message(str, enum.Enum):
     TOO_MANY = "at most {limit} allowed (got {value})"
     EMPTY_ITEM = "must not contain an empty string (index {index})"
     TOO_LONG_ITEM = "index {index} is longer than {limit} characters"
+    TOO_MANY_CHARS = (
+        "has {value} characters; the limit is {limit} (--max-input-chars) before tokenizing"
+    )
     EMPTY_AFTER_TOKENIZE = "tokenizes to zero tokens"
     PROMPT_TOO_LONG = (
         "prompt has {tokens} tokens; with max_new_tokens {max_new} that exceeds the model "
@@ -146,6 +189,7 @@ class Message(str, enum.Enum):
 
 def _internal(exc: BaseException, request_id: str) -> ServiceError:
     """INTERNAL for a bug: logged in full with the request id, only the id sent back."""
+    request_id = loggable(request_id)
     log.error("request %s: internal error", request_id or "-", exc_info=exc)
     suffix = f" (request id {request_id})" if request_id else ""
     return ServiceError(
@@ -169,6 +213,8 @@ STATUS_TABLE: tuple[tuple[type[BaseException], Callable[[Any, str], ServiceError
     (ParseTimeout, lambda e, _: DeadlineExceeded(str(e))),
     (ParserBusy, lambda e, _: ResourceExhausted(str(e), retry_after_s=e.retry_after_s)),
     (ParserClosed, lambda e, _: Unavailable(str(e))),
+    (WorkersCannotStart, lambda e, _: FailedPrecondition(str(e))),
+    (ParserOutOfMemory, lambda e, _: ResourceExhausted(str(e))),
 )
 
 

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 from .domain import DocumentRejected
 
 MIB = 1024 * 1024
-# An OOXML file may expand to at most this much XML: beyond it we call it a zip bomb.
-MAX_EXPANDED_BYTES = 512 * MIB
+# An OOXML file may expand to at most this much XML, and to at most MAX_EXPANSION_RATIO
+# times its own size once past EXPANSION_FREE_BYTES: beyond either we call it a zip bomb
+# (parsers hold several times the XML in memory; see also --doc-worker-memory-mib).
+MAX_EXPANDED_BYTES = 256 * MIB
+MAX_EXPANSION_RATIO = 100
+EXPANSION_FREE_BYTES = 16 * MIB
 # How far into a text document we look for NUL bytes (binary content).
 TEXT_SNIFF_BYTES = 64 * 1024
 # charset-normalizer's names for the code pages a Western European text is usually in.
@@ -187,11 +191,13 @@ def _check_ooxml(doc_type: DocType, content: bytes) -> None:
     if doc_type.zip_marker not in names:
         _mismatch(doc_type, content)
     expanded = sum(info.file_size for info in infos)
-    if expanded > MAX_EXPANDED_BYTES:
+    limit = min(MAX_EXPANDED_BYTES, max(EXPANSION_FREE_BYTES, MAX_EXPANSION_RATIO * len(content)))
+    if expanded > limit:
         raise DocumentRejected(
             "content",
-            f"the {doc_type.name} file expands to {expanded} bytes, over the "
-            f"{MAX_EXPANDED_BYTES} byte limit",
+            f"the {doc_type.name} file expands to {expanded} bytes, over the {limit} byte "
+            f"limit (at most {MAX_EXPANSION_RATIO}x its size, never over "
+            f"{MAX_EXPANDED_BYTES} bytes)",
         )
 
 

@@ -84,3 +84,13 @@ class ParserBusy(DocumentError):
 
 class ParserClosed(DocumentError):
     """The parser pool is shutting down: UNAVAILABLE."""
+
+
+class ParserOutOfMemory(Exception):
+    """Parsing needed more memory than a worker may have: RESOURCE_EXHAUSTED."""
+
+
+class WorkersCannotStart(Exception):
+    """No parser worker is alive and the last one failed to start (docstrange missing, a
+    broken install): requests fail at once instead of waiting for a worker that never
+    comes, and health reports the Documents service NOT_SERVING."""

@@ -26,10 +26,11 @@ from .domain import (
     ParseJob,
     ParseOutcome,
     ParserClosed,
+    ParserOutOfMemory,
     ParseTimeout,
 )
 from .pool import START_TIMEOUT_S, WorkerDied, WorkerPool
-from .sandbox import WorkerSettings
+from .sandbox import SCRATCH_PREFIX, WorkerSettings, claim_scratch_root, remove_stale_scratch
 from .validation import DocumentRequest
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class DocumentParser:
         self._config = config
         self._pool: WorkerPool | None = None
         self.scratch_root: Path | None = None
+        self._scratch_lock: int | None = None
+        # Told when the workers become unable to start (False) or start again (True).
+        self.on_health: Callable[[bool], None] = lambda serving: None
 
     @property
     def pool(self) -> WorkerPool | None:
@@ -63,7 +67,10 @@ class DocumentParser:
     async def start(self) -> None:
         """Create the scratch folder and the pool (workers start in the background)."""
         config = self._config
-        self.scratch_root = Path(tempfile.mkdtemp(prefix="zopilot-docs-"))
+        for path in remove_stale_scratch(tempfile.gettempdir()):
+            log.info("removed %s, left behind by a server that was killed", path)
+        self.scratch_root = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        self._scratch_lock = claim_scratch_root(str(self.scratch_root))
         self.requests_dir.mkdir()
         settings = WorkerSettings(
             scratch_root=str(self.scratch_root),
@@ -71,8 +78,14 @@ class DocumentParser:
             model_dir=str(ocr_models.resolve(config.doc_model_dir)),
             fault_injection=config.doc_fault_injection,
             log_level=config.log_level,
+            memory_limit_bytes=config.doc_worker_memory_mib * 1024 * 1024,
         )
-        self._pool = WorkerPool(settings, size=config.doc_workers, max_queue=config.doc_max_queue)
+        self._pool = WorkerPool(
+            settings,
+            size=config.doc_workers,
+            max_queue=config.doc_max_queue,
+            on_health=lambda serving: self.on_health(serving),
+        )
         if config.doc_prestart:
             self._pool.prestart()
 
@@ -82,6 +95,9 @@ class DocumentParser:
             await pool.close()
         if self.scratch_root is not None:
             shutil.rmtree(self.scratch_root, ignore_errors=True)
+        if self._scratch_lock is not None:
+            os.close(self._scratch_lock)
+            self._scratch_lock = None
 
     async def parse(self, request: DocumentRequest, time_remaining: float | None) -> ParseOutcome:
         """Parse within ``--doc-timeout-s`` and the call's remaining time, if any."""
@@ -151,8 +167,15 @@ class DocumentParser:
             raise DocumentRejected(
                 "content",
                 f"the parser crashed on this document (worker exit code {exc.exitcode}); "
-                "it may be corrupt or too complex",
+                "it may be corrupt, too complex, or need more than the parser's memory limit "
+                f"of {self._config.doc_worker_memory_mib} MiB (--doc-worker-memory-mib)",
             ) from exc
+        if reply[0] == "memory":
+            raise ParserOutOfMemory(
+                "parsing this document needed more than the parser's memory limit of "
+                f"{self._config.doc_worker_memory_mib} MiB (--doc-worker-memory-mib); the "
+                "worker was replaced"
+            )
         return _unpack(reply)
 
 

@@ -14,21 +14,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import pickle
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..loop_bridge import settle
-from .domain import ParseJob, ParserBusy, ParserClosed, ParseTimeout
-from .sandbox import WorkerSettings
+from .domain import ParseJob, ParserBusy, ParserClosed, ParseTimeout, WorkersCannotStart
+from .sandbox import WorkerSettings, scrub_server_secrets
 from .worker import INLINE, Reply, worker_main
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
+# While workers cannot start, requests retry a start at most this often (each costs a
+# process and a second of CPU; a fixed install is found within this delay).
+RESTART_BACKOFF_S = 10.0
 JOIN_TIMEOUT_S = 10.0
 
 
@@ -113,8 +118,18 @@ class _Worker:
 class WorkerPool:
     """At most ``size`` worker processes; idle ones wait in a queue for the next job."""
 
-    def __init__(self, settings: WorkerSettings, *, size: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        size: int,
+        max_queue: int,
+        on_health: Callable[[bool], None] | None = None,
+    ) -> None:
         self._settings = settings
+        self._on_health = on_health or (lambda serving: None)
+        # Set while no worker lives and the last start failed; waiters watch it.
+        self._broken = asyncio.Event()
         self._size = size
         self._max_queue = max_queue
         self._context = multiprocessing.get_context("spawn")
@@ -128,6 +143,7 @@ class WorkerPool:
         # One reader thread per worker, plus room for the reaping of killed ones.
         self._executor = ThreadPoolExecutor(max_workers=2 * size + 2, thread_name_prefix="doc")
         self.last_start_error = ""  # why the last worker start failed, if it did
+        self._last_start_failure = 0.0  # time.monotonic() of that failure
 
     @property
     def live(self) -> int:
@@ -170,12 +186,21 @@ class WorkerPool:
             raise
         finally:
             self._busy -= 1
+        if reply[0] == "memory":  # the worker exits after this reply: replace it now
+            self._workers.discard(worker)
+            await asyncio.shield(self._retire(worker))
+            return reply
         self._idle.put_nowait(worker)
         return reply
 
     async def _acquire(self, timeout: float) -> _Worker:
         if self._closed:
             raise ParserClosed("the document parser is shutting down")
+        if self._broken.is_set():
+            due = time.monotonic() - self._last_start_failure >= RESTART_BACKOFF_S
+            if due and self.live < self._size:
+                self._spawn()  # try again in the background: the install may be fixed
+            raise self._cannot_start()
         if self._busy + self._waiting >= self._size + self._max_queue:
             raise ParserBusy(
                 f"all {self._size} parser workers are busy and {self._waiting} requests "
@@ -194,22 +219,34 @@ class WorkerPool:
         # Not asyncio.wait_for: before Python 3.12 it can drop a worker that arrives just
         # as the timeout fires, and the pool would shrink for good.
         getter = asyncio.ensure_future(self._next_live_worker())
+        broken = asyncio.ensure_future(self._broken.wait())
         try:
-            done, _ = await asyncio.wait({getter}, timeout=timeout)
+            done, _ = await asyncio.wait(
+                {getter, broken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             self._waiting -= 1
+            broken.cancel()
             if not getter.done():
                 getter.cancel()
                 await asyncio.gather(getter, return_exceptions=True)
                 if not getter.cancelled() and getter.exception() is None:
                     self._idle.put_nowait(getter.result())  # it arrived after all
+        if getter not in done and broken in done:
+            raise self._cannot_start()
         if not done:
-            broken = f"; the last worker start failed: {self.last_start_error}"
+            broken_note = f"; the last worker start failed: {self.last_start_error}"
             raise ParseTimeout(
                 f"no parser worker became free within {time.monotonic() - started:.1f} s"
-                + (broken if self.last_start_error else "")
+                + (broken_note if self.last_start_error else "")
             )
         return getter.result()
+
+    def _cannot_start(self) -> WorkersCannotStart:
+        return WorkersCannotStart(
+            f"the document parser cannot start its workers ({self.last_start_error}); "
+            "check the server log and the docstrange installation"
+        )
 
     async def _next_live_worker(self) -> _Worker:
         """An idle worker that is still alive (one may have died while idle: replace it)."""
@@ -237,6 +274,8 @@ class WorkerPool:
         try:
             worker = await self._launch()
             hello = await worker.receive(self._executor, START_TIMEOUT_S)
+            if hello[0] != "ready":
+                raise WorkersCannotStart(str(hello[2]))
             worker.guard = hello[2]
         except BaseException as exc:
             if worker is not None:
@@ -244,8 +283,13 @@ class WorkerPool:
                 await asyncio.shield(worker.kill(self._executor))
             if not isinstance(exc, Exception):
                 raise  # cancelled by close()
-            log.exception("a document parser worker failed to start")
-            self.last_start_error = f"{type(exc).__name__}: {exc}"
+            log.error("a document parser worker failed to start: %s", exc)
+            cannot = isinstance(exc, WorkersCannotStart)
+            self.last_start_error = str(exc) if cannot else f"{type(exc).__name__}: {exc}"
+            self._last_start_failure = time.monotonic()
+            if not self._workers and not self._broken.is_set():
+                self._broken.set()
+                self._on_health(False)
             return
         finally:
             self._starting -= 1
@@ -253,11 +297,15 @@ class WorkerPool:
             await self._retire(worker)
             return
         self.last_start_error = ""
+        if self._broken.is_set():
+            self._broken.clear()
+            self._on_health(True)
         self._workers.add(worker)
         self._idle.put_nowait(worker)
         log.info("document parser worker %s ready (network: %s)", worker.pid, worker.guard)
 
     async def _launch(self) -> _Worker:
+        scrub_server_secrets(os.environ)  # before the spawn copies our environment
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=worker_main,

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import re
+import resource
+import shutil
 import socket
 import sys
+import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -41,6 +45,7 @@ class WorkerSettings:
     model_dir: str
     fault_injection: bool = False
     log_level: str = "WARNING"
+    memory_limit_bytes: int = 0  # address space a parse may add (RLIMIT_AS); 0 = none
 
 
 class NetworkDisabled(PermissionError):
@@ -133,6 +138,90 @@ def drop_secrets(environ: MutableMapping[str, str]) -> None:
     for name in list(environ):
         if name.startswith("ZOPILOT_") or _SECRET_NAME.search(name):
             del environ[name]
+
+
+def address_space_bytes() -> int:
+    """This process's current virtual size (what RLIMIT_AS counts)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def limit_memory(budget_bytes: int) -> int:
+    """Cap this process's address space at its current size plus ``budget_bytes``; past
+    it, allocations fail (MemoryError in Python), so a decompression bomb costs one
+    worker at most the budget, never the machine. Called once the parser libraries are
+    imported, so their mapped code (large for CUDA builds of torch) is not counted
+    against the documents. An address-space cap rather than a cgroup: it needs no
+    privileges. Returns the cap (0: none)."""
+    if budget_bytes <= 0:
+        return 0
+    cap = address_space_bytes() + budget_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return cap
+
+
+SCRATCH_PREFIX = "zopilot-docs-"
+_OWNER_LOCK = ".owner.lock"
+_UNLOCKED_GRACE_S = 60.0  # a dir this young without a lock may be a server starting up
+
+
+def claim_scratch_root(root: str) -> int:
+    """Mark ``root`` as in use by this process for as long as it lives: an exclusive
+    flock, which the kernel releases when the process dies, SIGKILL included. Returns
+    the lock's fd (keep it open)."""
+    fd = os.open(os.path.join(root, _OWNER_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def remove_stale_scratch(parent: str) -> list[str]:
+    """Delete scratch folders that servers killed without cleanup (SIGKILL, OOM) left in
+    ``parent``: those whose owner lock nobody holds. Returns the removed paths."""
+    removed = []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(SCRATCH_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(parent, name)
+        if os.path.islink(path) or not os.path.isdir(path) or not _abandoned(path):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _abandoned(path: str) -> bool:
+    try:
+        fd = os.open(os.path.join(path, _OWNER_LOCK), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:  # left by an older version, or one just being created
+        try:
+            return time.time() - os.stat(path).st_mtime > _UNLOCKED_GRACE_S
+        except OSError:
+            return False
+    except OSError:
+        return False  # not ours to judge (another user's, unreadable)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # its server is alive
+    finally:
+        os.close(fd)
+    return True
+
+
+# Read into ServerConfig at startup and never needed again.
+SERVER_SECRETS = ("ZOPILOT_API_KEY",)
+
+
+def scrub_server_secrets(environ: MutableMapping[str, str]) -> None:
+    """Remove the server's own secrets from its environment before it spawns a worker.
+
+    A spawned process starts with a copy of the parent's environment, and that initial
+    copy stays readable in /proc/PID/environ whatever the child deletes later; only a
+    variable absent at spawn time is truly absent. The server read its key at startup."""
+    for name in SERVER_SECRETS:
+        environ.pop(name, None)
 
 
 def prepare_worker(settings: WorkerSettings) -> str:

@@ -16,6 +16,7 @@ from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 
 from ..config import ServerConfig
 from ..errors import (
+    loggable,
     rpc_errors,
 )
 from .domain import (
@@ -52,7 +53,7 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
             log.info(
                 "document %s (%s, %d bytes): %s",
                 document.request_id,
-                document.filename or document.mime_type or "?",
+                loggable(document.filename or document.mime_type or "?"),
                 len(document.content),
                 type(exc).__name__,
             )
@@ -60,7 +61,7 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         log.info(
             "document %s (%s, %d bytes) parsed in %.0f ms by %s",
             document.request_id,
-            document.filename or document.mime_type or "?",
+            loggable(document.filename or document.mime_type or "?"),
             len(document.content),
             (time.perf_counter() - started) * 1000,
             outcome.method,

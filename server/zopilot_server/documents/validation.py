@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zopilot_client.pb import documents_pb2 as pb
 
 from ..config import ServerConfig
-from ..errors import FieldViolation, InvalidArgument, Message
+from ..errors import MAX_ID_CHARS, FieldViolation, InvalidArgument, Message, request_id_problem
 from .domain import OutputFormat
 
 MAX_FILENAME_CHARS = 1024
-MAX_REQUEST_ID_CHARS = 128
+MAX_REQUEST_ID_CHARS = MAX_ID_CHARS
+MAX_FORMATS = 16  # five formats exist; a few repeats are harmless, a million are not
 MAX_JSON_FIELDS = 64
 MAX_JSON_FIELD_CHARS = 256
 MAX_JSON_SCHEMA_BYTES = 64 * 1024
+MAX_JSON_SCHEMA_DEPTH = 32
 
 FORMATS = {
     pb.OUTPUT_FORMAT_MARKDOWN: OutputFormat.MARKDOWN,
@@ -50,9 +53,11 @@ def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) 
     violations: list[FieldViolation] = []
     _check_content(message.content, config.doc_max_bytes, violations)
     _check_length("filename", message.filename, MAX_FILENAME_CHARS, violations)
-    _check_length("request_id", message.request_id, MAX_REQUEST_ID_CHARS, violations)
-    formats = _formats(list(message.formats), violations)
-    json_fields = _json_fields(list(message.json_fields), violations)
+    problem = request_id_problem(message.request_id)
+    if problem:
+        violations.append(FieldViolation("request_id", problem))
+    formats = _formats(message.formats, violations)
+    json_fields = _json_fields(message.json_fields, violations)
     json_schema = _json_schema(message.json_schema, violations)
     structured = bool(json_fields) or json_schema is not None
     if structured and OutputFormat.JSON not in formats:
@@ -88,7 +93,13 @@ def _check_length(field: str, value: str, limit: int, violations: list[FieldViol
         violations.append(FieldViolation(field, f"is longer than {limit} characters"))
 
 
-def _formats(values: list[int], violations: list[FieldViolation]) -> tuple[OutputFormat, ...]:
+def _formats(values: Sequence[int], violations: list[FieldViolation]) -> tuple[OutputFormat, ...]:
+    if len(values) > MAX_FORMATS:
+        # Judged by the count alone: a million bad values say nothing more than one.
+        violations.append(
+            FieldViolation("formats", Message.TOO_MANY.format(limit=MAX_FORMATS, value=len(values)))
+        )
+        return (OutputFormat.MARKDOWN,)
     chosen: list[OutputFormat] = []
     for index, value in enumerate(values):
         if value not in FORMATS:
@@ -100,13 +111,14 @@ def _formats(values: list[int], violations: list[FieldViolation]) -> tuple[Outpu
     return tuple(chosen) or (OutputFormat.MARKDOWN,)
 
 
-def _json_fields(values: list[str], violations: list[FieldViolation]) -> tuple[str, ...]:
+def _json_fields(values: Sequence[str], violations: list[FieldViolation]) -> tuple[str, ...]:
     if len(values) > MAX_JSON_FIELDS:
         violations.append(
             FieldViolation(
                 "json_fields", Message.TOO_MANY.format(limit=MAX_JSON_FIELDS, value=len(values))
             )
         )
+        return ()
     for index, value in enumerate(values):
         if not value.strip():
             violations.append(FieldViolation("json_fields", Message.EMPTY_ITEM.format(index=index)))
@@ -130,10 +142,34 @@ def _json_schema(text: str, violations: list[FieldViolation]) -> dict[str, Any] 
         return None
     try:
         schema = json.loads(text)
+    except RecursionError:
+        schema = None  # nested deeper than Python's recursion limit: judged below
+        depth_exceeded = True
     except ValueError as exc:
         violations.append(FieldViolation("json_schema", f"is not valid JSON ({exc})"))
+        return None
+    else:
+        depth_exceeded = _depth_exceeds(schema, MAX_JSON_SCHEMA_DEPTH)
+    if depth_exceeded:
+        violations.append(
+            FieldViolation("json_schema", f"is nested deeper than {MAX_JSON_SCHEMA_DEPTH} levels")
+        )
         return None
     if not isinstance(schema, dict):
         violations.append(FieldViolation("json_schema", "must be a JSON object"))
         return None
     return schema
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit`` (iteratively: a deep
+    schema must not take the recursion it is being checked for)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in children)
+    return False

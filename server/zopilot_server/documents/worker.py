@@ -5,11 +5,13 @@ holds torch and gRPC threads, which plain fork would copy in an unsafe state), s
 module and its imports must stay light until ``prepare_worker`` has cut the network.
 Replies are plain tuples, because our exceptions do not survive pickling intact:
 ("ok", ParseOutcome) | ("rejected", field, message) | ("ocr_missing", message) |
-("internal", message).
+("memory", limit_bytes) | ("internal", message). The first message is ("ready", pid,
+guard), or ("broken", pid, why) when the parser cannot even be imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -20,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .domain import DocumentRejected, OcrModelsMissing, ParseJob
-from .sandbox import WorkerSettings, prepare_worker
+from .sandbox import WorkerSettings, limit_memory, prepare_worker
 
 log = logging.getLogger("zopilot_server.documents.worker")
 
@@ -34,7 +36,12 @@ INLINE, LARGE = b"S", b"L"
 def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     """Entry point of a worker process."""
     guard = prepare_worker(settings)
-    from . import extract
+    try:
+        from . import extract
+    except Exception as exc:  # noqa: BLE001 - told to the server, which stops retrying
+        with contextlib.suppress(OSError):  # the server is gone or stopped waiting
+            send_message(conn, ("broken", os.getpid(), f"{type(exc).__name__}: {exc}"))
+        return
 
     try:
         extract.warm_up(settings.scratch_root)
@@ -44,13 +51,18 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     # garbage collector's full passes, which otherwise walk it during every large parse.
     gc.collect()
     gc.freeze()
+    cap = limit_memory(settings.memory_limit_bytes)
+    log.debug("address space capped at %d MiB", cap // (1024 * 1024))
     send_message(conn, ("ready", os.getpid(), guard))
     while True:
         try:
             job = receive_job(conn)
         except (EOFError, OSError):
             return  # the server closed the pipe (it kills workers on shutdown)
-        send_message(conn, run_job(job, settings, guard))
+        reply = run_job(job, settings, guard)
+        send_message(conn, reply)
+        if reply[0] == "memory":
+            return  # a heap that hit its cap is not worth keeping: the pool replaces us
 
 
 def send_message(conn: Connection, message: object) -> None:
@@ -83,11 +95,17 @@ def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
         from . import extract
 
         return ("ok", extract.parse(job, settings.model_dir))
+    except MemoryError:
+        return _out_of_memory(settings)
     except DocumentRejected as exc:
+        if _caused_by_memory(exc):  # docstrange wraps it in its ConversionError
+            return _out_of_memory(settings)
         return ("rejected", exc.field, exc.message)
     except OcrModelsMissing as exc:
         return ("ocr_missing", str(exc))
     except Exception as exc:  # noqa: BLE001 - reported to the server as INTERNAL
+        if _caused_by_memory(exc):
+            return _out_of_memory(settings)
         log.error(
             "request %s: parsing a %s failed:\n%s",
             job.request_id or "-",
@@ -97,3 +115,21 @@ def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
         return ("internal", f"{type(exc).__name__}: {exc}")
     finally:
         tempfile.tempdir = None
+
+
+def _out_of_memory(settings: WorkerSettings) -> Reply:
+    """The address-space cap (sandbox.limit_memory) stopped an allocation."""
+    gc.collect()
+    return ("memory", settings.memory_limit_bytes)
+
+
+def _caused_by_memory(exc: BaseException) -> bool:
+    """Whether a MemoryError lies anywhere in ``exc``'s cause / context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

@@ -15,11 +15,18 @@ from typing import Any
 from zopilot_client.pb import generation_pb2 as pb
 
 from ..config import ServerConfig
-from ..errors import FieldViolation, InvalidArgument, Message
+from ..errors import FieldViolation, InvalidArgument, Message, request_id_problem
 from .domain import GenerationRequest, SamplingParams
 from .model_loader import LoadedModel
 
 MAX_TEMPERATURE = 100.0
+# Below this, dividing the logits by the temperature overflows to inf (and sampling fails
+# with "probability tensor contains inf/nan"); it is greedy decoding in all but name,
+# so it runs as greedy, as in vLLM.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+# A penalty near 0 divides positive logits by it: the same overflow. 0.01 already
+# multiplies a logit by 100, far past any useful setting.
+MIN_REPETITION_PENALTY = 0.01
 MAX_REPETITION_PENALTY = 10.0
 
 
@@ -65,8 +72,14 @@ def to_generation_request(
     """Validate ``message`` and build the GenerationRequest the engine runs."""
     arrival = time.monotonic()
     v = _Violations()
+    problem = request_id_problem(message.request_id)
+    if problem:
+        v.add("request_id", problem)
     max_new = _check_limits(message, config, v)
     _check_stop_sequences(message, config, v)
+    max_chars = input_chars_limit(config, loaded)
+    _check_input_chars(message, max_chars, v)
+    v.raise_if_any()
     text = _render_input(message, loaded, v)
     v.raise_if_any()
 
@@ -120,9 +133,8 @@ def _check_limits(message: pb.GenerateRequest, config: ServerConfig, v: _Violati
         v.check_range(
             "repetition_penalty",
             message.repetition_penalty,
-            0,
+            MIN_REPETITION_PENALTY,
             MAX_REPETITION_PENALTY,
-            low_open=True,
         )
     v.check_not_negative("truncate_input_tokens", message.truncate_input_tokens)
     v.check_not_negative("time_limit_ms", message.time_limit_ms)
@@ -135,7 +147,9 @@ def _check_stop_sequences(
 ) -> None:
     stops = message.stop_sequences
     if len(stops) > config.max_stop_sequences:
+        # The count alone rejects the request: judging a million items says nothing more.
         v.add("stop_sequences", Message.TOO_MANY, limit=config.max_stop_sequences, value=len(stops))
+        return
     for index, stop in enumerate(stops):
         if not stop:
             v.add("stop_sequences", Message.EMPTY_ITEM, index=index)
@@ -146,6 +160,31 @@ def _check_stop_sequences(
                 index=index,
                 limit=config.max_stop_sequence_chars,
             )
+
+
+def input_chars_limit(config: ServerConfig, loaded: LoadedModel) -> int:
+    """Most characters a prompt (or all messages together, or a Tokenize text) may have.
+
+    Checked before any tokenizing, so that one request cannot occupy a core for seconds
+    and gigabytes: ``--max-input-chars``, or by default the model context times
+    ``CHARS_PER_TOKEN_BOUND`` (a prompt that long cannot fit even with unusually long
+    tokens; ``truncate_input_tokens`` keeps working for anything below it)."""
+    if config.max_input_chars > 0:
+        return config.max_input_chars
+    return max(loaded.max_context_length, 1) * CHARS_PER_TOKEN_BOUND
+
+
+CHARS_PER_TOKEN_BOUND = 16
+
+
+def _check_input_chars(message: pb.GenerateRequest, limit: int, v: _Violations) -> None:
+    if message.prompt:
+        if len(message.prompt) > limit:
+            v.add("prompt", Message.TOO_MANY_CHARS, value=len(message.prompt), limit=limit)
+        return
+    total = sum(len(m.content) + len(m.role) for m in message.messages)
+    if total > limit:
+        v.add("messages", Message.TOO_MANY_CHARS, value=total, limit=limit)
 
 
 def _render_input(message: pb.GenerateRequest, loaded: LoadedModel, v: _Violations) -> str:
@@ -176,11 +215,13 @@ def _render_input(message: pb.GenerateRequest, loaded: LoadedModel, v: _Violatio
         return ""
 
 
-def check_tokenize_request(message: pb.TokenizeRequest) -> None:
+def check_tokenize_request(message: pb.TokenizeRequest, max_chars: int) -> None:
     """Raise INVALID_ARGUMENT (every violation) for a bad TokenizeRequest."""
     v = _Violations()
     if not message.text:
         v.add("text", Message.REQUIRED)
+    elif len(message.text) > max_chars:
+        v.add("text", Message.TOO_MANY_CHARS, value=len(message.text), limit=max_chars)
     v.check_not_negative("truncate_input_tokens", message.truncate_input_tokens)
     v.raise_if_any()
 
@@ -199,6 +240,8 @@ def truncate_left(ids: list[int], keep_last: int) -> tuple[list[int], bool]:
 
 def _sampling(message: pb.GenerateRequest) -> SamplingParams:
     temperature = message.temperature if message.HasField("temperature") else 0.0
+    if temperature < GREEDY_BELOW_TEMPERATURE:
+        temperature = 0.0
     return SamplingParams(
         temperature=temperature,
         top_p=message.top_p if message.HasField("top_p") else 1.0,
