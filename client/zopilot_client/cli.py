@@ -118,6 +118,13 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls", action="store_true", default=keep, help="use TLS")
     group.add_argument("--tls-ca", default=keep, metavar="PEM", help="CA bundle (implies --tls)")
     group.add_argument(
+        "--tls-cert",
+        default=keep,
+        metavar="PEM",
+        help="client certificate for mTLS (implies --tls)",
+    )
+    group.add_argument("--tls-key", default=keep, metavar="PEM", help="key of --tls-cert")
+    group.add_argument(
         "--wait-for-ready",
         action="store_true",
         default=keep,
@@ -235,8 +242,12 @@ def _output_modes(parser: argparse.ArgumentParser, *, jsonl: bool, what: str = "
 def make_client(args: argparse.Namespace) -> Client:
     """The Client the connection flags (and their environment variables) describe."""
     tls: Any = None
-    if getattr(args, "tls_ca", None):
-        tls = TLS(root_certificates=args.tls_ca)
+    if getattr(args, "tls_ca", None) or getattr(args, "tls_cert", None):
+        tls = TLS(
+            root_certificates=getattr(args, "tls_ca", None),
+            certificate_chain=getattr(args, "tls_cert", None),
+            private_key=getattr(args, "tls_key", None),
+        )
     elif getattr(args, "tls", False):
         tls = True
     return Client(

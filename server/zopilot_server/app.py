@@ -9,6 +9,7 @@ report NOT_SERVING, give in-flight RPCs the grace period and stop.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import signal
 import threading
@@ -20,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2, generation_pb2_grpc
 
-from . import reflection
+from . import metrics, reflection, security
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
 from .errors import Unauthenticated, abort
@@ -60,10 +61,14 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <key>``; health stays open for probes."""
+    """Requires ``authorization: Bearer <key>``; health stays open for probes.
+
+    The scheme is matched case-insensitively (RFC 7235); the key is compared in constant
+    time, so response timing does not reveal how much of a guess was right.
+    """
 
     def __init__(self, api_key: str) -> None:
-        self._expected = f"Bearer {api_key}"
+        self._expected = api_key.encode()
 
     async def intercept_service(
         self,
@@ -74,10 +79,18 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(f"/{HEALTH_SERVICE}/"):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
+        if self._accepts(metadata.get("authorization")):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         return _deny_like(handler)
+
+    def _accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        scheme, _, key = value.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            key.strip().encode(), self._expected
+        )
 
 
 def _deny_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
@@ -121,6 +134,18 @@ class RunningServer:
     documents: DocumentsServicer
     # Done once the model is loaded and health says SERVING (raises if the load failed).
     load_task: asyncio.Task[None] | None = None
+    metrics_http: metrics.MetricsHttpServer | None = None
+
+    def engine_load(self) -> Any | None:
+        """For the metrics gauges: the engine's load, None while the model loads."""
+        return self.engine.load() if self.engine is not None else None
+
+    def parser_load(self) -> tuple[int, int] | None:
+        """For the metrics gauges: (parser workers busy, documents waiting)."""
+        pool = self.documents.parser.pool
+        if pool is None:
+            return None
+        return int(getattr(pool, "_busy", 0)), int(getattr(pool, "_waiting", 0))
 
     @property
     def engine(self) -> GenerationEngine | None:
@@ -146,7 +171,14 @@ class RunningServer:
         if self.engine is not None:
             self.engine.close()
         await self.documents.close()
+        self.close_metrics()
         log.info("stopped")
+
+    def close_metrics(self) -> None:
+        metrics.unbind(self)
+        if self.metrics_http is not None:
+            self.metrics_http.close()
+            self.metrics_http = None
 
 
 ModelLoader = Callable[[ServerConfig], LoadedModel]
@@ -154,7 +186,12 @@ ModelLoader = Callable[[ServerConfig], LoadedModel]
 
 async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -> RunningServer:
     """Bind, start serving health/reflection at once, and load the model in the background."""
-    interceptors = [ApiKeyInterceptor(config.api_key)] if config.api_key else []
+    key = security.api_key(config)
+    # Metrics outermost, so refused calls count as UNAUTHENTICATED failures.
+    interceptors: list[grpc.aio.ServerInterceptor] = [metrics.MetricsInterceptor()]
+    if key:
+        interceptors.append(ApiKeyInterceptor(key))
+    credentials = security.server_credentials(config)
     server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     generation = GenerationServicer(config)
@@ -163,13 +200,27 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     documents_pb2_grpc.add_DocumentsServicer_to_server(documents, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(server, (GENERATION_SERVICE, DOCUMENTS_SERVICE, HEALTH_SERVICE))
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     running = RunningServer(server, port, config, health_servicer, generation, documents)
+    if config.metrics_port:
+        running.metrics_http = metrics.MetricsHttpServer(config.host, config.metrics_port)
+    metrics.bind(running)
     await running.set_serving(False)
     await server.start()
-    log.info("listening on %s:%d (loading model, health NOT_SERVING)", config.host, port)
+    log.info(
+        "listening on %s:%d%s (loading model, health NOT_SERVING)",
+        config.host,
+        port,
+        " with TLS" + (" (client certificates required)" if config.tls_client_ca else "")
+        if credentials is not None
+        else "",
+    )
     running.load_task = asyncio.create_task(_load(running, loader))
     return running
 
@@ -201,6 +252,7 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
     await running.documents.start()
     loaded = await _in_daemon_thread(loader, running.config)
     config = running.config
+    metrics.set_model_name(loaded.model_id)
     running.generation.engine = GenerationEngine(
         loaded,
         max_concurrent=config.max_concurrent,
@@ -210,11 +262,14 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
     await running.set_serving(True)
     target = f"{config.host}:{running.port}"
     log.info("ready: health SERVING on %s", target)
+    tls = bool(config.tls_cert)
     log.info(
-        'try: grpcurl -plaintext -d \'{"prompt": "Hello"}\' %s '
-        "zopilot.v1.Generation/GenerateStream   (or: zopilot --target %s generate Hello)",
+        'try: grpcurl %s -d \'{"prompt": "Hello"}\' %s '
+        "zopilot.v1.Generation/GenerateStream   (or: zopilot --target %s%s generate Hello)",
+        "-cacert CA.pem" if tls else "-plaintext",
         target,
         target,
+        " --tls-ca CA.pem" if tls else "",
     )
 
 
@@ -234,6 +289,7 @@ async def serve(config: ServerConfig, loader: ModelLoader = load_model) -> int:
         stop_task.cancel()
         await running.server.stop(0)
         await running.documents.close()  # its workers started before the model load
+        running.close_metrics()
         raise running.load_task.exception()  # type: ignore[misc]
     await stop.wait()
     log.info("signal received")

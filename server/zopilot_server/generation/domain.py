@@ -106,3 +106,13 @@ class Chunk:
     text: str
     tokens: tuple[TokenDetail, ...] = ()
     completion: Completion | None = None
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """How busy the engine is right now: what metrics and autoscalers read."""
+
+    waiting: int
+    running: int
+    kv_tokens_used: int = 0
+    kv_tokens_budget: int = 0  # 0 = the engine has no KV token budget

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chunk_channel import ChunkChannel, ResultCollector
-from .domain import Chunk, FinishReason, GenerationRequest
+from .domain import Chunk, EngineLoad, FinishReason, GenerationRequest
 from .model_loader import LoadedModel
 from .oom import is_out_of_memory
 from .run_control import RunControl, stopping_criteria
@@ -134,6 +134,10 @@ class GenerationEngine:
         """Requests waiting for a worker."""
         with self._cond:
             return len(self._pending)
+
+    def load(self) -> EngineLoad:
+        """Waiting / running counts for metrics (TEMPORARY: the scheduler replaces this)."""
+        return EngineLoad(waiting=self.queued_count, running=self.active_count)
 
     def close(self) -> None:
         """Refuse new work, cancel what still waits, and let the workers exit when idle.
