@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2, generation_pb2_grpc
 
-from . import metrics, reflection, security
+from . import metrics, reflection, security, tracing
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
 from .errors import Unauthenticated, abort
@@ -188,9 +188,12 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     """Bind, start serving health/reflection at once, and load the model in the background."""
     key = security.api_key(config)
     # Metrics outermost, so refused calls count as UNAUTHENTICATED failures.
+    tracer = tracing.make_tracer(config.otlp_endpoint) if config.otlp_endpoint else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.MetricsInterceptor()]
     if key:
         interceptors.append(ApiKeyInterceptor(key))
+    # Innermost: refused calls never reach it, so anonymous callers cannot fill the log.
+    interceptors.append(tracing.TracingInterceptor(tracer))
     credentials = security.server_credentials(config)
     server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
