@@ -41,6 +41,7 @@ from ._exceptions import (
     Unimplemented,
     ZopilotError,
 )
+from ._types import HealthStatus
 from ._version import __version__
 
 
@@ -104,6 +105,9 @@ not serving, 4 authentication, 5 server busy, 6 timeout, 7 unsupported by the se
 130 interrupted (Ctrl-C cancels the generation on the server)"""
 
 
+WAIT_FOR_READY_DEFAULT_S = 120.0
+
+
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     """Connection flags; SUPPRESS lets them go before or after the command name."""
     group = parser.add_argument_group("connection")
@@ -128,7 +132,8 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         "--wait-for-ready",
         action="store_true",
         default=keep,
-        help="wait for the server to come up instead of failing at once",
+        help="wait for the server to come up and report SERVING (the model loaded), "
+        f"at most --timeout seconds ({WAIT_FOR_READY_DEFAULT_S:.0f} without one)",
     )
     group.add_argument(
         "--no-retry", action="store_true", default=keep, help="do not retry busy/unavailable"
@@ -267,6 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.params = generation_params(args)
     try:
         with make_client(args) as client:
+            if getattr(args, "wait_for_ready", False) and args.run is not commands.health:
+                timeout = getattr(args, "timeout", None) or WAIT_FOR_READY_DEFAULT_S
+                status = commands.wait_until_serving(client, timeout)
+                if status is not HealthStatus.SERVING:
+                    commands.report(
+                        f"the server is not SERVING after {timeout:g} s ({status.value})"
+                    )
+                    return ExitCode.UNAVAILABLE
             return int(args.run(client, args))
     except ZopilotError as error:
         commands.report(commands.describe_error(error, args))
