@@ -17,7 +17,10 @@ PYTEST_ARGS ?=
 .PHONY: help install run test proto lint format check clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+	  -v host='$(HOST)' -v port='$(PORT)' -v image='$(IMAGE)' \
+	  '{gsub(/\$$\(HOST\)/, host, $$2); gsub(/\$$\(PORT\)/, port, $$2); \
+	    gsub(/\$$\(IMAGE\)/, image, $$2); printf "  %-14s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## build .venv (idempotent: does nothing when no input changed)
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._base import DEFAULT_TARGET
 from ._client import Client
 from ._exceptions import (
     DeadlineExceeded,
@@ -57,7 +58,7 @@ def describe_error(error: ZopilotError, args: argparse.Namespace) -> str:
         return "the server rejected the request:\n" + "\n".join(lines)
     if isinstance(error, Unavailable) and "connect" in error.message.lower():
         # No connection at all (as opposed to a server that answered "still loading").
-        target = getattr(args, "target", None) or os.environ.get("ZOPILOT_TARGET") or "default"
+        target = getattr(args, "target", None) or os.environ.get("ZOPILOT_TARGET") or DEFAULT_TARGET
         return (
             f"cannot connect ({error.message}); is the server running at {target}? "
             "Set --target or ZOPILOT_TARGET"
@@ -122,7 +123,18 @@ def generate(client: Client, args: argparse.Namespace) -> int:
         print_json(result.to_dict())
     if result is not None and args.stats:
         print(_stats_line(result), file=sys.stderr)
+    if result is not None and mode == "text" and not result.text.strip():
+        _explain_empty(result, chat=bool(args.chat or args.system))
     return OK
+
+
+def _explain_empty(result: GenerateResult, *, chat: bool) -> None:
+    """Say why nothing was printed: instruct models often end a raw prompt at once."""
+    why = f"the model produced no text (finish reason {result.finish_reason.value}"
+    why += f" after {result.usage.generated_tokens} tokens)"
+    if not chat:
+        why += "; instruct models answer chat turns: try --chat"
+    report(why)
 
 
 def _with_system(system: str | None, messages: list[ChatMessage]) -> list[ChatMessage]:
@@ -211,7 +223,8 @@ def info(client: Client, args: argparse.Namespace) -> int:
     data["quantization"] = " ".join(f"{k}={v}" for k, v in quantization.items() if v)
     width = max(len(key) for key in data)
     for key, value in data.items():
-        print(f"{key:<{width}}  {value}")
+        shown = f"{value:.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
     return OK
 
 
@@ -226,6 +239,16 @@ def health(client: Client, args: argparse.Namespace) -> int:
     if status is HealthStatus.SERVICE_UNKNOWN:
         return USAGE
     return OK if status is HealthStatus.SERVING else UNAVAILABLE
+
+
+def wait_until_serving(client: Client, timeout: float) -> HealthStatus:
+    """``--wait-for-ready``: poll health until SERVING (the model loaded) or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    status = _probe(client, "", deadline)
+    while status is not HealthStatus.SERVING and time.monotonic() < deadline:
+        time.sleep(0.25)
+        status = _probe(client, "", deadline)
+    return status
 
 
 def _probe(client: Client, service: str, deadline: float) -> HealthStatus:

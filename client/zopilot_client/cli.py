@@ -41,6 +41,7 @@ from ._exceptions import (
     Unimplemented,
     ZopilotError,
 )
+from ._types import HealthStatus
 from ._version import __version__
 
 
@@ -104,6 +105,9 @@ not serving, 4 authentication, 5 server busy, 6 timeout, 7 unsupported by the se
 130 interrupted (Ctrl-C cancels the generation on the server)"""
 
 
+WAIT_FOR_READY_DEFAULT_S = 120.0
+
+
 def _connection_options(parser: argparse.ArgumentParser) -> None:
     """Connection flags; SUPPRESS lets them go before or after the command name."""
     group = parser.add_argument_group("connection")
@@ -123,10 +127,18 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls", action="store_true", default=keep, help="use TLS")
     group.add_argument("--tls-ca", default=keep, metavar="PEM", help="CA bundle (implies --tls)")
     group.add_argument(
+        "--tls-cert",
+        default=keep,
+        metavar="PEM",
+        help="client certificate for mTLS (implies --tls)",
+    )
+    group.add_argument("--tls-key", default=keep, metavar="PEM", help="key of --tls-cert")
+    group.add_argument(
         "--wait-for-ready",
         action="store_true",
         default=keep,
-        help="wait for the server to come up instead of failing at once",
+        help="wait for the server to come up and report SERVING (the model loaded), "
+        f"at most --timeout seconds ({WAIT_FOR_READY_DEFAULT_S:.0f} without one)",
     )
     group.add_argument(
         "--no-retry", action="store_true", default=keep, help="do not retry busy/unavailable"
@@ -240,8 +252,12 @@ def _output_modes(parser: argparse.ArgumentParser, *, jsonl: bool, what: str = "
 def make_client(args: argparse.Namespace) -> Client:
     """The Client the connection flags (and their environment variables) describe."""
     tls: Any = None
-    if getattr(args, "tls_ca", None):
-        tls = TLS(root_certificates=args.tls_ca)
+    if getattr(args, "tls_ca", None) or getattr(args, "tls_cert", None):
+        tls = TLS(
+            root_certificates=getattr(args, "tls_ca", None),
+            certificate_chain=getattr(args, "tls_cert", None),
+            private_key=getattr(args, "tls_key", None),
+        )
     elif getattr(args, "tls", False):
         tls = True
     return Client(
@@ -261,6 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.params = generation_params(args)
     try:
         with make_client(args) as client:
+            if getattr(args, "wait_for_ready", False) and args.run is not commands.health:
+                timeout = getattr(args, "timeout", None) or WAIT_FOR_READY_DEFAULT_S
+                status = commands.wait_until_serving(client, timeout)
+                if status is not HealthStatus.SERVING:
+                    commands.report(
+                        f"the server is not SERVING after {timeout:g} s ({status.value})"
+                    )
+                    return ExitCode.UNAVAILABLE
             return int(args.run(client, args))
     except ZopilotError as error:
         commands.report(commands.describe_error(error, args))

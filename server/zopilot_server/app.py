@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import inspect
 import logging
 import signal
@@ -22,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2, generation_pb2_grpc
 
-from . import reflection
+from . import metrics, reflection, security, tracing
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
 from .errors import ServiceError, Unauthenticated, abort
@@ -161,10 +162,14 @@ def _guard_unary_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <key>``; health stays open for probes."""
+    """Requires ``authorization: Bearer <key>``; health stays open for probes.
+
+    The scheme is matched case-insensitively (RFC 7235); the key is compared in constant
+    time, so response timing does not reveal how much of a guess was right.
+    """
 
     def __init__(self, api_key: str) -> None:
-        self._expected = f"Bearer {api_key}"
+        self._expected = api_key.encode()
 
     async def intercept_service(
         self,
@@ -175,10 +180,18 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(f"/{HEALTH_SERVICE}/"):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
+        if self._accepts(metadata.get("authorization")):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
         return _deny_like(handler)
+
+    def _accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        scheme, _, key = value.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            key.strip().encode(), self._expected
+        )
 
 
 def _deny_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
@@ -226,6 +239,18 @@ class RunningServer:
     # False while the parser's workers cannot start: Documents is NOT_SERVING then.
     documents_ok: bool = True
     _health_tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    metrics_http: metrics.MetricsHttpServer | None = None
+
+    def engine_load(self) -> Any | None:
+        """For the metrics gauges: the engine's load, None while the model loads."""
+        return self.engine.load() if self.engine is not None else None
+
+    def parser_load(self) -> tuple[int, int] | None:
+        """For the metrics gauges: (parser workers busy, documents waiting)."""
+        pool = self.documents.parser.pool
+        if pool is None:
+            return None
+        return int(getattr(pool, "_busy", 0)), int(getattr(pool, "_waiting", 0))
 
     @property
     def engine(self) -> GenerationEngine | None:
@@ -272,7 +297,14 @@ class RunningServer:
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         await self.documents.close()
+        self.close_metrics()
         log.info("stopped")
+
+    def close_metrics(self) -> None:
+        metrics.unbind(self)
+        if self.metrics_http is not None:
+            self.metrics_http.close()
+            self.metrics_http = None
 
 
 ModelLoader = Callable[[ServerConfig], LoadedModel]
@@ -280,10 +312,17 @@ ModelLoader = Callable[[ServerConfig], LoadedModel]
 
 async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -> RunningServer:
     """Bind, start serving health/reflection at once, and load the model in the background."""
-    # The key check runs first: its denial never looks at the request (malformed or not).
-    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestGuard()]
-    if config.api_key:
-        interceptors.insert(0, ApiKeyInterceptor(config.api_key))
+    key = security.api_key(config)
+    # Metrics outermost, so refused calls count as UNAUTHENTICATED failures; the key check
+    # next: its denial never looks at the request (malformed or not).
+    tracer = tracing.make_tracer(config.otlp_endpoint) if config.otlp_endpoint else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [metrics.MetricsInterceptor()]
+    if key:
+        interceptors.append(ApiKeyInterceptor(key))
+    interceptors.append(MalformedRequestGuard())
+    # Innermost: refused calls never reach it, so anonymous callers cannot fill the log.
+    interceptors.append(tracing.TracingInterceptor(tracer))
+    credentials = security.server_credentials(config)
     server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     generation = GenerationServicer(config)
@@ -292,14 +331,28 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     documents_pb2_grpc.add_DocumentsServicer_to_server(documents, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(server, (GENERATION_SERVICE, DOCUMENTS_SERVICE, HEALTH_SERVICE))
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     running = RunningServer(server, port, config, health_servicer, generation, documents)
     documents.parser.on_health = running.documents_health_changed
+    if config.metrics_port:
+        running.metrics_http = metrics.MetricsHttpServer(config.host, config.metrics_port)
+    metrics.bind(running)
     await running.set_serving(False)
     await server.start()
-    log.info("listening on %s:%d (loading model, health NOT_SERVING)", config.host, port)
+    log.info(
+        "listening on %s:%d%s (loading model, health NOT_SERVING)",
+        config.host,
+        port,
+        " with TLS" + (" (client certificates required)" if config.tls_client_ca else "")
+        if credentials is not None
+        else "",
+    )
     running.load_task = asyncio.create_task(_load(running, loader))
     return running
 
@@ -331,6 +384,7 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
     await running.documents.start()
     loaded = await _in_daemon_thread(loader, running.config)
     config = running.config
+    metrics.set_model_name(loaded.model_id)
     running.generation.engine = GenerationEngine(
         loaded,
         limits=BatchLimits(
@@ -341,14 +395,18 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
         ),
         stream_interval_s=config.stream_interval_ms / 1000,
     )
+    running.generation.engine.observe_steps(metrics.observe_batch_size)
     await running.set_serving(True)
     target = f"{config.host}:{running.port}"
     log.info("ready: health SERVING on %s", target)
+    tls = bool(config.tls_cert)
     log.info(
-        'try: grpcurl -plaintext -d \'{"prompt": "Hello"}\' %s '
-        "zopilot.v1.Generation/GenerateStream   (or: zopilot --target %s generate Hello)",
+        'try: grpcurl %s -d \'{"prompt": "Hello"}\' %s '
+        "zopilot.v1.Generation/GenerateStream   (or: zopilot --target %s%s generate Hello)",
+        "-cacert CA.pem" if tls else "-plaintext",
         target,
         target,
+        " --tls-ca CA.pem" if tls else "",
     )
 
 
@@ -368,6 +426,7 @@ async def serve(config: ServerConfig, loader: ModelLoader = load_model) -> int:
         stop_task.cancel()
         await running.server.stop(0)
         await running.documents.close()  # its workers started before the model load
+        running.close_metrics()
         raise running.load_task.exception()  # type: ignore[misc]
     await stop.wait()
     log.info("signal received")

@@ -45,6 +45,14 @@ class ServerConfig:
     )
     log_level: str = _opt("log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
+    # --- operations: metrics, TLS, key file, tracing (README: Metrics / TLS / Tracing) ---
+    metrics_port: int = _opt("Prometheus /metrics HTTP port on --host (0 = off)", 0)
+    tls_cert: str = _opt("PEM server certificate chain; with --tls-key serves TLS", "")
+    tls_key: str = _opt("PEM private key of --tls-cert", "")
+    tls_client_ca: str = _opt("PEM CA bundle: require client certificates it signed (mTLS)", "")
+    api_key_file: str = _opt("read the API key from this file (keeps it out of ps)", "")
+    otlp_endpoint: str = _opt("OTLP/gRPC collector for trace spans (needs opentelemetry)", "")
+
     # --- model ---
     model: str = _opt(
         "local HF model directory or .gguf file; empty = the embedded SmolLM2-135M-Instruct",
@@ -161,6 +169,10 @@ class ServerConfig:
         checks = [
             (0 <= self.port <= 65535, "--port must be 0..65535"),
             (self.grace_period_s >= 0, "--grace-period-s must be >= 0"),
+            (0 <= self.metrics_port <= 65535, "--metrics-port must be 0..65535"),
+            (bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together"),
+            (not self.tls_client_ca or bool(self.tls_cert), "--tls-client-ca needs --tls-cert"),
+            (not (self.api_key and self.api_key_file), "give --api-key or --api-key-file"),
             (self.default_max_new_tokens >= 1, "--default-max-new-tokens must be >= 1"),
             (
                 self.default_max_new_tokens <= self.max_new_tokens_limit,

@@ -146,7 +146,7 @@ class Scheduler:
         self._drain: _Drain | None = None
         self._step_s = 0.0  # moving average of one iteration, for shutdown timing
         self._recent_seconds = 1.0  # moving average of request durations, for retry hints
-        self._on_step: Callable[[int], None] | None = None
+        self._step_observers: list[Callable[[int], None]] = []
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
 
@@ -177,7 +177,7 @@ class Scheduler:
 
     def observe_steps(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(rows)`` after every decode step (the batch-size metric)."""
-        self._on_step = callback
+        self._step_observers.append(callback)
 
     @property
     def active_count(self) -> int:
@@ -295,8 +295,8 @@ class Scheduler:
         if any(not row.prefilling for row in self._rows.values()):
             steps = self._run_step(prefill=False)
             if steps:
-                if self._on_step is not None:
-                    self._on_step(len(steps))
+                for observe in self._step_observers:
+                    observe(len(steps))
                 self._deliver(steps)
 
     def _interrupted(self) -> list[_Running]:
