@@ -41,7 +41,7 @@ from ._exceptions import (
     Unimplemented,
     ZopilotError,
 )
-from ._types import HealthStatus
+from ._results import HealthStatus
 from ._version import __version__
 
 
