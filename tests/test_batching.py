@@ -194,7 +194,7 @@ def test_stop_eos_cancel_and_time_limit_each_end_their_own_row_only(smollm2_stub
     eos = pb.GenerateRequest(messages=chat, max_new_tokens=40)
     stop = pb.GenerateRequest(messages=chat, max_new_tokens=40, stop_sequences=["France"])
     limited = pb.GenerateRequest(
-        prompt="Tell me a story", max_new_tokens=2000, ignore_eos=True, time_limit_ms=700
+        prompt="Tell me a story", max_new_tokens=2000, ignore_eos=True, time_limit_ms=2500
     )
     reference_alone = text_of(run_stream(stub, reference))
     cancelled_call = stub.GenerateStream(
