@@ -136,15 +136,20 @@ def test_chunked_prefill_of_a_long_prompt_changes_nothing_in_the_output(make_ser
     assert outputs[0] == outputs[1]
 
 
-def test_max_batch_size_limits_the_rows_per_step_and_the_rest_wait(make_server):
-    server = make_server(max_batch_size=2, max_queue=8)
+def concurrent_streams(server, count: int, max_new_tokens: int) -> tuple[list[int], list]:
+    """``count`` identical streams at once: the rows of every decode step, and the results."""
     seen: list[int] = []
     server.running.engine.observe_steps(seen.append)
+    request = pb.GenerateRequest(prompt="Hi", max_new_tokens=max_new_tokens, ignore_eos=True)
     with server.channel() as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
-        request = pb.GenerateRequest(prompt="Hi", max_new_tokens=20, ignore_eos=True)
-        with ThreadPoolExecutor(5) as pool:
-            results = list(pool.map(lambda _: run_stream(stub, request), range(5)))
+        with ThreadPoolExecutor(count) as pool:
+            results = list(pool.map(lambda _: run_stream(stub, request), range(count)))
+    return seen, results
+
+
+def test_max_batch_size_limits_the_rows_per_step_and_the_rest_wait(make_server):
+    seen, results = concurrent_streams(make_server(max_batch_size=2, max_queue=8), 5, 20)
     assert max(seen) == 2
     assert [r[-1].usage.generated_tokens for r in results] == [20] * 5
     # Three of the five waited for a row: their queue time covers a whole generation.
@@ -156,15 +161,9 @@ def test_max_batch_size_limits_the_rows_per_step_and_the_rest_wait(make_server):
 def test_kv_token_budget_limits_the_batch(make_server):
     # Each request costs 1-2 prompt tokens + 40 new; a budget of 90 fits two of them.
     server = make_server(max_batch_size=8, max_batch_tokens=90, max_queue=8)
-    seen: list[int] = []
-    server.running.engine.observe_steps(seen.append)
-    with server.channel() as channel:
-        stub = generation_pb2_grpc.GenerationStub(channel)
-        request = pb.GenerateRequest(prompt="Hi", max_new_tokens=40, ignore_eos=True)
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: run_stream(stub, request), range(4)))
+    seen, results = concurrent_streams(server, 4, 40)
     assert max(seen) == 2
-    assert all(r[-1].usage.generated_tokens == 40 for r in results)
+    assert [r[-1].usage.generated_tokens for r in results] == [40] * 4
 
 
 def test_queue_overflow_beyond_the_batch_is_resource_exhausted_with_retry_info(make_server):

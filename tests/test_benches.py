@@ -42,3 +42,24 @@ def test_documents_bench_reports_ratios(model_cache_dir):
     assert report["ocr"]["png_200dpi"]["word_recall"] >= 0.9
     assert set(report["per_type"]) >= {"docx", "xlsx", "pdf"}
     assert set(report["fidelity"]["per_type_min"]) >= {"docx", "xlsx", "pptx", "csv", "pdf"}
+
+
+@pytest.mark.slow
+def test_concurrency_bench_reports_ratios(model_cache_dir):
+    report = run_bench(
+        "concurrency.py",
+        "--model",
+        "tiny",
+        "--n",
+        "1",
+        "2",
+        "--tokens",
+        "4",
+        "--skip-join",
+        cache_dir=model_cache_dir,
+    )
+    assert [r["n"] for r in report["results"]] == [1, 2]
+    assert all(
+        r["tokens_per_s_ratio"] > 0 and r["ttft_over_prefill"] > 0 for r in report["results"]
+    )
+    assert report["long_prompt_join"] is None

@@ -1,4 +1,4 @@
-"""Carrying Chunks from the generate thread to the event loop, coalescing under load.
+"""Carrying Chunks from the scheduler thread to the event loop, coalescing under load.
 
 A per-token ``call_soon_threadsafe`` wakes the event loop once per token, and each wake
 costs Python work that competes for the GIL with the generate thread itself (for small
