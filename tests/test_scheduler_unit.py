@@ -38,6 +38,7 @@ class FakeRunner:
         self.fail_next: BaseException | None = None
         self.gate = threading.Event()
         self.gate.set()
+        self.held = threading.Event()
         self._rows: dict[int, int] = {}
         self._group: list[int] = []
         self._chunks_left = 0
@@ -80,6 +81,8 @@ class FakeRunner:
         pass
 
     def _tick(self) -> None:
+        if not self.gate.is_set():
+            self.held.set()  # the scheduler thread is now waiting inside a step
         self.gate.wait(10)
         time.sleep(self.step_s)
         if self.fail_next is not None:
@@ -333,3 +336,18 @@ def test_token_details_reach_the_streamer(harness_factory):
     h.submit("a", max_new=3)
     assert wait_until(lambda: h.finished("a") is FinishReason.LENGTH)
     assert [d.id for d in h.streamers["a"].details] == [1, 2]  # decode steps carry details
+
+
+def test_a_group_larger_than_the_running_batch_is_prefilled_in_one_pass(harness_factory):
+    runner = FakeRunner(prefill_chunks=5)
+    h = harness_factory(runner, max_batch_size=8)
+    h.submit("first", max_new=200)
+    assert wait_until(lambda: len(runner.decode_batches) >= 1)
+    runner.gate.clear()  # let three arrivals queue up behind one step
+    assert runner.held.wait(10)
+    for rid in "abc":
+        h.submit(rid, max_new=2)
+    runner.gate.set()
+    assert wait_until(lambda: all(h.finished(r) is FinishReason.LENGTH for r in "abc"))
+    # Three joining, one decoding: one pass, not five chunk steps.
+    assert runner.chunked[1] is False

@@ -142,8 +142,8 @@ class ModelRunner:
         """Run one chunk of the group's prompts; the first tokens once all are read.
 
         ``chunked``: at most ``max_prefill_tokens`` (over the group) this step, because
-        other rows are waiting to decode; otherwise the whole prompt in one pass, which
-        is the quickest way to a first token when nobody else is running.
+        running rows are waiting to decode; otherwise the whole prompts in one pass, the
+        quickest way to the group's first tokens.
         """
         p = self._prefill
         assert p is not None

@@ -4,9 +4,9 @@ One scheduler thread owns the model through a Runner (runner.py). Every iteratio
 ends rows that were cancelled, timed out or are being shut down; admits waiting
 requests that fit ``max_batch_size`` and the KV budget ``max_batch_tokens`` as one
 prefill group; runs one prefill chunk of that group (at most ``max_prefill_tokens``
-prompt tokens while other rows decode, so a long prompt joining never freezes the
-running streams for its whole prefill; the whole prompt at once when nobody else is
-running); and then one decode step over every running row. A finished row leaves the
+prompt tokens while at least as many rows decode as join, so a long prompt joining
+never freezes the running streams for its whole prefill; the whole group in one pass
+otherwise); and then one decode step over every running row. A finished row leaves the
 batch at once. Requests beyond the batch wait in a FIFO queue of at most ``max_queue``;
 beyond that ``submit`` raises QueueFull with a retry hint.
 
@@ -287,9 +287,12 @@ class Scheduler:
     def _iterate(self) -> None:
         self._end_rows(self._interrupted())
         if self._runner.prefilling:
-            # Chunk the prefill only when there are streams whose steps it would delay.
-            decoding = any(not row.prefilling for row in self._rows.values())
-            steps = self._run_step(prefill=True, chunked=decoding)
+            # Chunk the prefill only when it would delay more running streams than it
+            # serves: N streams arriving together behind one that just started are
+            # better served by one pass than by many chunk steps.
+            decoding = sum(not row.prefilling for row in self._rows.values())
+            joining = len(self._rows) - decoding
+            steps = self._run_step(prefill=True, chunked=decoding >= joining)
             if steps:
                 self._deliver(steps)
         if any(not row.prefilling for row in self._rows.values()):
