@@ -1,7 +1,7 @@
 """Carrying Chunks from the scheduler thread to the event loop, coalescing under load.
 
 A per-token ``call_soon_threadsafe`` wakes the event loop once per token, and each wake
-costs Python work that competes for the GIL with the generate thread itself (for small
+costs Python work that competes for the GIL with the scheduler thread itself (for small
 models most of a decoding step is Python). The channel wakes the loop only when it goes
 from empty to non-empty; whatever piled up meanwhile is merged into one Chunk, so a
 reader that keeps up still gets one chunk per token, and one that falls behind catches
@@ -41,7 +41,7 @@ class ChunkChannel:
         self._wake_pending = False
 
     def put(self, item: object) -> None:
-        """Called from the generate thread: a Chunk, or an exception to raise in the reader."""
+        """Called from the scheduler thread: a Chunk, or an exception to raise in the reader."""
         with self._lock:
             self._items.append(item)
             if self._wake_pending:
@@ -74,7 +74,7 @@ class ChunkChannel:
 
 
 class ResultCollector:
-    """For unary Generate: gathers every Chunk in the generate thread and wakes the event
+    """For unary Generate: gathers every Chunk in the scheduler thread and wakes the event
     loop once, at the end. Waking it per token would only make the loop compete with the
     generate thread for the GIL, to collect text nobody sees before the end anyway."""
 
@@ -84,7 +84,7 @@ class ResultCollector:
         self._done: asyncio.Future[Chunk] = loop.create_future()
 
     def put(self, item: object) -> None:
-        """Called from the generate thread: a Chunk, or an exception ending the generation."""
+        """Called from the scheduler thread: a Chunk, or an exception ending the generation."""
         if isinstance(item, Chunk):
             self._chunks.append(item)
             if item.completion is None:

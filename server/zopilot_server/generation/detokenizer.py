@@ -28,7 +28,7 @@ class IncrementalDetokenizer:
         self._tokenizer = tokenizer
         # A fast tokenizer's Rust backend decodes exactly what tokenizer.decode(...,
         # clean_up_tokenization_spaces=False) returns, without ~50 us of Python wrapping
-        # per call: twice per token, in the generate thread, that is a measurable share of
+        # per call: twice per token, in the scheduler thread, that is a measurable share of
         # a small model's decoding step.
         backend = getattr(tokenizer, "_tokenizer", None)
         self._backend_decode = getattr(backend, "decode", None)

@@ -73,7 +73,7 @@ async def stream_chunks(
 ) -> AsyncIterator[Chunk]:
     """Submit ``request`` and yield its Chunks without blocking the event loop.
 
-    Chunks cross from the generate thread through a ChunkChannel. Leaving the iteration
+    Chunks cross from the scheduler thread through a ChunkChannel. Leaving the iteration
     early (the client cancelled: the handler task is cancelled) cancels the job, which
     stops generate() within one decoding step.
     """

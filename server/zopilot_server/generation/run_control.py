@@ -15,7 +15,7 @@ from .domain import FinishReason
 
 
 class RunControl:
-    """Shared between the gRPC handler (cancel) and the generate thread (everything else)."""
+    """Shared between the gRPC handler (cancel) and the scheduler thread (everything else)."""
 
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
@@ -47,7 +47,7 @@ class RunControl:
         return now + self._step_estimate >= self.deadline
 
     def should_stop(self) -> bool:
-        """Called once per decoding step by the generate thread."""
+        """Called once per decoding step by the scheduler thread."""
         now = time.monotonic()
         if self._last_step_at is not None:
             self._step_estimate = now - self._last_step_at

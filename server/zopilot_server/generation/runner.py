@@ -29,7 +29,7 @@ from transformers import DynamicCache
 from .domain import GenerationRequest, TokenDetail
 from .model_loader import LoadedModel
 from .scheduler import RowSpec, Step
-from .token_details import LogprobRecorder
+from .token_details import token_detail
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ class _Row:
     request: GenerationRequest
     seen: set[int]  # prompt + generated ids, for the repetition penalty
     generator: torch.Generator | None
-    recorder: LogprobRecorder | None
     produced: int = 0
 
 
@@ -222,12 +221,7 @@ class ModelRunner:
         if not request.sampling.greedy:
             generator = torch.Generator(device=self._device)
             generator.manual_seed(request.sampling.seed)
-        recorder = (
-            LogprobRecorder(self._tokenizer, request.top_n_tokens)
-            if request.token_details
-            else None
-        )
-        return _Row(spec.key, request, set(request.input_ids), generator, recorder)
+        return _Row(spec.key, request, set(request.input_ids), generator)
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
@@ -277,19 +271,21 @@ class ModelRunner:
         for i, row in enumerate(rows):
             self._process(row, scores, i)
         tokens = scores.argmax(-1)
+        logprobs: dict[int, torch.Tensor] = {}
         for i, row in enumerate(rows):
-            if row.recorder is not None:
-                row.recorder.record(torch.log_softmax(scores[i], dim=-1))
+            if row.request.token_details:  # before sampling reshapes the scores
+                logprobs[i] = torch.log_softmax(scores[i], dim=-1)
             if row.generator is not None:
                 tokens[i] = _sample(scores[i], row.request, row.generator)
-        ids = tokens.tolist()
         steps = []
-        for row, token_id in zip(rows, ids, strict=True):
+        for i, (row, token_id) in enumerate(zip(rows, tokens.tolist(), strict=True)):
             row.produced += 1
             row.seen.add(token_id)
             detail: TokenDetail | None = None
-            if row.recorder is not None:
-                detail = row.recorder.detail(token_id)
+            if i in logprobs:
+                detail = token_detail(
+                    self._tokenizer, logprobs[i], token_id, row.request.top_n_tokens
+                )
             steps.append(Step(row.key, token_id, detail))
         return steps, tokens.unsqueeze(-1)
 

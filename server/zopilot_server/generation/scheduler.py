@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from .domain import (
@@ -126,7 +126,11 @@ class _Drain:
     """Set by drain(): running rows end with SHUTDOWN once ``deadline`` is near."""
 
     deadline: float
-    retry_after_s: float = field(default=1.0)
+
+
+def _draining() -> EngineClosed:
+    """What a request gets once the drain began: retry it on another replica."""
+    return EngineClosed("server is draining; retry on another replica", retry_after_s=1.0)
 
 
 class Scheduler:
@@ -156,7 +160,7 @@ class Scheduler:
         job = Job(request, sink, RunControl(request.deadline), withdraw=self._withdraw)
         with self._cond:
             if self._closed:
-                raise EngineClosed("server is draining; retry on another replica", 1.0)
+                raise _draining()
             free = max(0, self.limits.max_batch_size - len(self._rows))
             if len(self._pending) + 1 - free > self.limits.max_queue:
                 raise QueueFull(len(self._pending), self._retry_after())
@@ -213,7 +217,7 @@ class Scheduler:
             self._cond.notify_all()
         for job in waiting:
             log.info("request %s: refused, server draining", job.request.request_id)
-            job.sink(EngineClosed("server is draining; retry on another replica", 1.0))
+            job.sink(_draining())
 
     def close(self, timeout_s: float = 30.0) -> None:
         """End everything now (queued: refused; running: SHUTDOWN) and join the thread, so

@@ -1,12 +1,12 @@
-"""The streamer that turns generate()'s tokens into Chunks.
+"""The streamer that turns a request's generated tokens into Chunks.
 
-It builds on transformers' ``TextIteratorStreamer`` (its queue and iterator protocol:
-iterating a TokenStreamer yields Chunks, which the in-process benchmark uses) but
-replaces its text segmentation: TextIteratorStreamer holds text back until a space or
-newline, which delays every word; we emit a delta as soon as a token completes a
-character, hold back only what may start a stop sequence, and attach token details.
-The work happens in the generate thread, so a matched stop sequence ends generation at
-exactly that token (RunControl, checked by the StoppingCriteria right after ``put``).
+It builds on transformers' ``TextIteratorStreamer`` (its queue and iterator protocol,
+and ``put`` / ``end`` for ``generate()``) but replaces its text segmentation:
+TextIteratorStreamer holds text back until a space or newline, which delays every word;
+we emit a delta as soon as a token completes a character, hold back only what may start
+a stop sequence, and attach token details. The batch scheduler feeds it one token per
+step (``put_token``) in its own thread, so a matched stop sequence ends that row at
+exactly that token (RunControl, checked by the scheduler right after the token).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from .domain import (
 )
 from .run_control import RunControl
 from .stop_sequences import StopSequenceMatcher
-from .token_details import LogprobRecorder
 
 log = logging.getLogger(__name__)
 
 
 class TokenStreamer(TextIteratorStreamer):
-    """Receives token ids from generate(); emits Chunks to ``sink`` (default: its queue)."""
+    """Receives token ids (scheduler: ``put_token``; generate(): ``put``); emits Chunks to
+    ``sink`` (default: its queue)."""
 
     def __init__(
         self,
@@ -45,14 +45,12 @@ class TokenStreamer(TextIteratorStreamer):
         control: RunControl,
         *,
         eos_token_ids: frozenset[int],
-        recorder: LogprobRecorder | None = None,
         sink: Sink | None = None,
     ) -> None:
         super().__init__(tokenizer, skip_prompt=True)
         self.request = request
         self.control = control
         self._eos = frozenset() if request.ignore_eos else eos_token_ids
-        self._recorder = recorder
         self._uses_queue = sink is None
         self._sink: Sink = self.text_queue.put if sink is None else sink
         self._detok = IncrementalDetokenizer(tokenizer)
@@ -66,7 +64,7 @@ class TokenStreamer(TextIteratorStreamer):
         self._matched_stop = ""
         self._completed = False
 
-    # -- called by generate() in the generate thread ---------------------------------
+    # -- called in the scheduler thread ---------------------------------------------
     def put(self, value: Any) -> None:
         if self.skip_prompt and self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
@@ -94,8 +92,6 @@ class TokenStreamer(TextIteratorStreamer):
         self.generated_tokens += 1
         if detail is not None:
             self._pending_details.append(detail)
-        elif self._recorder is not None:
-            self._pending_details.append(self._recorder.detail(token_id))
         result = self._stops.feed(self._detok.push(token_id))
         if result.matched is not None:
             self._matched_stop = result.matched
