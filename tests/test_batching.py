@@ -4,7 +4,6 @@ batch as alone, and every per-request control still applies to its own row only.
 from __future__ import annotations
 
 import math
-import re
 import signal
 import threading
 import time
@@ -13,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from support import retry_delay_s, wait_until
-from test_server_lifecycle import read_until, start_process
+from test_server_lifecycle import start_tiny_process
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 
@@ -241,20 +240,17 @@ def test_sigterm_under_load_refuses_the_queued_and_ends_the_running_with_shutdow
     """The drain contract (README "Shutdown"): queued requests get UNAVAILABLE + RetryInfo
     at once, a running stream ends before the grace with its text and SHUTDOWN, and the
     process exits 0 (no model step left running at interpreter exit)."""
-    process = start_process(
-        "--port",
-        "0",
+    process, port, log = start_tiny_process(
+        tiny_model_dir,
+        model_cache_dir,
         "--grace-period-s",
         "3",
         "--max-batch-size",
         "1",
         "--max-queue",
         "4",
-        env_extra={"ZOPILOT_MODEL": str(tiny_model_dir), "ZOPILOT_CACHE_DIR": str(model_cache_dir)},
     )
     try:
-        log = read_until(process, r"ready: health SERVING")
-        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
             long = pb.GenerateRequest(prompt="Hi", max_new_tokens=1500, ignore_eos=True)

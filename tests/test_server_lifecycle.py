@@ -102,17 +102,23 @@ def read_until(process: subprocess.Popen[str], pattern: str, timeout: float = 12
     raise AssertionError(f"{pattern!r} not seen in log:\n{''.join(log)}")
 
 
+def start_tiny_process(
+    tiny_model_dir: Path, model_cache_dir: Path, *args: str
+) -> tuple[subprocess.Popen[str], int, str]:
+    """The real server process on the tiny model, on a free port, once it is SERVING:
+    the process, its port and its log so far (the caller kills it if it must)."""
+    env = {"ZOPILOT_MODEL": str(tiny_model_dir), "ZOPILOT_CACHE_DIR": str(model_cache_dir)}
+    process = start_process("--port", "0", *args, env_extra=env)
+    log = read_until(process, r"ready: health SERVING")
+    port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+    return process, port, log
+
+
 def test_process_serves_and_exits_cleanly_on_sigterm(tiny_model_dir, model_cache_dir):
-    process = start_process(
-        "--port",
-        "0",
-        "--grace-period-s",
-        "2",
-        env_extra={"ZOPILOT_MODEL": str(tiny_model_dir), "ZOPILOT_CACHE_DIR": str(model_cache_dir)},
+    process, port, log = start_tiny_process(
+        tiny_model_dir, model_cache_dir, "--grace-period-s", "2"
     )
     try:
-        log = read_until(process, r"ready: health SERVING")
-        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
         assert "loaded" in log and "MiB" in log, "the load log states time and memory"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)

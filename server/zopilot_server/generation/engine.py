@@ -75,7 +75,7 @@ async def stream_chunks(
 
     Chunks cross from the scheduler thread through a ChunkChannel. Leaving the iteration
     early (the client cancelled: the handler task is cancelled) cancels the job, which
-    stops generate() within one decoding step.
+    takes its row out of the batch within one decoding step.
     """
     channel = ChunkChannel(asyncio.get_running_loop())
     job = engine.submit(request, channel.put)
