@@ -452,32 +452,3 @@ def test_truncated_pdf_is_repaired_or_refused_never_internal(parse: Parse) -> No
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     else:
         assert any("repaired" in w for w in reply.warnings), reply.warnings
-
-
-def test_broken_ocr_models_are_failed_precondition(
-    fault_parse: Parse, fault_server: InProcessServer
-) -> None:
-    """Files that look complete but do not load: a clear FAILED_PRECONDITION, no download."""
-    from zopilot_server.documents import ocr_models
-
-    model_dir = Path(fault_server.config.doc_model_dir)
-    created = [model_dir / candidates[0] for candidates in ocr_models.REQUIRED.values()]
-    try:
-        for path in created:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"not a model")
-        errors = [
-            rpc_error(lambda c=content, f=name: fault_parse(c, f, timeout=120))
-            for content, name in (
-                (build.png_image(), "photo.png"),
-                (build.pdf_pages(1, text=False), "scan.pdf"),
-            )
-        ]
-    finally:
-        for path in created:
-            path.unlink()
-    for error in errors:
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
-        assert "could not be loaded" in error.details()
-        assert "ocr_models fetch --dir" in error.details()
-    assert_serves(fault_parse, fault_server)

@@ -16,6 +16,7 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pymupdf
@@ -243,3 +244,36 @@ def test_the_verifier_checks_the_engine() -> None:
     assert rows[0].installed.startswith("tesseract ")
     missing = verify_env.check_ocr("no-such-ocr-binary")
     assert not missing[0].ok and "apt-get install tesseract-ocr" in missing[0].problem
+
+
+def test_broken_ocr_models_are_failed_precondition(
+    stub: pb_grpc.DocumentsStub, ocr_server: InProcessServer
+) -> None:
+    """Files that look complete but do not load: a clear FAILED_PRECONDITION, no download.
+
+    On this server's default --doc-timeout-s: trying to load docstrange's models takes
+    seconds on a busy two-core machine, longer than the fault tests' short timeout."""
+    from zopilot_server.documents import ocr_models
+
+    model_dir = Path(ocr_server.config.doc_model_dir)
+    created = [model_dir / candidates[0] for candidates in ocr_models.REQUIRED.values()]
+    image = encoded(render(text_pdf()[0], 150), "PNG")
+    scan = image_only_pdf([render(text_pdf()[0], 150)])
+    errors = []
+    try:
+        for path in created:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"not a model")
+        for content, name in ((image, "photo.png"), (scan, "scan.pdf")):
+            with pytest.raises(grpc.RpcError) as info:
+                parse(stub, content, name)
+            errors.append(info.value)
+    finally:
+        for path in created:
+            path.unlink()
+    for error in errors:
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert "could not be loaded" in error.details()
+        assert "ocr_models fetch --dir" in error.details()
+    # With the broken files gone the bundled engine reads the page again.
+    assert "committee" in parse(stub, image, "photo.png").markdown
