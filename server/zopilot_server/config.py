@@ -87,6 +87,10 @@ class ServerConfig:
     max_stop_sequences: int = _opt("most stop sequences per request", 8)
     max_stop_sequence_chars: int = _opt("longest stop sequence, in characters", 256)
     max_top_n_tokens: int = _opt("most alternatives per token in token details", 10)
+    max_constraint_bytes: int = _opt(
+        "largest structured-output constraint (json_schema, regex, choice options), in bytes",
+        65536,
+    )
     max_queue: int = _opt(
         "requests that may wait to join the running batch; beyond it RESOURCE_EXHAUSTED", 32
     )
@@ -179,6 +183,7 @@ class ServerConfig:
                 "--default-max-new-tokens must not exceed --max-new-tokens-limit",
             ),
             (self.max_stop_sequences >= 0, "--max-stop-sequences must be >= 0"),
+            (self.max_constraint_bytes >= 1, "--max-constraint-bytes must be >= 1"),
             (self.max_queue >= 0, "--max-queue must be >= 0"),
             (self.max_batch_size >= 1, "--max-batch-size must be >= 1"),
             (self.max_batch_tokens >= 1, "--max-batch-tokens must be >= 1"),

@@ -36,7 +36,14 @@ from .documents.domain import (
     ParseTimeout,
     WorkersCannotStart,
 )
-from .generation.domain import EngineClosed, GenerationFailed, OutOfMemory, QueueFull
+from .generation.domain import (
+    ConstraintUnavailable,
+    EngineClosed,
+    GenerationFailed,
+    InvalidConstraint,
+    OutOfMemory,
+    QueueFull,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +183,7 @@ class Message(str, enum.Enum):
     TOO_MANY_CHARS = (
         "has {value} characters; the limit is {limit} (--max-input-chars) before tokenizing"
     )
+    TOO_MANY_BYTES = "is {value} bytes; the limit is {limit} (--max-constraint-bytes)"
     EMPTY_AFTER_TOKENIZE = "tokenizes to zero tokens"
     PROMPT_TOO_LONG = (
         "prompt has {tokens} tokens; with max_new_tokens {max_new} that exceeds the model "
@@ -208,6 +216,8 @@ STATUS_TABLE: tuple[tuple[type[BaseException], Callable[[Any, str], ServiceError
     (QueueFull, lambda e, _: ResourceExhausted(str(e), retry_after_s=e.retry_after_s)),
     (EngineClosed, lambda e, _: Unavailable(str(e), retry_after_s=e.retry_after_s)),
     (GenerationFailed, lambda e, request_id: _internal(e, e.request_id or request_id)),
+    (InvalidConstraint, lambda e, _: InvalidArgument.single(e.field, e.message)),
+    (ConstraintUnavailable, lambda e, _: FailedPrecondition(str(e))),
     (DocumentRejected, lambda e, _: InvalidArgument.single(e.field, e.message)),
     (OcrModelsMissing, lambda e, _: FailedPrecondition(str(e))),
     (ParseTimeout, lambda e, _: DeadlineExceeded(str(e))),

@@ -16,6 +16,7 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
     FINISH_REASON_TIME_LIMIT: _ClassVar[FinishReason]
     FINISH_REASON_SHUTDOWN: _ClassVar[FinishReason]
+    FINISH_REASON_CONSTRAINT: _ClassVar[FinishReason]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_EOS_TOKEN: FinishReason
@@ -23,6 +24,7 @@ FINISH_REASON_STOP_SEQUENCE: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
 FINISH_REASON_TIME_LIMIT: FinishReason
 FINISH_REASON_SHUTDOWN: FinishReason
+FINISH_REASON_CONSTRAINT: FinishReason
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -33,7 +35,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop_sequences", "include_stop_sequence", "ignore_eos", "truncate_input_tokens", "time_limit_ms", "return_token_details", "top_n_tokens")
+    __slots__ = ("request_id", "prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop_sequences", "include_stop_sequence", "ignore_eos", "truncate_input_tokens", "time_limit_ms", "return_token_details", "top_n_tokens", "json_schema", "regex", "choice", "json_object")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +53,10 @@ class GenerateRequest(_message.Message):
     TIME_LIMIT_MS_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKEN_DETAILS_FIELD_NUMBER: _ClassVar[int]
     TOP_N_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    CHOICE_FIELD_NUMBER: _ClassVar[int]
+    JSON_OBJECT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -68,7 +74,17 @@ class GenerateRequest(_message.Message):
     time_limit_ms: int
     return_token_details: bool
     top_n_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., include_stop_sequence: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., truncate_input_tokens: _Optional[int] = ..., time_limit_ms: _Optional[int] = ..., return_token_details: _Optional[bool] = ..., top_n_tokens: _Optional[int] = ...) -> None: ...
+    json_schema: str
+    regex: str
+    choice: Choice
+    json_object: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., include_stop_sequence: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., truncate_input_tokens: _Optional[int] = ..., time_limit_ms: _Optional[int] = ..., return_token_details: _Optional[bool] = ..., top_n_tokens: _Optional[int] = ..., json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., choice: _Optional[_Union[Choice, _Mapping]] = ..., json_object: _Optional[bool] = ...) -> None: ...
+
+class Choice(_message.Message):
+    __slots__ = ("options",)
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    options: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TopToken(_message.Message):
     __slots__ = ("id", "text", "logprob")
@@ -117,7 +133,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ..., generation_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("text", "tokens", "finish_reason", "stop_sequence", "usage", "timings", "seed", "request_id")
+    __slots__ = ("text", "tokens", "finish_reason", "stop_sequence", "usage", "timings", "seed", "request_id", "incomplete")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +142,7 @@ class GenerateResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCOMPLETE_FIELD_NUMBER: _ClassVar[int]
     text: str
     tokens: _containers.RepeatedCompositeFieldContainer[TokenDetail]
     finish_reason: FinishReason
@@ -134,7 +151,8 @@ class GenerateResponse(_message.Message):
     timings: Timings
     seed: int
     request_id: str
-    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[TokenDetail, _Mapping]]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stop_sequence: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    incomplete: bool
+    def __init__(self, text: _Optional[str] = ..., tokens: _Optional[_Iterable[_Union[TokenDetail, _Mapping]]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., stop_sequence: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., incomplete: _Optional[bool] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
     __slots__ = ("text", "add_special_tokens", "truncate_input_tokens")
@@ -187,7 +205,7 @@ class Quantization(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., quant_type: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., double_quant: _Optional[bool] = ..., int8_threshold: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "architecture", "parameter_count", "dtype", "device", "quantization", "memory_footprint_bytes", "max_context_length", "has_chat_template", "eos_token", "eos_token_id", "vocab_size", "default_max_new_tokens", "max_new_tokens_limit", "max_stop_sequences", "max_top_n_tokens", "load_seconds")
+    __slots__ = ("model_id", "architecture", "parameter_count", "dtype", "device", "quantization", "memory_footprint_bytes", "max_context_length", "has_chat_template", "eos_token", "eos_token_id", "vocab_size", "default_max_new_tokens", "max_new_tokens_limit", "max_stop_sequences", "max_top_n_tokens", "load_seconds", "constrained_decoding", "constraint_engine", "max_constraint_bytes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +223,9 @@ class ModelInfo(_message.Message):
     MAX_STOP_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_N_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINED_DECODING_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINT_ENGINE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONSTRAINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     architecture: str
     parameter_count: int
@@ -222,4 +243,7 @@ class ModelInfo(_message.Message):
     max_stop_sequences: int
     max_top_n_tokens: int
     load_seconds: float
-    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ...) -> None: ...
+    constrained_decoding: bool
+    constraint_engine: str
+    max_constraint_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ..., constrained_decoding: _Optional[bool] = ..., constraint_engine: _Optional[str] = ..., max_constraint_bytes: _Optional[int] = ...) -> None: ...

@@ -7,7 +7,6 @@ and only if the fields are sound.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from zopilot_client.pb import documents_pb2 as pb
 
 from ..config import ServerConfig
 from ..errors import MAX_ID_CHARS, FieldViolation, InvalidArgument, Message, request_id_problem
+from ..json_schema_text import MAX_SCHEMA_DEPTH, SchemaTextProblem, parse_schema
 from .domain import OutputFormat
 
 MAX_FILENAME_CHARS = 1024
@@ -25,7 +25,7 @@ MAX_FORMATS = 16  # five formats exist; a few repeats are harmless, a million ar
 MAX_JSON_FIELDS = 64
 MAX_JSON_FIELD_CHARS = 256
 MAX_JSON_SCHEMA_BYTES = 64 * 1024
-MAX_JSON_SCHEMA_DEPTH = 32
+MAX_JSON_SCHEMA_DEPTH = MAX_SCHEMA_DEPTH
 
 FORMATS = {
     pb.OUTPUT_FORMAT_MARKDOWN: OutputFormat.MARKDOWN,
@@ -135,41 +135,8 @@ def _json_fields(values: Sequence[str], violations: list[FieldViolation]) -> tup
 def _json_schema(text: str, violations: list[FieldViolation]) -> dict[str, Any] | None:
     if not text:
         return None
-    if len(text.encode("utf-8")) > MAX_JSON_SCHEMA_BYTES:
-        violations.append(
-            FieldViolation("json_schema", f"is larger than {MAX_JSON_SCHEMA_BYTES} bytes")
-        )
-        return None
     try:
-        schema = json.loads(text)
-    except RecursionError:
-        schema = None  # nested deeper than Python's recursion limit: judged below
-        depth_exceeded = True
-    except ValueError as exc:
-        violations.append(FieldViolation("json_schema", f"is not valid JSON ({exc})"))
+        return parse_schema(text, max_bytes=MAX_JSON_SCHEMA_BYTES, max_depth=MAX_JSON_SCHEMA_DEPTH)
+    except SchemaTextProblem as problem:
+        violations.append(FieldViolation("json_schema", str(problem)))
         return None
-    else:
-        depth_exceeded = _depth_exceeds(schema, MAX_JSON_SCHEMA_DEPTH)
-    if depth_exceeded:
-        violations.append(
-            FieldViolation("json_schema", f"is nested deeper than {MAX_JSON_SCHEMA_DEPTH} levels")
-        )
-        return None
-    if not isinstance(schema, dict):
-        violations.append(FieldViolation("json_schema", "must be a JSON object"))
-        return None
-    return schema
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests containers deeper than ``limit`` (iteratively: a deep
-    schema must not take the recursion it is being checked for)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in children)
-    return False

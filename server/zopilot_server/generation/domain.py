@@ -9,8 +9,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .oom import is_out_of_memory
+
+if TYPE_CHECKING:
+    from .constraints import Constraint
 
 # Where a request's Chunks (or the exception that ends it) go, from the scheduler thread.
 Sink = Callable[[object], None]
@@ -25,6 +29,7 @@ class FinishReason(enum.Enum):
     CANCELLED = 4
     TIME_LIMIT = 5
     SHUTDOWN = 6
+    CONSTRAINT = 7
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class GenerationRequest:
     deadline: float | None = None
     # time.monotonic() when the request arrived, for queue and TTFT timings.
     arrival: float = 0.0
+    # Structured output: the compiled grammar the output must follow; None = free text.
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,8 @@ class Completion:
     timings: Timings
     seed: int
     stop_sequence: str = ""
+    # The request had a constraint and ended before its output completed it.
+    incomplete: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,3 +170,18 @@ class GenerationFailed(Exception):
 
 class OutOfMemory(GenerationFailed):
     """A model step ran out of (GPU) memory: retrying with a shorter request may fit."""
+
+
+class InvalidConstraint(ValueError):
+    """A structured-output constraint the grammar engine cannot follow: it does not
+    compile (bad schema or regex, unsupported keyword), or it exceeded the engine's
+    size and work limits while generating. ``field`` names the request field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ConstraintUnavailable(Exception):
+    """This server cannot enforce constraints (no grammar engine, or a slow tokenizer)."""

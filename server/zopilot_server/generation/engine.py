@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from .chunk_channel import ChunkChannel, ResultCollector
+from .constraints import ConstraintCompiler
 from .domain import Chunk, GenerationRequest
 from .model_loader import LoadedModel
 from .runner import ModelRunner
@@ -53,6 +54,10 @@ class GenerationEngine(Scheduler):
     ) -> None:
         self.loaded = loaded
         self.stream_interval_s = stream_interval_s
+        vocab = max(getattr(loaded.model.config, "vocab_size", 0) or 0, len(loaded.tokenizer))
+        self.constraints = ConstraintCompiler(
+            loaded.tokenizer, vocab_size=vocab, eos_token_ids=sorted(loaded.eos_token_ids)
+        )
         limits = limits or BatchLimits()
         runner = ModelRunner(loaded, max_prefill_tokens=limits.max_prefill_tokens)
         super().__init__(runner, self._streamer_for, limits)

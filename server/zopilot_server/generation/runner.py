@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .domain import GenerationRequest, TokenDetail
+from .constraints import ConstraintState
+from .domain import GenerationRequest, InvalidConstraint, TokenDetail
 from .model_loader import LoadedModel
 from .scheduler import RowSpec, Step
 from .token_details import token_detail
@@ -42,7 +43,9 @@ class _Row:
     request: GenerationRequest
     seen: set[int]  # prompt + generated ids, for the repetition penalty
     generator: torch.Generator | None
+    constraint: ConstraintState | None = None
     produced: int = 0
+    failure: Exception | None = None  # set when the constraint can no longer be followed
 
 
 @dataclass
@@ -221,7 +224,8 @@ class ModelRunner:
         if not request.sampling.greedy:
             generator = torch.Generator(device=self._device)
             generator.manual_seed(request.sampling.seed)
-        return _Row(spec.key, request, set(request.input_ids), generator)
+        constraint = request.constraint.start() if request.constraint is not None else None
+        return _Row(spec.key, request, set(request.input_ids), generator, constraint)
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
@@ -286,19 +290,56 @@ class ModelRunner:
                 detail = token_detail(
                     self._tokenizer, logprobs[i], token_id, row.request.top_n_tokens
                 )
-            steps.append(Step(row.key, token_id, detail))
+            steps.append(self._step(row, token_id, detail))
         return steps, tokens.unsqueeze(-1)
 
+    def _step(self, row: _Row, token_id: int, detail: TokenDetail | None) -> Step:
+        """The row's Step; a constrained row's grammar advances by the chosen token."""
+        if row.constraint is None:
+            return Step(row.key, token_id, detail)
+        if row.failure is None:
+            try:
+                row.constraint.advance(token_id)
+            except InvalidConstraint as exc:
+                row.failure = exc
+        if row.failure is not None:
+            return Step(row.key, token_id, failure=row.failure)
+        return Step(row.key, token_id, detail, final=row.constraint.finished)
+
     def _process(self, row: _Row, scores: torch.Tensor, i: int) -> None:
-        """transformers' logits processors for one row: penalty, then min_new_tokens."""
+        """transformers' logits processors for one row: penalty, min_new_tokens, then the
+        constraint's mask (so token details report the distribution actually drawn from)."""
         request = row.request
         penalty = request.sampling.repetition_penalty
         if penalty != 1.0:
             seen = torch.tensor(sorted(row.seen), device=scores.device)
             values = scores[i, seen]
             scores[i, seen] = torch.where(values < 0, values * penalty, values / penalty)
-        if row.produced < request.min_new_tokens and not request.ignore_eos and self._eos:
+        # A complete constrained output may end before min_new_tokens: nothing else fits.
+        too_early = row.produced < request.min_new_tokens and not request.ignore_eos
+        if too_early and self._eos and not (row.constraint and row.constraint.accepting):
             scores[i, self._eos] = float("-inf")
+        if row.constraint is not None:
+            self._mask(row, scores[i])
+
+    def _mask(self, row: _Row, scores: torch.Tensor) -> None:
+        """Forbid every token that would break the row's constraint."""
+        assert row.constraint is not None
+        allowed = torch.frombuffer(bytearray(row.constraint.allowed()), dtype=torch.uint8)
+        forbidden = torch.ones(scores.shape[-1], dtype=torch.bool)
+        width = min(len(allowed), scores.shape[-1])
+        forbidden[:width] = allowed[:width] == 0
+        if row.request.ignore_eos and self._eos:
+            eos = forbidden[self._eos].clone()
+            forbidden[self._eos] = True
+            if bool(forbidden.all()):  # EOS is the only way on: let it end the output
+                forbidden[self._eos] = eos
+        if bool(forbidden.all()):  # the grammar engine hit a limit: nothing can follow
+            row.failure = InvalidConstraint(
+                row.constraint.kind.value, f"the grammar engine stopped: {row.constraint.error}"
+            )
+            return
+        scores.masked_fill_(forbidden.to(scores.device), float("-inf"))
 
 
 def _sample(scores: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:

@@ -61,11 +61,16 @@ class RowSpec:
 
 @dataclass(frozen=True)
 class Step:
-    """One generated token of one row."""
+    """One generated token of one row. ``final``: the row's constraint is complete with
+    this token and allows nothing more, so the row ends (FinishReason.CONSTRAINT).
+    ``failure``: this row cannot go on (its constraint broke); it ends with that error
+    and the token is not output, while the other rows of the step go on."""
 
     key: int
     token_id: int
     detail: TokenDetail | None = None
+    final: bool = False
+    failure: Exception | None = None
 
 
 class Runner(Protocol):
@@ -367,17 +372,25 @@ class Scheduler:
             log.exception("could not drop the failed rows")
 
     def _deliver(self, steps: list[Step]) -> None:
-        ended = []
+        ended, failed = [], []
         for step in steps:
             row = self._rows[step.key]
             row.prefilling = False
+            if step.failure is not None:
+                log.warning("request %s: %s", row.job.request.request_id, step.failure)
+                row.job.sink(step.failure)
+                failed.append(row)
+                continue
             row.produced += 1
             row.streamer.put_token(step.token_id, step.detail)
             control = row.job.control
+            if step.final:
+                control.finish(FinishReason.CONSTRAINT)
             if row.produced >= row.job.request.max_new_tokens:
                 control.finish(FinishReason.LENGTH)
             if control.should_stop():
                 ended.append(row)
+        self._remove(failed)
         self._end_rows(ended)
 
     def _end_rows(self, rows: list[_Running]) -> None:

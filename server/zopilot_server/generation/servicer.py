@@ -51,6 +51,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             request,
             loaded=engine.loaded,
             config=self._config,
+            constraints=engine.constraints,
             grpc_time_remaining=context.time_remaining(),
         )
         log.debug("request %s: %d input tokens", domain.request_id, len(domain.input_ids))
@@ -132,6 +133,9 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
         max_stop_sequences=config.max_stop_sequences,
         max_top_n_tokens=config.max_top_n_tokens,
         load_seconds=loaded.load_seconds,
+        constrained_decoding=engine.constraints.available,
+        constraint_engine=engine.constraints.engine,
+        max_constraint_bytes=config.max_constraint_bytes,
     )
 
 
@@ -148,6 +152,7 @@ def completion_to_pb(completion: Completion, response: pb.GenerateResponse) -> N
     response.finish_reason = completion.finish_reason.value
     response.stop_sequence = completion.stop_sequence
     response.seed = completion.seed
+    response.incomplete = completion.incomplete
     usage, timings = completion.usage, completion.timings
     response.usage.CopyFrom(
         pb.Usage(

@@ -87,7 +87,9 @@ class TokenStreamer(TextIteratorStreamer):
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         if token_id in self._eos:
-            self.control.finish(FinishReason.EOS_TOKEN)
+            # Under a constraint the runner allows EOS only where the output is complete.
+            constrained = self.request.constraint is not None
+            self.control.finish(FinishReason.CONSTRAINT if constrained else FinishReason.EOS_TOKEN)
             return
         self.generated_tokens += 1
         if detail is not None:
@@ -139,6 +141,8 @@ class TokenStreamer(TextIteratorStreamer):
             finish_reason=reason,
             stop_sequence=self._matched_stop,
             seed=self.request.sampling.seed,
+            incomplete=self.request.constraint is not None
+            and reason is not FinishReason.CONSTRAINT,
             usage=Usage(
                 input_tokens=len(self.request.input_ids),
                 generated_tokens=self.generated_tokens,

@@ -6,6 +6,7 @@ all problems at once) and reported as a google.rpc.BadRequest field violation.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -16,7 +17,9 @@ from zopilot_client.pb import generation_pb2 as pb
 
 from ..config import ServerConfig
 from ..errors import FieldViolation, InvalidArgument, Message, request_id_problem
-from .domain import GenerationRequest, SamplingParams
+from ..json_schema_text import SchemaTextProblem, parse_schema
+from .constraints import ConstraintCompiler, ConstraintKind
+from .domain import ConstraintUnavailable, GenerationRequest, SamplingParams
 from .model_loader import LoadedModel
 
 MAX_TEMPERATURE = 100.0
@@ -67,9 +70,13 @@ def to_generation_request(
     *,
     loaded: LoadedModel,
     config: ServerConfig,
+    constraints: ConstraintCompiler | None = None,
     grpc_time_remaining: float | None = None,
 ) -> GenerationRequest:
-    """Validate ``message`` and build the GenerationRequest the engine runs."""
+    """Validate ``message`` and build the GenerationRequest the engine runs.
+
+    Runs in a worker thread (the servicer's ``asyncio.to_thread``): tokenizing and
+    compiling a constraint take time in proportion to their size."""
     arrival = time.monotonic()
     v = _Violations()
     problem = request_id_problem(message.request_id)
@@ -77,6 +84,7 @@ def to_generation_request(
         v.add("request_id", problem)
     max_new = _check_limits(message, config, v)
     _check_stop_sequences(message, config, v)
+    constraint_source = _constraint_source(message, config, v)
     max_chars = input_chars_limit(config, loaded)
     _check_input_chars(message, max_chars, v)
     v.raise_if_any()
@@ -97,6 +105,11 @@ def to_generation_request(
             context=loaded.max_context_length,
         )
     v.raise_if_any()
+    constraint = None
+    if constraint_source is not None:
+        if constraints is None:
+            raise ConstraintUnavailable("constrained decoding is not available on this server")
+        constraint = constraints.compile(*constraint_source)
 
     top_n = message.top_n_tokens
     return GenerationRequest(
@@ -113,7 +126,53 @@ def to_generation_request(
         top_n_tokens=top_n,
         deadline=_deadline(message, config, arrival, grpc_time_remaining),
         arrival=arrival,
+        constraint=constraint,
     )
+
+
+def _constraint_source(
+    message: pb.GenerateRequest, config: ServerConfig, v: _Violations
+) -> tuple[ConstraintKind, str] | None:
+    """The constraint's kind and text to compile (choice options as a JSON list), after
+    the checks that need no grammar engine: size, JSON, non-empty options."""
+    which = message.WhichOneof("constraint")
+    if which is None:
+        return None
+    kind = ConstraintKind(which)
+    limit = config.max_constraint_bytes
+    if kind is ConstraintKind.JSON_OBJECT:
+        if not message.json_object:
+            v.add("json_object", "must be true when set (leave the constraint unset for free text)")
+            return None
+        return kind, ""
+    if kind is ConstraintKind.CHOICE:
+        options = list(message.choice.options)
+        size = sum(len(option.encode("utf-8")) for option in options)
+        if not options:
+            v.add("choice.options", Message.REQUIRED)
+        elif size > limit:
+            v.add("choice.options", Message.TOO_MANY_BYTES, value=size, limit=limit)
+        elif not all(options):
+            v.add("choice.options", Message.EMPTY_ITEM, index=options.index(""))
+        else:
+            return kind, json.dumps(options)
+        return None
+    text = message.json_schema if kind is ConstraintKind.JSON_SCHEMA else message.regex
+    size = len(text.encode("utf-8"))
+    if not text:
+        v.add(which, Message.REQUIRED)
+    elif size > limit:
+        v.add(which, Message.TOO_MANY_BYTES, value=size, limit=limit)
+    elif kind is ConstraintKind.JSON_SCHEMA:
+        try:
+            parse_schema(text, max_bytes=limit)
+        except SchemaTextProblem as problem:
+            v.add(which, str(problem))
+            return None
+        return kind, text
+    else:
+        return kind, text
+    return None
 
 
 def _check_limits(message: pb.GenerateRequest, config: ServerConfig, v: _Violations) -> int:
