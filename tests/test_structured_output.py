@@ -13,7 +13,9 @@ from typing import Any
 import grpc
 import jsonschema
 import pytest
+import zopilot_client as zc
 from support import field_violations
+from test_cli import run_cli
 from zopilot_client.pb import generation_pb2 as pb
 
 ASK = "Describe one example as JSON."
@@ -201,3 +203,51 @@ def test_model_info_says_constraints_are_available(smollm2_stub) -> None:
     assert info.constrained_decoding
     assert info.constraint_engine.startswith("llguidance ")
     assert info.max_constraint_bytes == 65536
+
+
+# ------------------------------------------------------------------ client and CLI
+
+
+def test_the_client_takes_a_schema_mapping_and_parses_the_result(smollm2_server) -> None:
+    messages = [zc.ChatMessage("user", ASK)]
+    with zc.Client(smollm2_server.target, timeout=120) as client:
+        result = client.generate(messages, json_schema=PERSON, max_new_tokens=160)
+        jsonschema.validate(result.json(), PERSON)
+        assert result.finish_reason is zc.FinishReason.CONSTRAINT
+        assert not result.incomplete
+        with client.generate_stream(messages, choice=CHOICES) as stream:
+            assert "".join(chunk.text for chunk in stream) in CHOICES
+        assert stream.result is not None and stream.result.text in CHOICES
+        cut = client.generate(messages, json_schema=ORDER, max_new_tokens=4)
+        assert cut.incomplete and cut.finish_reason is zc.FinishReason.LENGTH
+        with pytest.raises(ValueError):
+            cut.json()
+        with pytest.raises(TypeError, match="at most one of"):
+            client.generate("x", regex="a", json_object=True)
+        info = client.model_info()
+        assert info.constrained_decoding and info.max_constraint_bytes == 65536
+
+
+def test_the_cli_flags_send_each_constraint(smollm2_server, tmp_path) -> None:
+    schema_file = tmp_path / "person.json"
+    schema_file.write_text(json.dumps(PERSON))
+    target = smollm2_server.target
+    result = run_cli("generate", "--chat", ASK, "--json-schema", str(schema_file), target=target)
+    assert result.returncode == 0, result.stderr
+    jsonschema.validate(json.loads(result.stdout), PERSON)
+    choice = run_cli(
+        "generate", "--chat", "Happy? 'Great!'", "--choice", "yes", "--choice", "no", target=target
+    )
+    assert choice.stdout.strip() in {"yes", "no"}, choice.stderr
+    regex = run_cli("generate", "--chat", "A code:", "--regex", CODE, "--json", target=target)
+    reply = json.loads(regex.stdout)
+    assert re.fullmatch(CODE, reply["text"]) and reply["finish_reason"] == "constraint"
+    short = run_cli(
+        "generate", "--chat", ASK, "--json-object", "--max-new-tokens", "3", target=target
+    )
+    assert short.returncode == 0
+    assert "the output is incomplete" in short.stderr
+    both = run_cli("generate", "x", "--regex", "a", "--json-object", target=target)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    missing = run_cli("generate", "x", "--json-schema", str(tmp_path / "nope.json"), target=target)
+    assert missing.returncode == 2 and "cannot read the schema file" in missing.stderr

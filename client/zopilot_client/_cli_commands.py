@@ -81,6 +81,17 @@ def _stats_line(result: GenerateResult) -> str:
     )
 
 
+def schema_text(value: str) -> str:
+    """A --json-schema / --schema argument: JSON text as given, otherwise a file to read."""
+    if value.lstrip().startswith("{"):
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        message = f"cannot read the schema file {value}: {exc.strerror}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def _read_text(value: str | None) -> str:
     """A command argument, or stdin when it is '-' or missing."""
     if value is None or value == "-":
@@ -125,6 +136,11 @@ def generate(client: Client, args: argparse.Namespace) -> int:
         print(_stats_line(result), file=sys.stderr)
     if result is not None and mode == "text" and not result.text.strip():
         _explain_empty(result, chat=bool(args.chat or args.system))
+    if result is not None and result.incomplete:
+        report(
+            f"the output is incomplete: generation ended ({result.finish_reason.value}) "
+            "before it completed the constraint; raise --max-new-tokens"
+        )
     return OK
 
 

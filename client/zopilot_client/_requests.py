@@ -60,6 +60,15 @@ class GenerateParams(TypedDict, total=False):
     return_token_details: bool
     #: Also return this many most likely alternatives per position.
     top_n_tokens: int
+    #: Structured output (set at most one of the four): the text is one JSON value
+    #: valid under this JSON Schema (text or a mapping).
+    json_schema: str | Mapping[str, Any]
+    #: Structured output: the whole text matches this regular expression.
+    regex: str
+    #: Structured output: the text is exactly one of these strings.
+    choice: Sequence[str]
+    #: Structured output: the text is one JSON object (any keys and values).
+    json_object: bool
 
 
 class CallOptions(TypedDict, total=False):
@@ -105,6 +114,7 @@ class ParseOptions(CallOptions, total=False):
 
 
 CALL_OPTIONS = frozenset(CallOptions.__annotations__)
+CONSTRAINTS = frozenset({"json_schema", "regex", "choice", "json_object"})
 GENERATE_PARAMS = frozenset(GenerateParams.__annotations__)
 TOKENIZE_PARAMS = frozenset(TokenizeOptions.__annotations__) - CALL_OPTIONS
 PARSE_PARAMS = frozenset(ParseOptions.__annotations__) - CALL_OPTIONS
@@ -132,6 +142,14 @@ def generate_request(
     """A GenerateRequest for a raw prompt (str) or a conversation (messages)."""
     fields = dict(params)
     stops = fields.pop("stop_sequences", None)
+    if isinstance(fields.get("json_schema"), Mapping):
+        fields["json_schema"] = json.dumps(fields["json_schema"])
+    if "choice" in fields:
+        choice = fields.pop("choice")
+        options = [choice] if isinstance(choice, str) else list(choice)
+        fields["choice"] = generation_pb2.Choice(options=options)
+    if len(CONSTRAINTS & set(fields)) > 1:
+        raise TypeError(f"set at most one of {', '.join(sorted(CONSTRAINTS))}")
     request = generation_pb2.GenerateRequest(**fields)
     if isinstance(stops, str):
         stops = [stops]

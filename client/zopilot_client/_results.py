@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -103,6 +104,9 @@ class FinishReason(str, enum.Enum):
     TIME_LIMIT = "time_limit"
     #: The server was draining; what was generated so far is delivered.
     SHUTDOWN = "shutdown"
+    #: The output completed the request's constraint (json_schema, regex, choice,
+    #: json_object).
+    CONSTRAINT = "constraint"
     #: A reason this client version does not know (a newer server).
     UNKNOWN = "unknown"
 
@@ -175,6 +179,8 @@ class GenerateChunk(_Result):
     usage: Usage | None = None
     timings: Timings | None = None
     seed: int | None = None
+    #: Last chunk: the request had a constraint that the output did not complete.
+    incomplete: bool = False
     raw: generation_pb2.GenerateResponse | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -194,6 +200,7 @@ class GenerateChunk(_Result):
             usage=Usage.from_pb(message.usage) if last else None,
             timings=Timings.from_pb(message.timings) if last else None,
             seed=message.seed if last else None,
+            incomplete=message.incomplete,
             raw=message,
         )
 
@@ -210,7 +217,15 @@ class GenerateResult(_Result):
     request_id: str
     stop_sequence: str = ""
     tokens: tuple[TokenDetail, ...] = ()
+    #: The request had a constraint (json_schema, regex, choice, json_object) and
+    #: generation ended before the output completed it: ``text`` is not valid yet.
+    incomplete: bool = False
     raw: generation_pb2.GenerateResponse | None = field(default=None, compare=False, repr=False)
+
+    def json(self) -> Any:
+        """The text parsed as JSON (json_schema / json_object output); ValueError when
+        it is not JSON, for example because the output is ``incomplete``."""
+        return json.loads(self.text)
 
     @classmethod
     def from_pb(cls, message: generation_pb2.GenerateResponse) -> GenerateResult:
@@ -223,6 +238,7 @@ class GenerateResult(_Result):
             request_id=message.request_id,
             stop_sequence=message.stop_sequence,
             tokens=tuple(TokenDetail.from_pb(t) for t in message.tokens),
+            incomplete=message.incomplete,
             raw=message,
         )
 
@@ -290,6 +306,10 @@ class ModelInfo(_Result):
     max_stop_sequences: int
     max_top_n_tokens: int
     load_seconds: float
+    #: Structured output (json_schema, regex, choice, json_object) is available.
+    constrained_decoding: bool = False
+    constraint_engine: str = ""
+    max_constraint_bytes: int = 0
     raw: generation_pb2.ModelInfo | None = field(default=None, compare=False, repr=False)
 
     @classmethod

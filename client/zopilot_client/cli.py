@@ -160,6 +160,25 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     for name, help_text in GENERATION_SWITCHES:
         group.add_argument(_flag(name), dest=name, action="store_true", help=help_text)
     group.add_argument("--system", help="a system message (implies the chat template)")
+    constraint = parser.add_argument_group(
+        "structured output (at most one)"
+    ).add_mutually_exclusive_group()
+    constraint.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        type=commands.schema_text,
+        help="the output is JSON valid under this JSON Schema (a file, or the JSON itself)",
+    )
+    constraint.add_argument("--regex", metavar="RE", help="the whole output matches RE")
+    constraint.add_argument(
+        "--choice",
+        action="append",
+        metavar="TEXT",
+        help="the output is exactly one of the TEXTs (repeat: --choice yes --choice no)",
+    )
+    constraint.add_argument(
+        "--json-object", action="store_true", help="the output is one JSON object"
+    )
 
 
 def _flag(name: str) -> str:
@@ -172,6 +191,11 @@ def generation_params(args: argparse.Namespace) -> dict[str, Any]:
     params.update({n: True for n, _ in GENERATION_SWITCHES if getattr(args, n)})
     if args.stop_sequences:
         params["stop_sequences"] = args.stop_sequences
+    for name in ("json_schema", "regex", "choice"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    if args.json_object:
+        params["json_object"] = True
     return params
 
 
@@ -216,7 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("--filename", help="file name sent to the server (selects the parser)")
     parse.add_argument("--mime-type", help="MIME type, when the file name has no extension")
     parse.add_argument("--json-field", action="append", default=[], help="JSON: extract FIELD")
-    parse.add_argument("--json-schema", help="JSON: a schema (JSON text) to follow")
+    parse.add_argument(
+        "--schema",
+        "--json-schema",
+        dest="json_schema",
+        metavar="FILE",
+        type=commands.schema_text,
+        help="JSON output: fill this JSON Schema from the document (a file, or the JSON itself)",
+    )
     parse.add_argument("--request-id", help="an id for the server's logs")
     _output_modes(parse, jsonl=False, what="the whole response with metadata")
 
