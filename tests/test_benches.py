@@ -63,3 +63,16 @@ def test_concurrency_bench_reports_ratios(model_cache_dir):
         r["tokens_per_s_ratio"] > 0 and r["ttft_over_prefill"] > 0 for r in report["results"]
     )
     assert report["long_prompt_join"] is None
+
+
+@pytest.mark.slow
+def test_structured_bench_reports_ratios_and_compile_times(model_cache_dir):
+    report = run_bench(
+        "structured.py", "--model", "tiny", "--n", "1", "2", "--tokens", "4",
+        cache_dir=model_cache_dir,
+    )  # fmt: skip
+    assert [r["n"] for r in report["results"]] == [1, 2]
+    assert all(r["tokens_per_s_ratio"] > 0 for r in report["results"])
+    compiled = report["compile"]
+    assert compiled["cached_median_ms"] < compiled["uncached_median_ms"]
+    assert compiled["mask_per_step_median_ms"] > 0
