@@ -8,7 +8,8 @@ runs, alternating, the same N chat prompts:
   (an array of at least 50 strings), so every stream also runs exactly ``--tokens``
   tokens and ends with LENGTH: the same work, plus a grammar mask per row and step.
 
-Aggregate tokens/s (first call to last chunk) of each, and their ratio. Then, in
+Aggregate tokens/s (first call to last chunk) of each, medians of ``--repeats``
+alternating runs, and their ratio. Then, in
 process, the grammar compile time per schema: the first constrained request (which
 builds llguidance's view of the tokenizer), new schemas (uncached) and a repeated one
 (cached), and the per-step mask cost.
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per N")
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
     args = parser.parse_args()
     cache_dir = Path(args.cache_dir)
@@ -162,15 +164,20 @@ def main() -> None:
                 run_streams(stub, PROMPTS[:2], 4, schema)
                 for n in args.n:
                     prompts = PROMPTS[:n]
-                    free = run_streams(stub, prompts, args.tokens, "")
-                    constrained = run_streams(stub, prompts, args.tokens, schema)
+                    free, constrained = [], []
+                    for _ in range(args.repeats):  # alternating: drift hits both alike
+                        free.append(run_streams(stub, prompts, args.tokens, "")["tokens_per_s"])
+                        constrained.append(
+                            run_streams(stub, prompts, args.tokens, schema)["tokens_per_s"]
+                        )
                     results.append(
                         {
                             "n": n,
-                            "free": free,
-                            "json_schema": constrained,
-                            "tokens_per_s_ratio": constrained["tokens_per_s"]
-                            / free["tokens_per_s"],
+                            "free_tokens_per_s": statistics.median(free),
+                            "json_schema_tokens_per_s": statistics.median(constrained),
+                            "tokens_per_s_ratio": statistics.median(constrained)
+                            / statistics.median(free),
+                            "runs": {"free": free, "json_schema": constrained},
                         }
                     )
         finally:

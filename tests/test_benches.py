@@ -68,7 +68,7 @@ def test_concurrency_bench_reports_ratios(model_cache_dir):
 @pytest.mark.slow
 def test_structured_bench_reports_ratios_and_compile_times(model_cache_dir):
     report = run_bench(
-        "structured.py", "--model", "tiny", "--n", "1", "2", "--tokens", "4",
+        "structured.py", "--model", "tiny", "--n", "1", "2", "--tokens", "4", "--repeats", "1",
         cache_dir=model_cache_dir,
     )  # fmt: skip
     assert [r["n"] for r in report["results"]] == [1, 2]
