@@ -189,14 +189,12 @@ def test_latin1_text_is_decoded_with_a_warning(parse: Parse) -> None:
 def test_structured_fields_by_label(parse: Parse) -> None:
     schema = {"properties": {"invoice_number": {"type": "string"}, "total": {"type": "number"}}}
     content = b"Invoice Number: INV-7\nDate: 2024-05-01\nTotal: $1,234.50\n"
-    reply = parse(
-        content, "invoice.txt", formats=[pb.OUTPUT_FORMAT_JSON], json_schema=json.dumps(schema)
-    )
+    labels = {"formats": [pb.OUTPUT_FORMAT_JSON], "field_extraction": pb.FIELD_EXTRACTION_LABELS}
+    reply = parse(content, "invoice.txt", json_schema=json.dumps(schema), **labels)
     data = json.loads(reply.json)
     assert data["extracted_data"] == {"invoice_number": "INV-7", "total": 1234.5}
-    fields = parse(
-        build.docx_report(), "r.docx", formats=[pb.OUTPUT_FORMAT_JSON], json_fields=["Total"]
-    )
+    assert reply.metadata.field_extraction == "labels"
+    fields = parse(build.docx_report(), "r.docx", json_fields=["Total"], **labels)
     assert json.loads(fields.json)["extracted_fields"] == {"Total": "41"}
     assert any("Ollama" in w for w in fields.warnings)
 

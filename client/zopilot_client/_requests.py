@@ -109,6 +109,9 @@ class ParseOptions(CallOptions, total=False):
     json_fields: Sequence[str]
     #: JSON output only: a JSON schema (as text or a mapping) the data should follow.
     json_schema: str | Mapping[str, Any]
+    #: How the fields are filled: "model" (the loaded model), "labels" (matched by
+    #: label), or unset (the model when it can, else labels).
+    field_extraction: str
     #: Echoed in the response and in the server's logs.
     request_id: str
 
@@ -179,6 +182,13 @@ def parse_request(
     schema = fields.pop("json_schema", None)
     if isinstance(schema, Mapping):
         schema = json.dumps(schema)
+    extraction = fields.pop("field_extraction", None)
+    if extraction:
+        if extraction not in ("model", "labels"):
+            raise ValueError(f"field_extraction must be 'model' or 'labels', not {extraction!r}")
+        fields["field_extraction"] = documents_pb2.FieldExtraction.Value(
+            f"FIELD_EXTRACTION_{extraction.upper()}"
+        )
     return documents_pb2.DocumentParseRequest(
         content=content,
         filename=fields.pop("filename", None) or source_name,

@@ -355,6 +355,8 @@ class DocumentMetadata(_Result):
     size_bytes: int
     processing_ms: float
     parser_version: str
+    #: How json_fields / json_schema were filled: "model", "labels" or "".
+    field_extraction: str = ""
 
 
 @dataclass(frozen=True)

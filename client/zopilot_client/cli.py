@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=commands.schema_text,
         help="JSON output: fill this JSON Schema from the document (a file, or the JSON itself)",
     )
+    parse.add_argument(
+        "--field-extraction",
+        choices=("model", "labels"),
+        help="how --schema / --json-field are filled (default: the model when it can)",
+    )
     parse.add_argument("--request-id", help="an id for the server's logs")
     _output_modes(parse, jsonl=False, what="the whole response with metadata")
 

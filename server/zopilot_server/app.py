@@ -326,7 +326,7 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors)
     health_servicer = health.aio.HealthServicer()
     generation = GenerationServicer(config)
-    documents = DocumentsServicer(config)
+    documents = DocumentsServicer(config, engine=lambda: generation.engine)
     generation_pb2_grpc.add_GenerationServicer_to_server(generation, server)
     documents_pb2_grpc.add_DocumentsServicer_to_server(documents, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,15 +15,24 @@ class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_FORMAT_TEXT: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_JSON: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_CSV: _ClassVar[OutputFormat]
+
+class FieldExtraction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FIELD_EXTRACTION_UNSPECIFIED: _ClassVar[FieldExtraction]
+    FIELD_EXTRACTION_MODEL: _ClassVar[FieldExtraction]
+    FIELD_EXTRACTION_LABELS: _ClassVar[FieldExtraction]
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
 OUTPUT_FORMAT_MARKDOWN: OutputFormat
 OUTPUT_FORMAT_HTML: OutputFormat
 OUTPUT_FORMAT_TEXT: OutputFormat
 OUTPUT_FORMAT_JSON: OutputFormat
 OUTPUT_FORMAT_CSV: OutputFormat
+FIELD_EXTRACTION_UNSPECIFIED: FieldExtraction
+FIELD_EXTRACTION_MODEL: FieldExtraction
+FIELD_EXTRACTION_LABELS: FieldExtraction
 
 class DocumentParseRequest(_message.Message):
-    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id")
+    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id", "field_extraction")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +40,7 @@ class DocumentParseRequest(_message.Message):
     JSON_FIELDS_FIELD_NUMBER: _ClassVar[int]
     JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FIELD_EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     filename: str
     mime_type: str
@@ -38,10 +48,11 @@ class DocumentParseRequest(_message.Message):
     json_fields: _containers.RepeatedScalarFieldContainer[str]
     json_schema: str
     request_id: str
-    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    field_extraction: FieldExtraction
+    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ..., field_extraction: _Optional[_Union[FieldExtraction, str]] = ...) -> None: ...
 
 class DocumentMetadata(_message.Message):
-    __slots__ = ("detected_type", "page_count", "sheet_count", "slide_count", "method", "size_bytes", "processing_ms", "parser_version")
+    __slots__ = ("detected_type", "page_count", "sheet_count", "slide_count", "method", "size_bytes", "processing_ms", "parser_version", "field_extraction")
     DETECTED_TYPE_FIELD_NUMBER: _ClassVar[int]
     PAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SHEET_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +61,7 @@ class DocumentMetadata(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_MS_FIELD_NUMBER: _ClassVar[int]
     PARSER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FIELD_EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     detected_type: str
     page_count: int
     sheet_count: int
@@ -58,7 +70,8 @@ class DocumentMetadata(_message.Message):
     size_bytes: int
     processing_ms: float
     parser_version: str
-    def __init__(self, detected_type: _Optional[str] = ..., page_count: _Optional[int] = ..., sheet_count: _Optional[int] = ..., slide_count: _Optional[int] = ..., method: _Optional[str] = ..., size_bytes: _Optional[int] = ..., processing_ms: _Optional[float] = ..., parser_version: _Optional[str] = ...) -> None: ...
+    field_extraction: str
+    def __init__(self, detected_type: _Optional[str] = ..., page_count: _Optional[int] = ..., sheet_count: _Optional[int] = ..., slide_count: _Optional[int] = ..., method: _Optional[str] = ..., size_bytes: _Optional[int] = ..., processing_ms: _Optional[float] = ..., parser_version: _Optional[str] = ..., field_extraction: _Optional[str] = ...) -> None: ...
 
 class DocumentParseResponse(_message.Message):
     __slots__ = ("markdown", "html", "text", "json", "csv", "metadata", "warnings", "request_id")

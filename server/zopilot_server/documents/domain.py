@@ -20,6 +20,14 @@ class OutputFormat(str, enum.Enum):
     CSV = "csv"
 
 
+class FieldExtraction(enum.Enum):
+    """How json_fields / json_schema are filled (zopilot.v1.FieldExtraction)."""
+
+    AUTO = 0  # the model when it can, else labels
+    MODEL = 1
+    LABELS = 2
+
+
 @dataclass(frozen=True)
 class ParseJob:
     """What a worker needs to parse one document that already lies on disk."""
@@ -51,6 +59,7 @@ class ParseOutcome:
     processing_ms: float = 0.0
     parser_version: str = ""
     warnings: list[str] = field(default_factory=list)
+    field_extraction: str = ""  # "model", "labels", or "" when no fields were asked for
 
 
 class DocumentError(Exception):

@@ -22,6 +22,7 @@ from ..errors import (
 from .domain import (
     ParseOutcome,
 )
+from .model_fields import EngineSource, ModelFieldFiller
 from .parser import DocumentParser
 from .validation import DocumentRequest, to_document_request
 
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 class DocumentsServicer(pb_grpc.DocumentsServicer):
     """Parses documents; ``start`` / ``close`` manage the parser's worker processes."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, engine: EngineSource | None = None) -> None:
         self._config = config
         self.parser = DocumentParser(config)
+        self.fields = ModelFieldFiller(config, engine)
 
     async def start(self) -> None:
         await self.parser.start()
@@ -48,7 +50,9 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         started = time.perf_counter()
         document = to_document_request(request, self._config)
         try:
-            outcome = await self.parser.parse(document, context.time_remaining())
+            parse_request = self.fields.parse_request(document)
+            outcome = await self.parser.parse(parse_request, context.time_remaining())
+            outcome = await self.fields.fill(document, outcome, context.time_remaining())
         except Exception as exc:
             log.info(
                 "document %s (%s, %d bytes): %s",
@@ -80,6 +84,7 @@ def to_pb(outcome: ParseOutcome, document: DocumentRequest) -> pb.DocumentParseR
             size_bytes=len(document.content),
             processing_ms=outcome.processing_ms,
             parser_version=outcome.parser_version,
+            field_extraction=outcome.field_extraction,
         ),
         warnings=outcome.warnings,
         request_id=document.request_id,

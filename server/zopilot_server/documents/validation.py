@@ -17,7 +17,7 @@ from zopilot_client.pb import documents_pb2 as pb
 from ..config import ServerConfig
 from ..errors import MAX_ID_CHARS, FieldViolation, InvalidArgument, Message, request_id_problem
 from ..json_schema_text import MAX_SCHEMA_DEPTH, SchemaTextProblem, parse_schema
-from .domain import OutputFormat
+from .domain import FieldExtraction, OutputFormat
 
 MAX_FILENAME_CHARS = 1024
 MAX_REQUEST_ID_CHARS = MAX_ID_CHARS
@@ -47,6 +47,11 @@ class DocumentRequest:
     json_fields: tuple[str, ...]
     json_schema: dict[str, Any] | None
     request_id: str
+    field_extraction: FieldExtraction = FieldExtraction.AUTO
+
+    @property
+    def wants_fields(self) -> bool:
+        return bool(self.json_fields) or self.json_schema is not None
 
 
 def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) -> DocumentRequest:
@@ -63,6 +68,13 @@ def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) 
     if structured and OutputFormat.JSON not in formats:
         field = "json_schema" if json_schema is not None else "json_fields"
         violations.append(FieldViolation(field, "needs OUTPUT_FORMAT_JSON in formats"))
+    extraction = FieldExtraction.AUTO
+    try:
+        extraction = FieldExtraction(message.field_extraction)
+    except ValueError:
+        violations.append(
+            FieldViolation("field_extraction", f"unknown value {message.field_extraction}")
+        )
     if violations:
         raise InvalidArgument(violations)
     return DocumentRequest(
@@ -73,6 +85,7 @@ def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) 
         json_fields=json_fields,
         json_schema=json_schema,
         request_id=message.request_id or uuid.uuid4().hex,
+        field_extraction=extraction,
     )
 
 
