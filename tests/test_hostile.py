@@ -89,6 +89,41 @@ def test_malformed_request_bytes_are_invalid_argument(
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+def test_malformed_reflection_request_is_invalid_argument_and_reflection_still_works(
+    tiny_server: InProcessServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reflection stream parses its requests itself (MalformedRequestGuard only wraps
+    unary requests): garbage on it got grpc.aio's UNKNOWN and an ERROR traceback."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    from test_grpcurl import grpcurl
+
+    with tiny_server.channel() as channel:
+        info = channel.stream_stream(REFLECTION)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(info(iter([MALFORMED]), timeout=10))
+        error = raised.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert error.details() == "the request is not a valid protobuf message"
+        # A good request after a bad one, in the same stream: the stream ends at the bad one.
+        good = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+        with pytest.raises(grpc.RpcError) as raised:
+            list(info(iter([good, MALFORMED]), timeout=10))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+    names = {s.name for s in reply.list_services_response.service}
+    assert "zopilot.v1.Generation" in names
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    described = grpcurl(tiny_server.target, "describe", "zopilot.v1.Generation")
+    assert described.returncode == 0, described.stderr
+    assert "rpc GenerateStream" in described.stdout
+
+
 def test_malformed_request_without_key_is_unauthenticated_first(
     make_server: Callable[..., InProcessServer],
 ) -> None:
@@ -96,6 +131,9 @@ def test_malformed_request_without_key_is_unauthenticated_first(
     with server.channel() as channel:
         for method in METHODS[:5]:
             assert raw_call(channel, method, MALFORMED).code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            list(channel.stream_stream(REFLECTION)(iter([MALFORMED]), timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # With the key, the same bytes are judged as what they are.
         keyed = channel.unary_unary(METHODS[1])
         with pytest.raises(grpc.RpcError) as info:
