@@ -89,6 +89,41 @@ def test_malformed_request_bytes_are_invalid_argument(
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
 
 
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+def test_malformed_reflection_request_is_invalid_argument_and_reflection_still_works(
+    tiny_server: InProcessServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reflection stream parses its requests itself (MalformedRequestGuard only wraps
+    unary requests): garbage on it got grpc.aio's UNKNOWN and an ERROR traceback."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    from test_grpcurl import grpcurl
+
+    with tiny_server.channel() as channel:
+        info = channel.stream_stream(REFLECTION)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(info(iter([MALFORMED]), timeout=10))
+        error = raised.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert error.details() == "the request is not a valid protobuf message"
+        # A good request after a bad one, in the same stream: the stream ends at the bad one.
+        good = reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString()
+        with pytest.raises(grpc.RpcError) as raised:
+            list(info(iter([good, MALFORMED]), timeout=10))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (reply,) = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+    names = {s.name for s in reply.list_services_response.service}
+    assert "zopilot.v1.Generation" in names
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    described = grpcurl(tiny_server.target, "describe", "zopilot.v1.Generation")
+    assert described.returncode == 0, described.stderr
+    assert "rpc GenerateStream" in described.stdout
+
+
 def test_malformed_request_without_key_is_unauthenticated_first(
     make_server: Callable[..., InProcessServer],
 ) -> None:
@@ -96,6 +131,9 @@ def test_malformed_request_without_key_is_unauthenticated_first(
     with server.channel() as channel:
         for method in METHODS[:5]:
             assert raw_call(channel, method, MALFORMED).code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            list(channel.stream_stream(REFLECTION)(iter([MALFORMED]), timeout=10))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # With the key, the same bytes are judged as what they are.
         keyed = channel.unary_unary(METHODS[1])
         with pytest.raises(grpc.RpcError) as info:
@@ -310,11 +348,26 @@ def _xlsx_spanning_the_whole_sheet() -> bytes:
     return buffer.getvalue()
 
 
+def _server_rss() -> int:
+    """This process's resident memory: the in-process server's, so a bomb that were
+    parsed in the server instead of a worker would show here."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+SERVER_RSS_GROWTH_LIMIT = 200 * MIB
+
+
 @pytest.fixture(scope="module")
 def capped_server(tiny_config: Any) -> Iterator[InProcessServer]:
+    """The memory cap as the last line: the cell budget is off, so the bomb reaches it."""
     import dataclasses
 
-    config = dataclasses.replace(tiny_config, doc_workers=1, doc_worker_memory_mib=1536)
+    config = dataclasses.replace(
+        tiny_config, doc_workers=1, doc_worker_memory_mib=1536, doc_max_cells=0
+    )
     server = InProcessServer(config)
     yield server
     server.stop()
@@ -331,7 +384,9 @@ def test_parser_memory_bomb_is_capped_and_the_worker_replaced(
         request = dpb.DocumentParseRequest(
             content=_xlsx_spanning_the_whole_sheet(), filename="bomb.xlsx"
         )
+        rss_before = _server_rss()
         error = rpc_error(lambda: stub.DocumentParse(request, timeout=60))
+        assert _server_rss() - rss_before < SERVER_RSS_GROWTH_LIMIT
         assert error.code() in (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -342,6 +397,77 @@ def test_parser_memory_bomb_is_capped_and_the_worker_replaced(
             dpb.DocumentParseRequest(content=b"still here", filename="a.txt"), timeout=60
         )
     assert "still here" in reply.markdown
+
+
+def test_xlsx_over_the_cell_budget_is_refused_before_it_is_read(
+    tiny_server: InProcessServer, docs: dpb_grpc.DocumentsStub
+) -> None:
+    """The default budget (2,000,000 cells) refuses the 17-billion-cell workbook at
+    once: INVALID_ARGUMENT naming --doc-max-cells, the same worker still serving."""
+    pool = tiny_server.running.documents.parser.pool
+    size = tiny_server.config.doc_workers
+    assert wait_until(lambda: len(pool.worker_pids()) == size, timeout=60)
+    workers = sorted(pool.worker_pids())
+    request = dpb.DocumentParseRequest(content=_xlsx_spanning_the_whole_sheet(), filename="b.xlsx")
+    rss_before = _server_rss()
+    error = rpc_error(lambda: docs.DocumentParse(request, timeout=60))
+    assert _server_rss() - rss_before < SERVER_RSS_GROWTH_LIMIT
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    message = field_violations(error)["content"]
+    assert "more than 2000000 cells" in message
+    assert "--doc-max-cells 2000000" in message
+    assert sorted(pool.worker_pids()) == workers  # refused, not crashed or capped
+
+
+def _xlsx_sheets(*shapes: tuple[int, int]) -> bytes:
+    """One sheet per (rows, columns), every cell filled with its coordinate."""
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for number, (rows, columns) in enumerate(shapes, 1):
+        sheet = workbook.create_sheet(f"s{number}")
+        for row in range(1, rows + 1):
+            sheet.append([f"r{row}c{column}" for column in range(1, columns + 1)])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+def test_cell_budget_counts_every_sheet_and_lets_a_workbook_under_it_parse(
+    make_server: Callable[..., InProcessServer],
+) -> None:
+    server = make_server(doc_max_cells=1000, doc_workers=1)
+    with server.channel() as channel:
+        stub = dpb_grpc.DocumentsStub(channel)
+        # Four sheets of 300 cells: each under the budget, together over it.
+        over = dpb.DocumentParseRequest(content=_xlsx_sheets(*[(30, 10)] * 4), filename="o.xlsx")
+        error = rpc_error(lambda: stub.DocumentParse(over, timeout=60))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "the limit is --doc-max-cells 1000" in field_violations(error)["content"]
+        under = dpb.DocumentParseRequest(
+            content=_xlsx_sheets((50, 10), (25, 20)), filename="u.xlsx"
+        )
+        reply = stub.DocumentParse(under, timeout=60)
+    assert reply.metadata.sheet_count == 2
+    assert "| r50c1 |" in reply.markdown and "r25c20 |" in reply.markdown
+
+
+@pytest.mark.parametrize(
+    ("sheet", "cells"),
+    [
+        # Excel's own form: every row and cell names its position (the fast path).
+        ('<row r="2"><c r="C2"/></row><row r="7"><c r="B7"/></row>', 7 * 3),
+        # Positions left out are the next ones, as openpyxl reads them.
+        ("<row><c/><c/><c/><c/></row><row/><row><c/></row>", 3 * 4),
+        # Prefixed tags, a reference past Excel's last column, an absurd row number.
+        ('<x:row r="1"><x:c r="ZZZZ1"/></x:row>', 475254),
+        ('<row r="99999999999999999999"><c r="A5"/></row>', 10**12),
+    ],
+)
+def test_cell_count_reads_the_used_range_openpyxl_would_fill(sheet: str, cells: int) -> None:
+    from zopilot_server.documents import limits
+
+    xml = f'<worksheet xmlns:x="x"><sheetData>{sheet}</sheetData></worksheet>'.encode()
+    assert limits._sheet_cells(io.BytesIO(xml), declared=0, budget=10**15) == cells
 
 
 def test_worker_environment_has_no_api_key(

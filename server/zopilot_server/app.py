@@ -104,7 +104,7 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):
     ) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler  # reflection's request stream keeps gRPC's own handling
+            return handler  # reflection parses its request stream itself (reflection.py)
         return _guard_unary_request(handler)
 
 

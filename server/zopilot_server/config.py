@@ -167,6 +167,12 @@ class ServerConfig:
         "RESOURCE_EXHAUSTED and the worker is replaced; 0 = no cap",
         4096,
     )
+    doc_max_cells: int = _opt(
+        "cells an XLSX may span, all sheets together (each sheet's used range, rows x "
+        "columns); a larger workbook is refused with INVALID_ARGUMENT before it is read; "
+        "0 = no limit",
+        2_000_000,
+    )
 
     def validated(self) -> ServerConfig:
         """Return self after checking cross-field rules; raise ValueError naming the flag."""
@@ -203,6 +209,7 @@ class ServerConfig:
             (self.max_connection_idle_s >= 0, "--max-connection-idle-s must be >= 0"),
             (self.max_streams_per_connection >= 1, "--max-streams-per-connection must be >= 1"),
             (self.doc_worker_memory_mib >= 0, "--doc-worker-memory-mib must be >= 0"),
+            (self.doc_max_cells >= 0, "--doc-max-cells must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,18 +4,29 @@ grpcio-reflection serializes descriptors from the runtime pool, and the generate
 ``_pb2`` modules carry descriptors without SourceCodeInfo, i.e. without comments. ``make
 proto`` also writes a descriptor set with source info (``zopilot_v1.binpb``, next to the
 stubs); for our own files we answer with those documented descriptors instead.
+
+The request stream is registered with a lenient deserializer: bytes that are not a
+ServerReflectionRequest end the call with INVALID_ARGUMENT (like every other method, see
+app.MalformedRequestGuard), instead of grpc.aio's UNKNOWN and an ERROR traceback per call.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
 from importlib import resources
 from typing import Any
 
+import grpc
 from google.protobuf import descriptor_pb2
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
+log = logging.getLogger(__name__)
+
 DESCRIPTOR_SET = "zopilot_v1.binpb"
+METHOD = "ServerReflectionInfo"
+MALFORMED_MESSAGE = "the request is not a valid protobuf message"
 
 
 def documented_files() -> dict[str, bytes]:
@@ -40,6 +51,15 @@ class DocumentedReflectionServicer(ReflectionServicer):
                 files[index] = self._documented[name]
         return response
 
+    async def ServerReflectionInfo(
+        self, request_iterator: AsyncIterable[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """The standard stream; a request that did not parse ends it with INVALID_ARGUMENT."""
+        async for response in super().ServerReflectionInfo(
+            _parsed(request_iterator, context), context
+        ):
+            yield response
+
     def _file_by_filename(self, request: Any, filename: str) -> Any:
         return self._with_comments(super()._file_by_filename(request, filename))
 
@@ -47,8 +67,44 @@ class DocumentedReflectionServicer(ReflectionServicer):
         return self._with_comments(super()._file_containing_symbol(request, fully_qualified_name))
 
 
+class _Malformed:
+    """Stands in for request bytes that did not parse (the error type, for the log)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _deserialize(data: bytes) -> Any:
+    try:
+        return reflection_pb2.ServerReflectionRequest.FromString(data)
+    except Exception as exc:  # noqa: BLE001 - DecodeError and friends: client bytes
+        return _Malformed(exc)
+
+
+async def _parsed(
+    requests: AsyncIterable[Any], context: grpc.aio.ServicerContext
+) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            log.debug("malformed reflection request: %s", type(request.error).__name__)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
+        yield request
+
+
 def enable(server: Any, service_names: tuple[str, ...]) -> None:
+    """Register v1alpha reflection (the only version grpcio-reflection serves) for
+    ``service_names``, with the lenient request deserializer."""
     names = (*service_names, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        DocumentedReflectionServicer(names), server
+    servicer = DocumentedReflectionServicer(names)
+    handlers = {
+        METHOD: grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=_deserialize,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    # Both registrations, as the generated add_ServerReflectionServicer_to_server does.
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(reflection.SERVICE_NAME, handlers),)
     )
+    server.add_registered_method_handlers(reflection.SERVICE_NAME, handlers)

@@ -42,6 +42,7 @@ class ParseJob:
     # Bundled OCR limits (ocr.py): pages read per document, pixels per image.
     ocr_max_pages: int = 50
     ocr_max_pixels: int = 40_000_000
+    xlsx_max_cells: int = 2_000_000  # --doc-max-cells (limits.py); 0 = no limit
     # Test-only fault to act out (see faults.py); empty unless --doc-fault-injection.
     fault: str = ""
 

@@ -188,7 +188,7 @@ def _own_office(job: ParseJob) -> Extraction:
         elif job.doc_type == "pptx":
             result = office.pptx_markdown(job.path)
         elif job.doc_type == "xlsx":
-            result = office.xlsx_markdown(job.path)
+            result = office.xlsx_markdown(job.path, job.xlsx_max_cells)
         else:
             result = office.csv_markdown(job.path, job.display_name)
     except Exception as exc:  # zipfile, lxml, openpyxl and csv raise many types

@@ -261,12 +261,16 @@ def _pptx_shapes(shapes: Iterable[Any]) -> Iterator[str]:
 # --- XLSX / CSV ---------------------------------------------------------------------
 
 
-def xlsx_markdown(path: str) -> Office:
-    """Every sheet's used range, the first row as the header, values as stored."""
+def xlsx_markdown(path: str, max_cells: int = 0) -> Office:
+    """Every sheet's used range, the first row as the header, values as stored; a
+    workbook spanning more than ``max_cells`` cells is refused before it is read."""
     import openpyxl
+
+    from .limits import check_xlsx_cells
 
     workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
+        check_xlsx_cells(workbook, max_cells)
         names = list(workbook.sheetnames)
         parts, warnings = [], []
         metadata: dict[str, Any] = {

@@ -130,6 +130,7 @@ class DocumentParser:
             request_id=request.request_id,
             ocr_max_pages=self._config.doc_ocr_max_pages,
             ocr_max_pixels=self._config.doc_ocr_max_pixels,
+            xlsx_max_cells=self._config.doc_max_cells,
             fault=faults.requested(request.filename, self._config.doc_fault_injection),
         )
 
