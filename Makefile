@@ -8,6 +8,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := tests/node/node_modules/.installed
 INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt \
 	client/pyproject.toml server/pyproject.toml scripts/install_dev.sh scripts/dev_constraints.py
 HOST ?= 127.0.0.1
@@ -22,10 +23,18 @@ help: ## list the targets
 	  '{gsub(/\$$\(HOST\)/, host, $$2); gsub(/\$$\(PORT\)/, port, $$2); \
 	    gsub(/\$$\(IMAGE\)/, image, $$2); printf "  %-14s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## build .venv (idempotent: does nothing when no input changed)
+install: $(STAMP) $(NODE_STAMP) ## build .venv and the Node test client (idempotent: does nothing when no input changed)
 
 $(STAMP): $(INSTALL_INPUTS)
 	bash scripts/install_dev.sh $(VENV)
+	touch $@
+
+# The Node client of tests/test_node_client.py (the API contract outside Python): the
+# exact versions of tests/node/package-lock.json from the npm registry. --ignore-scripts:
+# nothing needs an install script (protobufjs' only prints a version note).
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { echo "install: the Node client test needs Node >= 18 and npm" >&2; exit 1; }
+	cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install ## serve the embedded default model on $(HOST):$(PORT)
