@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install run test proto lint format check clean
+.PHONY: help install run test proto proto-baseline lint format check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -48,6 +48,17 @@ test: install ## run all tests (then the quantization suite in its own venv: tes
 # tests/test_proto_stubs.py fails when they are stale (scripts/gen_proto.py says how).
 proto: install ## regenerate client/zopilot_client/pb from protos/
 	$(PY) scripts/gen_proto.py client
+
+# `buf breaking` (tests/test_buf.py, in `make test`) compares protos/ with this committed
+# image of the published contract, so a clean (even shallow) clone has it. Refresh it on
+# purpose once a change is meant to ship; it refuses a breaking change unless ALLOW_BREAKING=1.
+PROTO_BASELINE := protos/baseline/zopilot_v1.json
+proto-baseline: install ## record protos/ as the contract that buf breaking checks against
+	$(VENV)/bin/buf breaking --against $(PROTO_BASELINE) || [ "$(ALLOW_BREAKING)" = 1 ] \
+	  || { echo "proto-baseline: that change breaks clients (ALLOW_BREAKING=1 to record it anyway)" >&2; exit 1; }
+	set -o pipefail; $(VENV)/bin/buf build --exclude-source-info -o '-#format=json' \
+	  | $(PY) -m json.tool --indent 1 > $(PROTO_BASELINE).tmp
+	mv $(PROTO_BASELINE).tmp $(PROTO_BASELINE)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .
