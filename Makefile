@@ -8,13 +8,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := tests/node/node_modules/.installed
 INSTALL_INPUTS := constraints.txt requirements.txt requirements-dev.txt \
 	client/pyproject.toml server/pyproject.toml scripts/install_dev.sh scripts/dev_constraints.py
 HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install run test proto lint format check clean
+.PHONY: help install run test proto proto-baseline lint format check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -22,10 +23,18 @@ help: ## list the targets
 	  '{gsub(/\$$\(HOST\)/, host, $$2); gsub(/\$$\(PORT\)/, port, $$2); \
 	    gsub(/\$$\(IMAGE\)/, image, $$2); printf "  %-14s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## build .venv (idempotent: does nothing when no input changed)
+install: $(STAMP) $(NODE_STAMP) ## build .venv and the Node test client (idempotent: does nothing when no input changed)
 
 $(STAMP): $(INSTALL_INPUTS)
 	bash scripts/install_dev.sh $(VENV)
+	touch $@
+
+# The Node client of tests/test_node_client.py (the API contract outside Python): the
+# exact versions of tests/node/package-lock.json from the npm registry. --ignore-scripts:
+# nothing needs an install script (protobufjs' only prints a version note).
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { echo "install: the Node client test needs Node >= 18 and npm" >&2; exit 1; }
+	cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install ## serve the embedded default model on $(HOST):$(PORT)
@@ -39,6 +48,17 @@ test: install ## run all tests (then the quantization suite in its own venv: tes
 # tests/test_proto_stubs.py fails when they are stale (scripts/gen_proto.py says how).
 proto: install ## regenerate client/zopilot_client/pb from protos/
 	$(PY) scripts/gen_proto.py client
+
+# `buf breaking` (tests/test_buf.py, in `make test`) compares protos/ with this committed
+# image of the published contract, so a clean (even shallow) clone has it. Refresh it on
+# purpose once a change is meant to ship; it refuses a breaking change unless ALLOW_BREAKING=1.
+PROTO_BASELINE := protos/baseline/zopilot_v1.json
+proto-baseline: install ## record protos/ as the contract that buf breaking checks against
+	$(VENV)/bin/buf breaking --against $(PROTO_BASELINE) || [ "$(ALLOW_BREAKING)" = 1 ] \
+	  || { echo "proto-baseline: that change breaks clients (ALLOW_BREAKING=1 to record it anyway)" >&2; exit 1; }
+	set -o pipefail; $(VENV)/bin/buf build --exclude-source-info -o '-#format=json' \
+	  | $(PY) -m json.tool --indent 1 > $(PROTO_BASELINE).tmp
+	mv $(PROTO_BASELINE).tmp $(PROTO_BASELINE)
 
 lint: install ## ruff check + format check
 	$(VENV)/bin/ruff check .

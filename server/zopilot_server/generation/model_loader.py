@@ -3,14 +3,20 @@
 The server never reaches the Hugging Face hub: a value of ``--model`` that is not a
 local path fails at once with a message saying how to get the files, instead of
 hanging on a download or printing a stack trace.
+
+Loading also keeps transformers' advice about what this module already handles out of
+the server log (``quiet_handled_noise``); every other warning still shows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +89,8 @@ class ModelSource:
 def resolve_source(config: ServerConfig) -> ModelSource:
     """Turn ``--model`` into a local source, converting the embedded default if needed."""
     if not config.model:
-        directory = default_model.ensure_converted(config.cache_dir)
+        with quiet_handled_noise(gguf=True):  # the conversion loads the embedded GGUF
+            directory = default_model.ensure_converted(config.cache_dir)
         return ModelSource(directory, None, default_model.MODEL_NAME)
     path = Path(config.model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -149,14 +156,18 @@ def load_model(config: ServerConfig) -> LoadedModel:
     if bnb is not None or device.startswith("cuda"):
         kwargs["device_map"] = {"": device}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source.directory), gguf_file=source.gguf_file)
-        model, info = AutoModelForCausalLM.from_pretrained(
-            str(source.directory), output_loading_info=True, **kwargs
-        )
+        with quiet_handled_noise(gguf=bool(source.gguf_file)):
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(source.directory), gguf_file=source.gguf_file
+            )
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(source.directory), output_loading_info=True, **kwargs
+            )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model from {source.directory}: {exc}") from exc
     if source.gguf_file:
         tie_missing_lm_head(model, info)
+    _drop_handled(type(model).__module__, _LOGITS_DTYPE_NOTE)  # logged at the first forward
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
@@ -185,13 +196,102 @@ def load_model(config: ServerConfig) -> LoadedModel:
     return loaded
 
 
+# transformers' messages about things this server handles, each with the reason it may go.
+# Messages are matched from their start (re.match), so one that says more still shows.
+#
+# GGUF checkpoints of tied-embedding models carry no lm_head; transformers 4.45 warns that
+# it is "newly initialized" and that we "should probably TRAIN this model". The
+# conversion (default_model) and tie_missing_lm_head tie it to the embeddings. Only the
+# exact list ['lm_head.weight'] is handled: any other missing weight is real and shows.
+_GGUF_LM_HEAD = re.compile(
+    r"Some weights of \w+ were not initialized from the model checkpoint at .* and are newly "
+    r"initialized: \['lm_head\.weight'\]\n",
+    re.S,
+)
+# Llama / T5 tokenizers built from a GGUF have no `legacy` setting; the message itself says
+# GGUF users can ignore it, and the embedded model's tokenizer is fixed in default_model.
+_GGUF_LEGACY_TOKENIZER = re.compile(r"You are using the default legacy behaviour of the ")
+# transformers 4.45 announces that 4.46 stops upcasting logits to float32: the runner
+# upcasts them itself (runner._choose), so the change does not reach us.
+_LOGITS_DTYPE_NOTE = re.compile(r"Starting from v4\.46, the `logits` model output will have")
+
+# The loggers those messages come from (logging.getLogger returns the same object before
+# and after transformers imports the module, so filters can be set up front).
+_GGUF_NOISE = (
+    ("transformers.modeling_utils", _GGUF_LM_HEAD),
+    ("transformers.models.llama.tokenization_llama", _GGUF_LEGACY_TOKENIZER),
+    ("transformers.models.llama.tokenization_llama_fast", _GGUF_LEGACY_TOKENIZER),
+    ("transformers.models.t5.tokenization_t5", _GGUF_LEGACY_TOKENIZER),
+)
+
+
+class _DropHandled(logging.Filter):
+    """Drops the records whose message matches ``pattern``; passes every other one."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def _drop_handled(logger_name: str, pattern: re.Pattern[str]) -> logging.Filter:
+    """Install (once per logger and pattern) a filter dropping ``pattern`` on that logger."""
+    logger = logging.getLogger(logger_name)
+    for existing in logger.filters:
+        if isinstance(existing, _DropHandled) and existing.pattern is pattern:
+            return existing
+    dropper = _DropHandled(pattern)
+    logger.addFilter(dropper)
+    return dropper
+
+
+@contextlib.contextmanager
+def quiet_handled_noise(*, gguf: bool) -> Iterator[None]:
+    """While loading, drop transformers' messages about what we handle (see above) and,
+    for GGUF files, the tqdm bar of the dequantization (carriage returns in a log file;
+    our own "converting ... (once)" and "loaded ... in N s" lines say what happens)."""
+    installed: list[tuple[logging.Logger, logging.Filter]] = []
+    patched: tuple[Any, Any] | None = None
+    if gguf:
+        for logger_name, pattern in _GGUF_NOISE:
+            logger = logging.getLogger(logger_name)
+            if not any(getattr(f, "pattern", None) is pattern for f in logger.filters):
+                dropper = _DropHandled(pattern)
+                logger.addFilter(dropper)
+                installed.append((logger, dropper))
+        patched = _silence_gguf_progress()
+    try:
+        yield
+    finally:
+        for logger, dropper in installed:
+            logger.removeFilter(dropper)
+        if patched is not None:
+            module, original = patched
+            module.tqdm = original
+
+
+def _silence_gguf_progress() -> tuple[Any, Any] | None:
+    """transformers' GGUF reader calls tqdm directly (not its own switchable wrapper)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - a transformers without GGUF support
+        return None
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None or isinstance(original, functools.partial):
+        return None
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    return gguf_utils, original
+
+
 def tie_missing_lm_head(model: Any, loading_info: dict[str, Any]) -> None:
     """GGUF files of models with tied embeddings carry no output matrix, and transformers
     4.45 then leaves ``lm_head`` randomly initialised (the model talks nonsense). When the
     checkpoint had no lm_head, tie it to the embeddings, as the original model does."""
     if "lm_head.weight" not in loading_info.get("missing_keys", ()):
         return
-    log.warning("the GGUF file has no lm_head: tying it to the input embeddings")
+    log.info("the GGUF file has no lm_head: tying it to the input embeddings")
     model.config.tie_word_embeddings = True
     model.tie_weights()
 
