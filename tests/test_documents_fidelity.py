@@ -286,3 +286,102 @@ def test_images_that_are_not_extracted_are_warned_about(tmp_path: Path) -> None:
     assert office.pptx_markdown(str(tmp_path / "pic.pptx")).warnings == [
         "pptx: 2 picture(s) not extracted (not OCRed)"
     ]
+
+
+# --- docx list numbering, vertical merges, pdf tables ----------------------------------
+
+
+def test_docx_numbered_lists_are_ordered_nested_and_restart(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_HTML, pb.OUTPUT_FORMAT_TEXT]
+    reply = parse(build.docx_lists(), "lists.docx", formats=formats)
+    assert reply.markdown == (
+        "Steps follow.\n\n"
+        "1. Preheat step\n2. Mix step\n3. Bake step\n\n"
+        "Nested list follows.\n\n"
+        "1. Fruit\n    - apple\n    - pear\n2. Vegetables\n    - leek\n"
+        "        1. baby leek\n        2. giant leek\n3. Grains\n\n"
+        "Second list follows.\n\n"
+        "1. again one\n2. again two\n\n5. fifth item\n6. sixth item\n\n"
+        "Bullets follow.\n\n- red\n- green"
+    )
+    assert "<ol><li>Preheat step</li><li>Mix step</li><li>Bake step</li></ol>" in reply.html
+    assert (
+        "<ol><li>Fruit<ul><li>apple</li><li>pear</li></ul></li><li>Vegetables<ul><li>leek"
+        "<ol><li>baby leek</li><li>giant leek</li></ol></li></ul></li><li>Grains</li></ol>"
+    ) in reply.html
+    assert '<ol start="5"><li>fifth item</li><li>sixth item</li></ol>' in reply.html
+    assert "<ul><li>red</li><li>green</li></ul>" in reply.html
+    assert_safe_html(reply.html)
+    assert "2. Mix step" in reply.text.splitlines()
+
+
+def test_docx_vertical_and_horizontal_merges_keep_columns(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV]
+    reply = parse(build.docx_merged_table(), "merged.docx", formats=formats)
+    assert reply.markdown.splitlines() == [
+        "| r0c0 | r0c1 | r0c2 |",
+        "| --- | --- | --- |",
+        "| Region | r1c1 | r1c2 |",
+        "|  | r2c1 | r2c2 |",
+        "| r3c0<br>r4c0 | Wide |  |",
+        "|  | r4c1 | r4c2 |",
+        "",
+        "After the table.",
+    ]
+    assert csv_rows(reply.csv) == [
+        ["r0c0", "r0c1", "r0c2"],
+        ["Region", "r1c1", "r1c2"],
+        ["", "r2c1", "r2c2"],
+        ["r3c0\nr4c0", "Wide", ""],
+        ["", "r4c1", "r4c2"],
+    ]
+
+
+def test_pdf_ruled_table_becomes_a_markdown_table_in_place(parse: Parse) -> None:
+    reply = parse(build.pdf_ruled_table(), "table.pdf", formats=ALL_FORMATS)
+    assert reply.markdown.splitlines() == [
+        "## Page 1",
+        "",
+        "Intro line before the table",
+        "",
+        "| Item | Qty | Price |",
+        "| --- | --- | --- |",
+        "| apple | 3 | 1.50 |",
+        "| pear | 10 | 0.75 |",
+        "",
+        "Closing line after the table",
+        "Item 2 of 3 is pear",
+    ]
+    assert csv_rows(reply.csv) == build.PDF_TABLE_ROWS
+    assert "apple\t3\t1.50" in reply.text.splitlines()
+    assert reply.text.count("apple") == 1  # the table's text is not repeated as lines
+    assert "<tr><td>apple</td><td>3</td><td>1.50</td></tr>" in reply.html
+    data = json.loads(reply.json)
+    assert data["table_count"] == 1
+    tables = [t for s in data["document"]["sections"] for t in s["content"].get("tables", [])]
+    assert tables[0]["headers"] == ["Item", "Qty", "Price"]
+
+
+def test_pdf_without_rules_gives_no_table(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV]
+    reply = parse(build.pdf_plain_columns(), "columns.pdf", formats=formats)
+    assert reply.markdown.splitlines() == [
+        "## Page 1",
+        "",
+        *[value for row in build.PDF_TABLE_ROWS for value in row],
+    ]
+    assert reply.csv == ""
+    assert "csv: the document has no tables; csv is empty" in reply.warnings
+
+
+def test_pdf_frame_around_a_paragraph_is_not_a_table() -> None:
+    import pymupdf
+    from zopilot_server.documents import extract
+
+    with pymupdf.open() as document:
+        page = document.new_page()
+        page.draw_rect(pymupdf.Rect(60, 50, 400, 120), color=(0, 0, 0))
+        page.insert_text((72, 72), "Framed note: read me first")
+        warnings: list[str] = []
+        assert extract.pdf_page_text(page, 1, warnings) == (page.get_text(), 0)
+        assert warnings == []

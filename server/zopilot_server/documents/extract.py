@@ -284,8 +284,19 @@ def _rejected(job: ParseJob, exc: BaseException) -> DocumentRejected:
     return DocumentRejected("content", f"could not parse the {job.doc_type}: {message}")
 
 
-def _pdf_pages(job: ParseJob) -> tuple[list[str], bool]:
-    """The text of every page and whether MuPDF had to repair the file.
+@dataclass
+class PdfText:
+    """The text layer of every page (tables as markdown) and what happened reading it."""
+
+    pages: list[str]
+    repaired: bool
+    table_count: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _pdf_pages(job: ParseJob) -> PdfText:
+    """The text of every page, its ruled tables as markdown tables, and whether MuPDF
+    had to repair the file.
 
     Any MuPDF failure, opening the file or reading a page, is the document's fault.
     """
@@ -299,12 +310,124 @@ def _pdf_pages(job: ParseJob) -> tuple[list[str], bool]:
                 )
             if document.page_count == 0:
                 raise DocumentRejected("content", "the PDF has no pages (corrupt?)")
-            pages = [page.get_text() for page in document]
-            return pages, bool(getattr(document, "is_repaired", False))
+            result = PdfText([], bool(getattr(document, "is_repaired", False)))
+            for number, page in enumerate(document, start=1):
+                text, tables = pdf_page_text(page, number, result.warnings)
+                result.pages.append(text)
+                result.table_count += tables
+            return result
     except DocumentRejected:
         raise
     except Exception as exc:  # MuPDF raises FileDataError and many FzError* types
         raise _rejected(job, exc) from exc
+
+
+# Above this many vector paths on a page, table detection is skipped (its edge
+# intersection step grows with the square of the lines: a vector map or chart would
+# cost seconds); the page's text is kept as lines, with a warning.
+PDF_TABLE_MAX_DRAWINGS = 3000
+
+
+def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int]:
+    """A page's text in reading order, each ruled table in it as a markdown table.
+
+    Tables are PyMuPDF's ``find_tables`` with its line strategy (the table's drawn
+    rules), so a page without vector drawings (plain text) is never searched and reads
+    exactly as ``get_text()``. A table (2 rows and 2 columns at least: a frame round a
+    paragraph is not a table) replaces its text lines, at the place of its first line
+    in the text stream; cells are read from the page's words (PyMuPDF's own cell text
+    splits ``1.50`` into ``1 50`` and ``.``); a merged cell's text is given once.
+    """
+    if page.rotation or not page.get_cdrawings():
+        return page.get_text(), 0
+    if len(page.get_cdrawings()) > PDF_TABLE_MAX_DRAWINGS:
+        warnings.append(
+            f"pdf page {number}: over {PDF_TABLE_MAX_DRAWINGS} vector drawings; tables "
+            "were not looked for, their text is given as lines"
+        )
+        return page.get_text(), 0
+    try:
+        tables = _pdf_tables(page)
+    except Exception:  # noqa: BLE001 - a table-finder failure must not lose the text
+        warnings.append(f"pdf page {number}: table detection failed; its text is given as lines")
+        return page.get_text(), 0
+    if not tables:
+        return page.get_text(), 0
+    import pymupdf
+
+    pieces: list[str] = []
+    placed: set[int] = set()
+    for block in page.get_text("dict", flags=pymupdf.TEXTFLAGS_TEXT)["blocks"]:
+        for line in block.get("lines", ()):
+            x0, y0, x1, y1 = line["bbox"]
+            inside = _containing(tables, (x0 + x1) / 2, (y0 + y1) / 2)
+            if inside is None:
+                pieces.append("".join(span["text"] for span in line["spans"]))
+            elif inside not in placed:
+                placed.add(inside)
+                pieces.append(f"\n{office.table(tables[inside][1])}\n")
+    pieces += [f"\n{office.table(t[1])}\n" for n, t in enumerate(tables) if n not in placed]
+    return "\n".join(pieces), len(tables)
+
+
+_Box = tuple[float, float, float, float]
+
+
+def _pdf_tables(page: Any) -> list[tuple[_Box, list[list[str]]]]:
+    """The page's ruled tables: bounding box and rows of cell text (header first)."""
+    found = page.find_tables(**_find_tables_options())
+    tables: list[tuple[_Box, list[list[str]]]] = []
+    grids: list[list[list[_Box | None]]] = []
+    for candidate in found.tables:
+        if candidate.row_count < 2 or candidate.col_count < 2:
+            continue
+        box = tuple(candidate.bbox)
+        grid = [list(row.cells) for row in candidate.rows]
+        header = candidate.header
+        if header.external and header.bbox is not None:
+            grid.insert(0, list(header.cells))
+            hx0, hy0, hx1, hy1 = header.bbox
+            box = (min(box[0], hx0), min(box[1], hy0), max(box[2], hx1), max(box[3], hy1))
+        tables.append((box, [[""] * len(row) for row in grid]))  # type: ignore[arg-type]
+        grids.append(grid)
+    if not tables:
+        return []
+    lines: dict[tuple[int, int, int, int], list[str]] = {}
+    for x0, y0, x1, y1, word, block, line, _ in page.get_text("words"):
+        x, y = (x0 + x1) / 2, (y0 + y1) / 2
+        inside = _containing(tables, x, y)
+        if inside is None:
+            continue
+        for r, row in enumerate(grids[inside]):
+            c = next((c for c, b in enumerate(row) if b and _holds(b, x, y)), None)
+            if c is not None:
+                lines.setdefault((inside, r, c, block * 100000 + line), []).append(word)
+                break
+    for (inside, r, c, _line), words in lines.items():  # insertion order: stream order
+        cells = tables[inside][1][r]
+        cells[c] = "\n".join(filter(None, [cells[c], " ".join(words)]))
+    return [t for t in tables if any(any(row) for row in t[1])]
+
+
+def _holds(box: _Box, x: float, y: float) -> bool:
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
+
+
+def _containing(tables: list[tuple[_Box, list[list[str]]]], x: float, y: float) -> int | None:
+    return next((n for n, (box, _rows) in enumerate(tables) if _holds(box, x, y)), None)
+
+
+@functools.lru_cache(maxsize=1)
+def _find_tables_options() -> dict[str, Any]:
+    """PyMuPDF >= 2.0 gates ``find_tables`` by its layout model by default (about a
+    second a page on CPU); the line strategy alone takes milliseconds."""
+    import inspect
+
+    import pymupdf.table
+
+    finder = getattr(pymupdf.table, "find_tables", None)  # Page.find_tables(**kwargs)
+    parameters = inspect.signature(finder).parameters if finder is not None else {}
+    return {"use_layout": False} if "use_layout" in parameters else {}
 
 
 def escape_hash_lines(text: str) -> str:
@@ -313,7 +436,8 @@ def escape_hash_lines(text: str) -> str:
 
 
 def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
-    pages, repaired = _pdf_pages(job)
+    read_pdf = _pdf_pages(job)
+    pages, repaired = read_pdf.pages, read_pdf.repaired
     empty = [n for n, text in enumerate(pages) if not text.strip()]
     if len(empty) == len(pages) and not ocr_models.missing(model_dir):
         extraction = _ocr(job, model_dir, "PDFProcessor")
@@ -329,8 +453,9 @@ def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
     )
     methods = [OCR_METHOD if n in read else TEXT_METHOD for n in range(len(pages))]
     method = "+".join(m for m in (TEXT_METHOD, OCR_METHOD) if m in methods)
-    metadata = {"pages": len(pages), "page_methods": methods}
+    metadata = {"pages": len(pages), "page_methods": methods, "table_count": read_pdf.table_count}
     extraction = Extraction(markdown, method, metadata, len(pages))
+    extraction.warnings += read_pdf.warnings
     extraction.warnings += [ocr.describe(n + 1, page, dpi) for n, (page, dpi) in read.items()]
     if repaired:
         extraction.warnings.append("the PDF was damaged and repaired; text may be incomplete")
