@@ -321,8 +321,8 @@ def pdf_ruled_table(rows: list[list[str]] | None = None) -> bytes:
     document = pymupdf.open()
     page = document.new_page()
     page.insert_text((72, 72), "Intro line before the table")
-    left, top, width, height = 72, 100, 120, 24
     columns = len(rows[0])
+    left, top, width, height = 72, 100, min(120, 450 // columns), 24
     for r in range(len(rows) + 1):
         page.draw_line((left, top + r * height), (left + columns * width, top + r * height))
     for c in range(columns + 1):

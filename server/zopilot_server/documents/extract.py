@@ -338,16 +338,17 @@ def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int
     in the text stream; cells are read from the page's words (PyMuPDF's own cell text
     splits ``1.50`` into ``1 50`` and ``.``); a merged cell's text is given once.
     """
-    if page.rotation or not page.get_cdrawings():
+    drawings = [] if page.rotation else page.get_cdrawings()
+    if not drawings:
         return page.get_text(), 0
-    if len(page.get_cdrawings()) > PDF_TABLE_MAX_DRAWINGS:
+    if len(drawings) > PDF_TABLE_MAX_DRAWINGS:
         warnings.append(
             f"pdf page {number}: over {PDF_TABLE_MAX_DRAWINGS} vector drawings; tables "
             "were not looked for, their text is given as lines"
         )
         return page.get_text(), 0
     try:
-        tables = _pdf_tables(page)
+        tables = _pdf_tables(page, drawings)
     except Exception:  # noqa: BLE001 - a table-finder failure must not lose the text
         warnings.append(f"pdf page {number}: table detection failed; its text is given as lines")
         return page.get_text(), 0
@@ -373,22 +374,28 @@ def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int
 _Box = tuple[float, float, float, float]
 
 
-def _pdf_tables(page: Any) -> list[tuple[_Box, list[list[str]]]]:
+def _pdf_tables(page: Any, drawings: list[dict[str, Any]]) -> list[tuple[_Box, list[list[str]]]]:
     """The page's ruled tables: bounding box and rows of cell text (header first)."""
-    found = page.find_tables(**_find_tables_options())
+    # Tables are found from drawn rules, so they lie inside the drawings' bounding box:
+    # clipped to it, PyMuPDF reads the characters of that region only.
+    drawn = [item["rect"] for item in drawings]
+    clip = (
+        min(r[0] for r in drawn) - 1,
+        min(r[1] for r in drawn) - 1,
+        max(r[2] for r in drawn) + 1,
+        max(r[3] for r in drawn) + 1,
+    )
+    found = page.find_tables(clip=clip, **_find_tables_options())
     tables: list[tuple[_Box, list[list[str]]]] = []
     grids: list[list[list[_Box | None]]] = []
     for candidate in found.tables:
         if candidate.row_count < 2 or candidate.col_count < 2:
             continue
-        box = tuple(candidate.bbox)
+        # Its first row is the header. (``candidate.header`` would also look for a
+        # header row above the rules, at a third of the whole cost: such a row stays a
+        # text line just above the table.)
         grid = [list(row.cells) for row in candidate.rows]
-        header = candidate.header
-        if header.external and header.bbox is not None:
-            grid.insert(0, list(header.cells))
-            hx0, hy0, hx1, hy1 = header.bbox
-            box = (min(box[0], hx0), min(box[1], hy0), max(box[2], hx1), max(box[3], hy1))
-        tables.append((box, [[""] * len(row) for row in grid]))  # type: ignore[arg-type]
+        tables.append((tuple(candidate.bbox), [[""] * len(row) for row in grid]))  # type: ignore[arg-type]
         grids.append(grid)
     if not tables:
         return []
