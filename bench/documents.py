@@ -94,6 +94,8 @@ def fidelity_documents() -> dict[str, tuple[str, bytes]]:
             "csv:fidelity": ("csv", build.CSV_FIDELITY),
             "html:tables": ("html", build.HTML_TABLES),
             "pdf:fidelity": ("pdf", build.pdf_fidelity()),
+            "docx:lists": ("docx", build.docx_lists()),
+            "docx:merged": ("docx", build.docx_merged_table()),
             "pdf:table": ("pdf", build.pdf_ruled_table()),
         }
     )
@@ -282,7 +284,10 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     try:
         with grpc.insecure_channel(target) as channel:
             stub = documents_pb2_grpc.DocumentsStub(channel)
-            result = {"fidelity": fidelity(stub, work_dir), "pdf_tables": pdf_table_cost(20)}
+            result = {
+                "fidelity": fidelity(stub, work_dir),
+                "pdf_tables": pdf_table_cost(args.rounds * args.per_round),
+            }
             if not args.fidelity_only:
                 result.update(measure(stub, docs, paths, args))
             if args.ocr_pages:
