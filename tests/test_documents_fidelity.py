@@ -385,3 +385,26 @@ def test_pdf_frame_around_a_paragraph_is_not_a_table() -> None:
         warnings: list[str] = []
         assert extract.pdf_page_text(page, 1, warnings) == (page.get_text(), 0)
         assert warnings == []
+
+
+def test_pdf_graph_paper_is_not_searched_for_tables() -> None:
+    """A page ruled like graph paper (100 x 100 rules) would cost PyMuPDF's finder
+    seconds: its text is kept as lines, with a warning naming the page."""
+    import pymupdf
+    from zopilot_server.documents import extract
+
+    with pymupdf.open() as document:
+        page = document.new_page()
+        shape = page.new_shape()
+        for i in range(100):
+            shape.draw_line((50, 50 + i * 7), (550, 50 + i * 7))
+            shape.draw_line((50 + i * 5, 50), (50 + i * 5, 750))
+        shape.finish(color=(0, 0, 0))
+        shape.commit()
+        page.insert_text((72, 72), "Grid notes")
+        warnings: list[str] = []
+        assert extract.pdf_page_text(page, 3, warnings) == (page.get_text(), 0)
+        assert warnings == [
+            "pdf page 3: its rules could form 10000 table cells (over 3000); tables were "
+            "not looked for, their text is given as lines"
+        ]

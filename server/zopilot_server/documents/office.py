@@ -312,11 +312,15 @@ def _docx_rows(docx_table: Any) -> list[list[str]]:
     nested table's rows inside its cell."""
     from docx.table import _Cell
 
+    # A span is at most the table's grid width (a hostile gridSpan of 10^9 must not
+    # build a row of 10^9 cells).
+    grid = docx_table._tbl.tblGrid
+    limit = max(len(grid.gridCol_lst) if grid is not None else 0, 1)
     rows = []
     for row in docx_table.rows:
-        cells = [""] * int(getattr(row, "grid_cols_before", 0) or 0)
+        cells = [""] * min(int(getattr(row, "grid_cols_before", 0) or 0), limit)
         for tc in row._tr.tc_lst:
-            span = max(int(tc.grid_span or 1), 1)
+            span = min(max(int(tc.grid_span or 1), 1), limit)
             text = "" if tc.vMerge == "continue" else _docx_cell(_Cell(tc, docx_table))
             cells += [text] + [""] * (span - 1)
         rows.append(cells)
