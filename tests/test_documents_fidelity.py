@@ -408,3 +408,26 @@ def test_pdf_graph_paper_is_not_searched_for_tables() -> None:
             "pdf page 3: its rules could form 10000 table cells (over 3000); tables were "
             "not looked for, their text is given as lines"
         ]
+
+
+def test_pdf_table_text_is_neither_lost_nor_repeated() -> None:
+    """A cell's text that runs past the table's right rule: every word of the page
+    comes out exactly as often as in the text layer (the words past the rule as a line
+    after the table)."""
+    from collections import Counter
+
+    import pymupdf
+    from zopilot_server.documents import extract
+
+    note = "overflow note " + " ".join(f"w{n}" for n in range(22))  # ends at x=498
+    with pymupdf.open(stream=build.pdf_ruled_table()) as source:
+        page = source[0]
+        page.insert_text((76, 100 + 2 * 24 + 10), note, fontsize=9)
+        text, tables = extract.pdf_page_text(page, 1, [])
+        layer = page.get_text()
+    assert tables == 1 and layer.count("w21") == 1
+    assert Counter(text.replace("|", " ").replace("<br>", " ").split()) - Counter(
+        {"---": 3}
+    ) == Counter(layer.split())
+    assert "| Item | Qty | Price |" in text.splitlines()
+    assert text.splitlines()[-3].endswith("w21")  # past the rule (x=432): a line after the table

@@ -334,11 +334,13 @@ def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int
     """A page's text in reading order, each ruled table in it as a markdown table.
 
     Tables are PyMuPDF's ``find_tables`` with its line strategy (the table's drawn
-    rules), so a page without vector drawings (plain text) is never searched and reads
-    exactly as ``get_text()``. A table (2 rows and 2 columns at least: a frame round a
-    paragraph is not a table) replaces its text lines, at the place of its first line
-    in the text stream; cells are read from the page's words (PyMuPDF's own cell text
-    splits ``1.50`` into ``1 50`` and ``.``); a merged cell's text is given once.
+    rules), so a page without both horizontal and vertical rules (plain text) is never
+    searched and reads exactly as ``get_text()``. A table (2 rows and 2 columns at
+    least: a frame round a paragraph is not a table) replaces the text lines whose
+    centre lies in it, at the place of the first of them in the text stream. Those
+    lines' words fill the cells they lie in (PyMuPDF's own cell text splits ``1.50``
+    into ``1 50`` and ``.``); a merged cell's text is given once; a word of those lines
+    in no cell follows the table as a text line, so no text is lost or repeated.
     """
     drawings = [] if page.rotation else page.get_cdrawings()
     grid = _rule_grid(drawings)
@@ -359,19 +361,28 @@ def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int
         return page.get_text(), 0
     import pymupdf
 
-    pieces: list[str] = []
-    placed: set[int] = set()
-    for block in page.get_text("dict", flags=pymupdf.TEXTFLAGS_TEXT)["blocks"]:
-        for line in block.get("lines", ()):
+    textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+    # Each text line either stays a line (None) or belongs to the table holding its centre.
+    owner: dict[tuple[int, int], int | None] = {}
+    stream: list[tuple[str, int | None]] = []
+    for block in page.get_text("dict", textpage=textpage)["blocks"]:
+        for index, line in enumerate(block.get("lines", ())):
             x0, y0, x1, y1 = line["bbox"]
             inside = _containing(tables, (x0 + x1) / 2, (y0 + y1) / 2)
-            if inside is None:
-                pieces.append("".join(span["text"] for span in line["spans"]))
-            elif inside not in placed:
-                placed.add(inside)
-                pieces.append(f"\n{office.table(tables[inside][1])}\n")
-    pieces += [f"\n{office.table(t[1])}\n" for n, t in enumerate(tables) if n not in placed]
-    return "\n".join(pieces), len(tables)
+            owner[(block["number"], index)] = inside
+            stream.append(("".join(span["text"] for span in line["spans"]), inside))
+    rows, stray = _fill_cells(tables, owner, page.get_text("words", textpage=textpage))
+    pieces: list[str] = []
+    placed: set[int] = set()
+    for text, inside in stream:
+        if inside is None:
+            pieces.append(text)
+        elif inside not in placed:
+            placed.add(inside)
+            pieces.append(f"\n{office.table(rows[inside])}\n")
+            if stray[inside]:
+                pieces.append(" ".join(stray[inside]))
+    return "\n".join(pieces), len(placed)
 
 
 _Box = tuple[float, float, float, float]
@@ -409,8 +420,12 @@ def _rule_grid(drawings: list[dict[str, Any]]) -> int:
     return len(rows) * len(columns)
 
 
-def _pdf_tables(page: Any, drawings: list[dict[str, Any]]) -> list[tuple[_Box, list[list[str]]]]:
-    """The page's ruled tables: bounding box and rows of cell text (header first)."""
+_Grid = list[list["_Box | None"]]
+
+
+def _pdf_tables(page: Any, drawings: list[dict[str, Any]]) -> list[tuple[_Box, _Grid]]:
+    """The page's ruled tables: bounding box and the box of every cell, row by row
+    (None where a merged cell covers it); the first row is the header."""
     # Tables are found from drawn rules, so they lie inside the drawings' bounding box:
     # clipped to it, PyMuPDF reads the characters of that region only.
     drawn = [item["rect"] for item in drawings]
@@ -421,41 +436,47 @@ def _pdf_tables(page: Any, drawings: list[dict[str, Any]]) -> list[tuple[_Box, l
         max(r[3] for r in drawn) + 1,
     )
     found = page.find_tables(clip=clip, **_find_tables_options())
-    tables: list[tuple[_Box, list[list[str]]]] = []
-    grids: list[list[list[_Box | None]]] = []
-    for candidate in found.tables:
-        if candidate.row_count < 2 or candidate.col_count < 2:
-            continue
-        # Its first row is the header. (``candidate.header`` would also look for a
-        # header row above the rules, at a third of the whole cost: such a row stays a
-        # text line just above the table.)
-        grid = [list(row.cells) for row in candidate.rows]
-        tables.append((tuple(candidate.bbox), [[""] * len(row) for row in grid]))  # type: ignore[arg-type]
-        grids.append(grid)
-    if not tables:
-        return []
-    lines: dict[tuple[int, int, int, int], list[str]] = {}
-    for x0, y0, x1, y1, word, block, line, _ in page.get_text("words"):
-        x, y = (x0 + x1) / 2, (y0 + y1) / 2
-        inside = _containing(tables, x, y)
+    # ``candidate.header`` would also look for a header row above the rules, at a
+    # third of the whole cost: such a row stays a text line just above the table.
+    return [
+        (tuple(candidate.bbox), [list(row.cells) for row in candidate.rows])
+        for candidate in found.tables
+        if candidate.row_count >= 2 and candidate.col_count >= 2
+    ]
+
+
+def _fill_cells(
+    tables: list[tuple[_Box, _Grid]],
+    owner: dict[tuple[int, int], int | None],
+    words: list[tuple[Any, ...]],
+) -> tuple[list[list[list[str]]], list[list[str]]]:
+    """Every table's cell texts (a cell's lines joined by a line break) from the words
+    of the text lines it owns, and each table's words that lie in no cell."""
+    lines: dict[tuple[int, int, int, int, int], list[str]] = {}
+    stray: list[list[str]] = [[] for _ in tables]
+    for x0, y0, x1, y1, word, block, line, _number in words:
+        inside = owner.get((block, line))
         if inside is None:
             continue
-        for r, row in enumerate(grids[inside]):
-            c = next((c for c, b in enumerate(row) if b and _holds(b, x, y)), None)
+        x, y = (x0 + x1) / 2, (y0 + y1) / 2
+        for r, row in enumerate(tables[inside][1]):
+            c = next((c for c, box in enumerate(row) if box and _holds(box, x, y)), None)
             if c is not None:
-                lines.setdefault((inside, r, c, block * 100000 + line), []).append(word)
+                lines.setdefault((inside, r, c, block, line), []).append(word)
                 break
-    for (inside, r, c, _line), words in lines.items():  # insertion order: stream order
-        cells = tables[inside][1][r]
-        cells[c] = "\n".join(filter(None, [cells[c], " ".join(words)]))
-    return [t for t in tables if any(any(row) for row in t[1])]
+        else:
+            stray[inside].append(word)
+    rows = [[[""] * len(row) for row in grid] for _box, grid in tables]
+    for (inside, r, c, _block, _line), found in lines.items():  # insertion: stream order
+        rows[inside][r][c] = "\n".join(filter(None, [rows[inside][r][c], " ".join(found)]))
+    return rows, stray
 
 
 def _holds(box: _Box, x: float, y: float) -> bool:
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
-def _containing(tables: list[tuple[_Box, list[list[str]]]], x: float, y: float) -> int | None:
+def _containing(tables: list[tuple[_Box, _Grid]], x: float, y: float) -> int | None:
     return next((n for n, (box, _rows) in enumerate(tables) if _holds(box, x, y)), None)
 
 
