@@ -26,6 +26,11 @@ csv module, lxml's text of html (scripts and styles dropped), the raw txt, and P
 words for pdf (the same library our pdf path uses: that figure checks our rendering, not
 the extraction). ``--fidelity-only`` skips the throughput rounds.
 
+``pdf_tables``: in process, ms per PDF reading every page with table detection
+(``extract.pdf_page_text``) and without it (``page.get_text()``), and their ratio, on a
+plain 3-page PDF, a page with one ruled table and 10 pages of 20-row tables;
+``--pdf-tables-only`` prints just that, without starting the server.
+
 ``ocr`` (``--ocr-pages``, 0 skips it): the bundled OCR engine through the RPC, with no
 docstrange models. English Letter pages with a text layer are rendered to images and
 sent as png / jpg or as an image-only PDF; per condition it reports word recall against
@@ -89,6 +94,9 @@ def fidelity_documents() -> dict[str, tuple[str, bytes]]:
             "csv:fidelity": ("csv", build.CSV_FIDELITY),
             "html:tables": ("html", build.HTML_TABLES),
             "pdf:fidelity": ("pdf", build.pdf_fidelity()),
+            "docx:lists": ("docx", build.docx_lists()),
+            "docx:merged": ("docx", build.docx_merged_table()),
+            "pdf:table": ("pdf", build.pdf_ruled_table()),
         }
     )
     return named
@@ -191,6 +199,60 @@ def in_process_parser(doc_type: str) -> Callable[[str], str]:
     return pdf_text
 
 
+def table_pdf(pages: int, rows: int) -> bytes:
+    """``pages`` pages, each a ruled table of ``rows`` x 5 cells between text lines."""
+    import documents_builders as build
+    import pymupdf
+
+    grid = [[f"h{c}" for c in range(5)]] + [[f"r{r}c{c}" for c in range(5)] for r in range(rows)]
+    with pymupdf.open() as document:
+        for _ in range(pages):
+            with pymupdf.open(stream=build.pdf_ruled_table(grid)) as page:
+                document.insert_pdf(page)
+        return document.tobytes()
+
+
+def pdf_table_cost(rounds: int) -> dict[str, Any]:
+    """What table detection costs on top of the plain text layer, in process: per
+    fixture, ms per document reading every page with ``extract.pdf_page_text`` (tables
+    as markdown) and with ``page.get_text()`` (what the worker did before), and their
+    ratio. A page without vector drawings skips detection, so plain text should stay
+    near 1.0."""
+    import documents_builders as build
+    import pymupdf
+    from zopilot_server.documents import extract
+
+    fixtures = {
+        "plain_3_pages": build.pdf_pages(3),
+        "one_table_page": build.pdf_ruled_table(),
+        "tables_10_pages_20_rows": table_pdf(10, 20),
+    }
+
+    def read(content: bytes, tables: bool) -> int:
+        found = 0
+        with pymupdf.open(stream=content, filetype="pdf") as document:
+            for number, page in enumerate(document, start=1):
+                if tables:
+                    found += extract.pdf_page_text(page, number, [])[1]
+                else:
+                    page.get_text()
+        return found
+
+    result: dict[str, Any] = {"rounds": rounds}
+    for name, content in fixtures.items():
+        tables = read(content, True)  # warm up
+        read(content, False)
+        with_s = timed(rounds, lambda c=content: read(c, True))
+        without_s = timed(rounds, lambda c=content: read(c, False))
+        result[name] = {
+            "tables_found": tables,
+            "text_only_ms": round(without_s / rounds * 1000, 2),
+            "with_tables_ms": round(with_s / rounds * 1000, 2),
+            "ratio": round(with_s / without_s, 2),
+        }
+    return result
+
+
 def timed(count: int, call: Callable[[], Any]) -> float:
     started = time.perf_counter()
     for _ in range(count):
@@ -222,7 +284,10 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     try:
         with grpc.insecure_channel(target) as channel:
             stub = documents_pb2_grpc.DocumentsStub(channel)
-            result = {"fidelity": fidelity(stub, work_dir)}
+            result = {
+                "fidelity": fidelity(stub, work_dir),
+                "pdf_tables": pdf_table_cost(args.rounds * args.per_round),
+            }
             if not args.fidelity_only:
                 result.update(measure(stub, docs, paths, args))
             if args.ocr_pages:
@@ -416,7 +481,13 @@ def main() -> None:
     parser.add_argument("--fidelity-only", action="store_true", help="skip the throughput")
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
     parser.add_argument("--ocr-pages", type=int, default=2, help="pages per OCR condition")
+    parser.add_argument(
+        "--pdf-tables-only", action="store_true", help="only the in-process pdf table cost"
+    )
     args = parser.parse_args()
+    if args.pdf_tables_only:
+        print(json.dumps({"pdf_tables": pdf_table_cost(args.rounds * args.per_round)}, indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="zopilot-bench-docs-") as work:
         result = bench(args, Path(work))
     result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}

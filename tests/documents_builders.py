@@ -222,3 +222,129 @@ HTML_TABLES = (
     b"<tr><td>cellword</td><td><table><tr><td>n1</td><td>n2</td></tr></table></td></tr>"
     b"</table><p>End</p></body></html>"
 )
+
+
+def _numbered(paragraph: object, num_id: int, level: int) -> None:
+    """Give a python-docx paragraph a ``numPr`` (list ``num_id``, level ``level``)."""
+    from docx.oxml import OxmlElement
+    from docx.oxml.ns import qn
+
+    properties = paragraph._p.get_or_add_pPr()  # type: ignore[attr-defined]
+    num_pr = OxmlElement("w:numPr")
+    for tag, value in (("w:ilvl", level), ("w:numId", num_id)):
+        element = OxmlElement(tag)
+        element.set(qn("w:val"), str(value))
+        num_pr.append(element)
+    properties.append(num_pr)
+
+
+def _add_multilevel_lists(document: object) -> None:
+    """numbering.xml gains abstractNum 90 (decimal / bullet / lowerLetter levels) and
+    lists 91, 92 (both on it: a second list restarts at 1) and 93 (starts at 5)."""
+    from docx.oxml import parse_xml
+
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+    levels = "".join(
+        f'<w:lvl w:ilvl="{n}"><w:start w:val="1"/><w:numFmt w:val="{fmt}"/>'
+        f'<w:lvlText w:val="%{n + 1}."/></w:lvl>'
+        for n, fmt in enumerate(("decimal", "bullet", "lowerLetter"))
+    )
+    root = document.part.numbering_part.element  # type: ignore[attr-defined]
+    first_num = root.find(parse_xml(f"<w:num {w}/>").tag)
+    definition = f'<w:abstractNum {w} w:abstractNumId="90">{levels}</w:abstractNum>'
+    first_num.addprevious(parse_xml(definition))  # abstractNums come before nums
+    for num_id in (91, 92):
+        num = f'<w:num {w} w:numId="{num_id}"><w:abstractNumId w:val="90"/></w:num>'
+        root.append(parse_xml(num))
+    root.append(
+        parse_xml(
+            f'<w:num {w} w:numId="93"><w:abstractNumId w:val="90"/>'
+            '<w:lvlOverride w:ilvl="0"><w:startOverride w:val="5"/></w:lvlOverride></w:num>'
+        )
+    )
+
+
+def docx_lists() -> bytes:
+    """Numbered and bulleted lists: a "List Number" style list, a nested list, a second
+    list on the same definition (restarts), one starting at 5, and bullets."""
+    document = docx.Document()
+    _add_multilevel_lists(document)
+    document.add_paragraph("Steps follow.")
+    for word in ("Preheat", "Mix", "Bake"):
+        document.add_paragraph(f"{word} step", style="List Number")
+    document.add_paragraph("Nested list follows.")
+    for text, level in (
+        ("Fruit", 0),
+        ("apple", 1),
+        ("pear", 1),
+        ("Vegetables", 0),
+        ("leek", 1),
+        ("baby leek", 2),
+        ("giant leek", 2),
+        ("Grains", 0),
+    ):
+        _numbered(document.add_paragraph(text), 91, level)
+    document.add_paragraph("Second list follows.")
+    for text in ("again one", "again two"):
+        _numbered(document.add_paragraph(text), 92, 0)
+    for text in ("fifth item", "sixth item"):
+        _numbered(document.add_paragraph(text), 93, 0)
+    document.add_paragraph("Bullets follow.")
+    for text in ("red", "green"):
+        document.add_paragraph(text, style="List Bullet")
+    return _saved(document)
+
+
+def docx_merged_table() -> bytes:
+    """A 5x3 table: "Region" merged down rows 1-2 of column 0 (vMerge), "Wide" merged
+    across columns 1-2 of row 3 (gridSpan), and rows 3-4 of column 0 merged (both
+    cells' text kept in the merged cell, as Word does)."""
+    document = docx.Document()
+    grid = document.add_table(rows=5, cols=3)
+    for row in range(5):
+        for col in range(3):
+            grid.cell(row, col).text = f"r{row}c{col}"
+    grid.cell(1, 0).merge(grid.cell(2, 0)).text = "Region"
+    grid.cell(3, 1).merge(grid.cell(3, 2)).text = "Wide"
+    grid.cell(3, 0).merge(grid.cell(4, 0))  # keeps "r3c0" and "r4c0" as two paragraphs
+    document.add_paragraph("After the table.")
+    return _saved(document)
+
+
+PDF_TABLE_ROWS = [["Item", "Qty", "Price"], ["apple", "3", "1.50"], ["pear", "10", "0.75"]]
+
+
+def pdf_ruled_table(rows: list[list[str]] | None = None) -> bytes:
+    """A text-layer page: a line of text, a table drawn as ruled lines with a word per
+    cell (the default: ``PDF_TABLE_ROWS``), then a closing line and "2 of 3" prose."""
+    rows = rows or PDF_TABLE_ROWS
+    document = pymupdf.open()
+    page = document.new_page()
+    page.insert_text((72, 72), "Intro line before the table")
+    columns = len(rows[0])
+    left, top, width, height = 72, 100, min(120, 450 // columns), 24
+    for r in range(len(rows) + 1):
+        page.draw_line((left, top + r * height), (left + columns * width, top + r * height))
+    for c in range(columns + 1):
+        page.draw_line((left + c * width, top), (left + c * width, top + len(rows) * height))
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            page.insert_text((left + c * width + 4, top + r * height + 16), value)
+    bottom = top + len(rows) * height
+    page.insert_text((72, bottom + 30), "Closing line after the table")
+    page.insert_text((72, bottom + 50), "Item 2 of 3 is pear")
+    data = document.tobytes()
+    document.close()
+    return data
+
+
+def pdf_plain_columns() -> bytes:
+    """Text laid out in columns, like a table, but with no ruled lines (no drawings)."""
+    document = pymupdf.open()
+    page = document.new_page()
+    for r, row in enumerate(PDF_TABLE_ROWS):
+        for c, value in enumerate(row):
+            page.insert_text((72 + c * 120, 100 + r * 24), value)
+    data = document.tobytes()
+    document.close()
+    return data

@@ -286,3 +286,148 @@ def test_images_that_are_not_extracted_are_warned_about(tmp_path: Path) -> None:
     assert office.pptx_markdown(str(tmp_path / "pic.pptx")).warnings == [
         "pptx: 2 picture(s) not extracted (not OCRed)"
     ]
+
+
+# --- docx list numbering, vertical merges, pdf tables ----------------------------------
+
+
+def test_docx_numbered_lists_are_ordered_nested_and_restart(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_HTML, pb.OUTPUT_FORMAT_TEXT]
+    reply = parse(build.docx_lists(), "lists.docx", formats=formats)
+    assert reply.markdown == (
+        "Steps follow.\n\n"
+        "1. Preheat step\n2. Mix step\n3. Bake step\n\n"
+        "Nested list follows.\n\n"
+        "1. Fruit\n    - apple\n    - pear\n2. Vegetables\n    - leek\n"
+        "        1. baby leek\n        2. giant leek\n3. Grains\n\n"
+        "Second list follows.\n\n"
+        "1. again one\n2. again two\n\n5. fifth item\n6. sixth item\n\n"
+        "Bullets follow.\n\n- red\n- green"
+    )
+    assert "<ol><li>Preheat step</li><li>Mix step</li><li>Bake step</li></ol>" in reply.html
+    assert (
+        "<ol><li>Fruit<ul><li>apple</li><li>pear</li></ul></li><li>Vegetables<ul><li>leek"
+        "<ol><li>baby leek</li><li>giant leek</li></ol></li></ul></li><li>Grains</li></ol>"
+    ) in reply.html
+    assert '<ol start="5"><li>fifth item</li><li>sixth item</li></ol>' in reply.html
+    assert "<ul><li>red</li><li>green</li></ul>" in reply.html
+    assert_safe_html(reply.html)
+    assert "2. Mix step" in reply.text.splitlines()
+
+
+def test_docx_vertical_and_horizontal_merges_keep_columns(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV]
+    reply = parse(build.docx_merged_table(), "merged.docx", formats=formats)
+    assert reply.markdown.splitlines() == [
+        "| r0c0 | r0c1 | r0c2 |",
+        "| --- | --- | --- |",
+        "| Region | r1c1 | r1c2 |",
+        "|  | r2c1 | r2c2 |",
+        "| r3c0<br>r4c0 | Wide |  |",
+        "|  | r4c1 | r4c2 |",
+        "",
+        "After the table.",
+    ]
+    assert csv_rows(reply.csv) == [
+        ["r0c0", "r0c1", "r0c2"],
+        ["Region", "r1c1", "r1c2"],
+        ["", "r2c1", "r2c2"],
+        ["r3c0\nr4c0", "Wide", ""],
+        ["", "r4c1", "r4c2"],
+    ]
+
+
+def test_pdf_ruled_table_becomes_a_markdown_table_in_place(parse: Parse) -> None:
+    reply = parse(build.pdf_ruled_table(), "table.pdf", formats=ALL_FORMATS)
+    assert reply.markdown.splitlines() == [
+        "## Page 1",
+        "",
+        "Intro line before the table",
+        "",
+        "| Item | Qty | Price |",
+        "| --- | --- | --- |",
+        "| apple | 3 | 1.50 |",
+        "| pear | 10 | 0.75 |",
+        "",
+        "Closing line after the table",
+        "Item 2 of 3 is pear",
+    ]
+    assert csv_rows(reply.csv) == build.PDF_TABLE_ROWS
+    assert "apple\t3\t1.50" in reply.text.splitlines()
+    assert reply.text.count("apple") == 1  # the table's text is not repeated as lines
+    assert "<tr><td>apple</td><td>3</td><td>1.50</td></tr>" in reply.html
+    data = json.loads(reply.json)
+    assert data["table_count"] == 1
+    tables = [t for s in data["document"]["sections"] for t in s["content"].get("tables", [])]
+    assert tables[0]["headers"] == ["Item", "Qty", "Price"]
+
+
+def test_pdf_without_rules_gives_no_table(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV]
+    reply = parse(build.pdf_plain_columns(), "columns.pdf", formats=formats)
+    assert reply.markdown.splitlines() == [
+        "## Page 1",
+        "",
+        *[value for row in build.PDF_TABLE_ROWS for value in row],
+    ]
+    assert reply.csv == ""
+    assert "csv: the document has no tables; csv is empty" in reply.warnings
+
+
+def test_pdf_frame_around_a_paragraph_is_not_a_table() -> None:
+    import pymupdf
+    from zopilot_server.documents import extract
+
+    with pymupdf.open() as document:
+        page = document.new_page()
+        page.draw_rect(pymupdf.Rect(60, 50, 400, 120), color=(0, 0, 0))
+        page.insert_text((72, 72), "Framed note: read me first")
+        warnings: list[str] = []
+        assert extract.pdf_page_text(page, 1, warnings) == (page.get_text(), 0)
+        assert warnings == []
+
+
+def test_pdf_graph_paper_is_not_searched_for_tables() -> None:
+    """A page ruled like graph paper (100 x 100 rules) would cost PyMuPDF's finder
+    seconds: its text is kept as lines, with a warning naming the page."""
+    import pymupdf
+    from zopilot_server.documents import extract
+
+    with pymupdf.open() as document:
+        page = document.new_page()
+        shape = page.new_shape()
+        for i in range(100):
+            shape.draw_line((50, 50 + i * 7), (550, 50 + i * 7))
+            shape.draw_line((50 + i * 5, 50), (50 + i * 5, 750))
+        shape.finish(color=(0, 0, 0))
+        shape.commit()
+        page.insert_text((72, 72), "Grid notes")
+        warnings: list[str] = []
+        assert extract.pdf_page_text(page, 3, warnings) == (page.get_text(), 0)
+        assert warnings == [
+            "pdf page 3: its rules could form 10000 table cells (over 3000); tables were "
+            "not looked for, their text is given as lines"
+        ]
+
+
+def test_pdf_table_text_is_neither_lost_nor_repeated() -> None:
+    """A cell's text that runs past the table's right rule: every word of the page
+    comes out exactly as often as in the text layer (the words past the rule as a line
+    after the table)."""
+    from collections import Counter
+
+    import pymupdf
+    from zopilot_server.documents import extract
+
+    note = "overflow note " + " ".join(f"w{n}" for n in range(22))  # ends at x=498
+    with pymupdf.open(stream=build.pdf_ruled_table()) as source:
+        page = source[0]
+        page.insert_text((76, 100 + 2 * 24 + 10), note, fontsize=9)
+        text, tables = extract.pdf_page_text(page, 1, [])
+        layer = page.get_text()
+    assert tables == 1 and layer.count("w21") == 1
+    assert Counter(text.replace("|", " ").replace("<br>", " ").split()) - Counter(
+        {"---": 3}
+    ) == Counter(layer.split())
+    assert "| Item | Qty | Price |" in text.splitlines()
+    assert text.splitlines()[-3].endswith("w21")  # past the rule (x=432): a line after the table

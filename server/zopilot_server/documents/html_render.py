@@ -22,12 +22,12 @@ TAGS = frozenset(
         "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td", "a",
     }
 )  # fmt: skip
-ATTRIBUTES = {"a": {"href"}}
+ATTRIBUTES = {"a": {"href"}, "ol": {"start"}}
 URL_SCHEMES = frozenset({"http", "https", "mailto"})
 _TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
 _TABLE_RULE = re.compile(r"^\s*\|[\s\-:|]+\|\s*$")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
-_LIST = re.compile(r"^\s*(?:([-*+])|(\d+)[.)])\s+(.*)$")
+_LIST = re.compile(r"^([ \t]*)(?:([-*+])|(\d{1,9})[.)])\s+(.*)$")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\(((?:https?://|mailto:)[^)\s]+)\)")
 _CODE = re.compile(r"`([^`]+)`")
@@ -120,13 +120,11 @@ def body(markdown: str) -> str:
             out.append(f"<h{level}>{inline(match.group(2))}</h{level}>")
         elif _LIST.match(line):
             flush()
-            ordered = _LIST.match(line).group(2) is not None  # type: ignore[union-attr]
             items = []
             while index < len(lines) and (item := _LIST.match(lines[index])):
-                items.append(f"<li>{inline(item.group(3))}</li>")
+                items.append(item)
                 index += 1
-            tag = "ol" if ordered else "ul"
-            out.append(f"<{tag}>{''.join(items)}</{tag}>")
+            out.append(_list(items))
             continue
         elif stripped.startswith(">"):
             flush()
@@ -151,3 +149,29 @@ def _table(rows: list[list[str]]) -> str:
         "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in rows[1:]
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body_rows}</tbody></table>"
+
+
+def _list(items: list[re.Match[str]]) -> str:
+    """Consecutive list lines as nested ``<ul>`` / ``<ol>``: a deeper indent opens a
+    list inside the open item, a shallower one closes lists back to its level, and a
+    change between bullets and numbers at one level starts a new list. An ordered list
+    that does not start at 1 (a docx list with a start value) gets ``start``."""
+    out: list[str] = []
+    stack: list[tuple[int, str]] = []  # (indent, tag) of the open lists
+    for item in items:
+        indent = len(item.group(1).expandtabs(4))
+        tag = "ul" if item.group(2) else "ol"
+        while stack and indent < stack[-1][0]:
+            out.append(f"</li></{stack.pop()[1]}>")
+        if stack and indent == stack[-1][0] and tag == stack[-1][1]:
+            out.append("</li>")
+        else:
+            if stack and indent == stack[-1][0]:
+                out.append(f"</li></{stack.pop()[1]}>")
+            number = int(item.group(3) or 1)
+            out.append(f'<ol start="{number}">' if tag == "ol" and number != 1 else f"<{tag}>")
+            stack.append((indent, tag))
+        out.append(f"<li>{inline(item.group(4))}")
+    while stack:
+        out.append(f"</li></{stack.pop()[1]}>")
+    return "".join(out)
