@@ -14,7 +14,7 @@ import grpc
 import jsonschema
 import pytest
 import zopilot_client as zc
-from support import field_violations
+from support import engine_idle, field_violations
 from test_cli import run_cli
 from zopilot_client.pb import generation_pb2 as pb
 
@@ -196,6 +196,32 @@ def test_a_grammar_that_outgrows_the_engine_ends_its_row_only(smollm2_stub) -> N
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "regex" in field_violations(info.value)
     assert "grammar engine" in info.value.details()
+
+
+def test_cancelled_and_concurrent_distinct_constraints(smollm2_server, smollm2_stub) -> None:
+    """A constrained stream cancelled mid-document leaves the batch; many distinct
+    schemas compiled at once (more than fit one step) each get their own grammar."""
+    stream = smollm2_stub.GenerateStream(chat(json_schema=json.dumps(ORDER)), timeout=120)
+    assert next(stream).text  # the first delta of the document
+    stream.cancel()
+    assert engine_idle(smollm2_server)
+    schemas = [
+        {
+            "type": "object",
+            "properties": {f"k{i}": {"const": i}},
+            "required": [f"k{i}"],
+            "additionalProperties": False,
+        }
+        for i in range(10)
+    ]
+    with ThreadPoolExecutor(len(schemas)) as pool:
+        replies = list(
+            pool.map(
+                lambda s: smollm2_stub.Generate(chat(json_schema=json.dumps(s)), timeout=180),
+                schemas,
+            )
+        )
+    assert [json.loads(r.text) for r in replies] == [{f"k{i}": i} for i in range(10)]
 
 
 def test_model_info_says_constraints_are_available(smollm2_stub) -> None:
