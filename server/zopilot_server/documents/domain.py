@@ -20,6 +20,14 @@ class OutputFormat(str, enum.Enum):
     CSV = "csv"
 
 
+# What the JSON output's warnings say when fields were matched by label (fields.py);
+# here, because the server process (model_fields.py) must not import docstrange.
+LABEL_MATCH_WARNING = (
+    "json: fields were matched by their labels in the document; docstrange's LLM field "
+    "extraction needs an Ollama server and is disabled in this offline parser"
+)
+
+
 class FieldExtraction(enum.Enum):
     """How json_fields / json_schema are filled (zopilot.v1.FieldExtraction)."""
 

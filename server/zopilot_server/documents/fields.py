@@ -14,13 +14,11 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .domain import LABEL_MATCH_WARNING
 from .outputs import markdown_tables
 
 EXTRACTOR = "zopilot-label-match"
-WARNING = (
-    "json: fields were matched by their labels in the document; docstrange's LLM field "
-    "extraction needs an Ollama server and is disabled in this offline parser"
-)
+WARNING = LABEL_MATCH_WARNING
 _KEY_VALUE = re.compile(r"^[\s>*\-+]*(?:\*\*)?([^:|]{1,80}?)(?:\*\*)?\s*:\s*(?:\*\*)?\s*(.+?)\s*$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 

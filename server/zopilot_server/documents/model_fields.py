@@ -31,8 +31,7 @@ from ..generation.domain import (
 )
 from ..generation.engine import GenerationEngine, complete_generation
 from ..generation.validation import CHARS_PER_TOKEN_BOUND, to_generation_request
-from . import fields
-from .domain import FieldExtraction, OutputFormat, ParseOutcome
+from .domain import LABEL_MATCH_WARNING, FieldExtraction, OutputFormat, ParseOutcome
 from .validation import DocumentRequest
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class ModelFieldFiller:
         outcome.outputs[OutputFormat.JSON] = json.dumps(
             _body(document, data, engine.loaded.model_id), ensure_ascii=False
         )
-        outcome.warnings[:] = [w for w in outcome.warnings if w != fields.WARNING]
+        outcome.warnings[:] = [w for w in outcome.warnings if w != LABEL_MATCH_WARNING]
         outcome.field_extraction = "model"
         return outcome
 
