@@ -1,8 +1,8 @@
 """Structured output: a request's constraint compiled into a token-level grammar.
 
-The grammar engine is llguidance (Rust, no dependencies, abi3 wheels from Python 3.9,
-about 30 us per token mask for SmolLM2's 49k vocabulary on one CPU core; the comparison
-with xgrammar and outlines-core is in README "Structured output"). A constraint is
+The grammar engine is llguidance (Rust, no dependencies, one abi3 wheel for Python 3.10
+and later, about 0.05 ms per row and step for SmolLM2's 49k vocabulary on one CPU core;
+why not xgrammar or outlines-core: README "Structured output"). A constraint is
 compiled once (``ConstraintCompiler``: an LRU of compiled grammars keyed by kind and
 text) into a prototype matcher that is never advanced; each request gets its own copy
 (``Constraint.start``), which the runner asks for the allowed tokens before every step
@@ -19,15 +19,12 @@ import copy
 import enum
 import importlib.metadata
 import json
-import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .domain import ConstraintUnavailable, InvalidConstraint
-
-log = logging.getLogger(__name__)
 
 # JSON output on one line with a space after ',' and ':' (what a small model writes most
 # readily), and no free whitespace: flexible whitespace lets a model pad a document with
