@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from zopilot_client.pb import generation_pb2 as gen_pb
@@ -30,7 +31,7 @@ from ..generation.domain import (
     QueueFull,
 )
 from ..generation.engine import GenerationEngine, complete_generation
-from ..generation.validation import CHARS_PER_TOKEN_BOUND, to_generation_request
+from ..generation.validation import CHARS_PER_TOKEN_BOUND, encode, to_generation_request
 from .domain import LABEL_MATCH_WARNING, FieldExtraction, OutputFormat, ParseOutcome
 from .validation import DocumentRequest
 
@@ -48,6 +49,18 @@ _FIELD_MAX_CHARS = 500
 EngineSource = Callable[[], GenerationEngine | None]
 
 
+@dataclass(frozen=True)
+class FieldPlan:
+    """How one DocumentParse fills its fields, decided once before parsing: the engine
+    may finish loading meanwhile, and the parser must already have been asked for the
+    markdown the model reads."""
+
+    document: DocumentRequest
+    parse_request: DocumentRequest  # what the parser gets (the markdown added if needed)
+    engine: GenerationEngine | None  # the model that fills the fields; None = labels
+    labels_because: str = ""  # AUTO without the model: the warning that says why
+
+
 class ModelFieldFiller:
     """Decides, per request, whether the model fills the fields, and does it."""
 
@@ -55,47 +68,53 @@ class ModelFieldFiller:
         self._config = config
         self._engine = engine or (lambda: None)
 
-    def parse_request(self, document: DocumentRequest) -> DocumentRequest:
-        """What the parser should produce: the markdown too, when the model will read it.
-
-        FIELD_EXTRACTION_MODEL without a usable model fails here, before any parsing."""
-        if not self._model_wanted(document):
-            return document
-        if OutputFormat.MARKDOWN in document.formats:
-            return document
-        return dataclasses.replace(document, formats=(*document.formats, OutputFormat.MARKDOWN))
+    def plan(self, document: DocumentRequest) -> FieldPlan:
+        """FIELD_EXTRACTION_MODEL without a usable model fails here, before any parsing."""
+        mode = document.field_extraction
+        if not document.wants_fields or mode is FieldExtraction.LABELS:
+            return FieldPlan(document, document, None)
+        engine = self._engine()
+        usable = engine is not None and engine.constraints.available
+        if not usable:
+            if mode is FieldExtraction.MODEL and engine is None:
+                raise Unavailable("the model is still loading; retry shortly")
+            if mode is FieldExtraction.MODEL:
+                raise FailedPrecondition(
+                    "field_extraction MODEL needs constrained decoding, which this server "
+                    "lacks (GetModelInfo.constrained_decoding is false)"
+                )
+            why = "is still loading" if engine is None else "has no constrained decoding"
+            return FieldPlan(document, document, None, f"json: the model {why}; {_LABELS}")
+        parse_request = document
+        if OutputFormat.MARKDOWN not in document.formats:
+            formats = (*document.formats, OutputFormat.MARKDOWN)
+            parse_request = dataclasses.replace(document, formats=formats)
+        return FieldPlan(document, parse_request, engine)
 
     async def fill(
-        self, document: DocumentRequest, outcome: ParseOutcome, time_remaining: float | None
+        self, plan: FieldPlan, outcome: ParseOutcome, time_remaining: float | None
     ) -> ParseOutcome:
         """The outcome with model-filled JSON, or the labels' with a warning saying why."""
+        document, engine = plan.document, plan.engine
         if not document.wants_fields:
             return outcome
         outcome.field_extraction = "labels"
-        if not self._model_wanted(document):
-            if document.field_extraction is FieldExtraction.AUTO:
-                why = (
-                    "is still loading" if self._engine() is None else "has no constrained decoding"
-                )
-                outcome.warnings.append(f"json: the model {why}; {_LABELS}")
+        if engine is None:
+            if plan.labels_because:
+                outcome.warnings.append(plan.labels_because)
             return outcome
         markdown = outcome.outputs.get(OutputFormat.MARKDOWN, "")
         if OutputFormat.MARKDOWN not in document.formats:
             outcome.outputs.pop(OutputFormat.MARKDOWN, None)
-        engine = self._engine()
-        assert engine is not None  # _model_wanted
-        strict = document.field_extraction is FieldExtraction.MODEL
         try:
             data, notes = await self._generate(engine, document, markdown, time_remaining)
         except (InvalidConstraint, QueueFull, EngineClosed, GenerationFailed) as exc:
-            if strict:
+            if document.field_extraction is FieldExtraction.MODEL:
                 raise
             outcome.warnings.append(f"json: the model could not fill the fields ({exc}); {_LABELS}")
             return outcome
         outcome.warnings.extend(notes)
-        if data is None:
-            if strict:
-                outcome.warnings.append(f"json: {_LABELS}")
+        if data is None:  # cut short: the notes say so, and the labels' JSON stays
             return outcome
         outcome.outputs[OutputFormat.JSON] = json.dumps(
             _body(document, data, engine.loaded.model_id), ensure_ascii=False
@@ -103,21 +122,6 @@ class ModelFieldFiller:
         outcome.warnings[:] = [w for w in outcome.warnings if w != LABEL_MATCH_WARNING]
         outcome.field_extraction = "model"
         return outcome
-
-    def _model_wanted(self, document: DocumentRequest) -> bool:
-        mode = document.field_extraction
-        if not document.wants_fields or mode is FieldExtraction.LABELS:
-            return False
-        engine = self._engine()
-        if mode is FieldExtraction.MODEL:
-            if engine is None:
-                raise Unavailable("the model is still loading; retry shortly")
-            if not engine.constraints.available:
-                raise FailedPrecondition(
-                    "field_extraction MODEL needs constrained decoding, which this server "
-                    "lacks (GetModelInfo.constrained_decoding is false)"
-                )
-        return engine is not None and engine.constraints.available
 
     async def _generate(
         self,
@@ -154,16 +158,16 @@ class ModelFieldFiller:
         schema_text = json.dumps(schema, ensure_ascii=False)
         answer = min(MAX_ANSWER_TOKENS, self._config.max_new_tokens_limit)
         room = loaded.max_context_length - answer - _MARGIN_TOKENS
-        room -= len(_encode(loaded.tokenizer, _render(loaded, "", schema_text)))
-        notes: list[str] = []
         tokenizer = loaded.tokenizer
-        # Characters first: tokenizing a 30 MiB text to keep its first 2000 tokens is waste.
-        head = markdown[: max(room, 0) * CHARS_PER_TOKEN_BOUND]
-        ids = _encode(tokenizer, head)
+        room -= len(encode(tokenizer, _render(loaded, "", schema_text), add_special_tokens=False))
         if room <= 0:
             raise InvalidConstraint(
                 "json_schema", "the schema leaves no room for the document in the context"
             )
+        notes: list[str] = []
+        # Characters first: tokenizing a 30 MiB text to keep its first 2000 tokens is waste.
+        head = markdown[: room * CHARS_PER_TOKEN_BOUND]
+        ids = encode(tokenizer, head, add_special_tokens=False)
         if len(ids) > room or len(head) < len(markdown):
             head = tokenizer.decode(ids[:room], skip_special_tokens=True)
             notes.append(
@@ -234,10 +238,6 @@ def _render(loaded: Any, markdown: str, schema_text: str) -> str:
         tokenize=False,
         add_generation_prompt=True,
     )
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _body(document: DocumentRequest, data: Any, model_id: str) -> dict[str, Any]:

@@ -50,9 +50,9 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         started = time.perf_counter()
         document = to_document_request(request, self._config)
         try:
-            parse_request = self.fields.parse_request(document)
-            outcome = await self.parser.parse(parse_request, context.time_remaining())
-            outcome = await self.fields.fill(document, outcome, context.time_remaining())
+            plan = self.fields.plan(document)
+            outcome = await self.parser.parse(plan.parse_request, context.time_remaining())
+            outcome = await self.fields.fill(plan, outcome, context.time_remaining())
         except Exception as exc:
             log.info(
                 "document %s (%s, %d bytes): %s",
