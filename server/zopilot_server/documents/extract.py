@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from . import fields, ocr, ocr_models, office, outputs
-from .domain import DocumentRejected, OcrModelsMissing, OutputFormat, ParseJob, ParseOutcome
+from .domain import (
+    LABEL_MATCH_WARNING,
+    DocumentRejected,
+    OcrModelsMissing,
+    OutputFormat,
+    ParseJob,
+    ParseOutcome,
+)
 
 # docstrange processor class per detected type (the OCR types are handled separately).
 PROCESSORS = {
@@ -128,7 +135,7 @@ def parse(job: ParseJob, model_dir: str) -> ParseOutcome:
     if structured:
         data = fields.structured(extraction.markdown, job.json_fields, job.json_schema)
         rendered[OutputFormat.JSON] = json.dumps(data, ensure_ascii=False)
-        warnings.append(fields.WARNING)
+        warnings.append(LABEL_MATCH_WARNING)
     return ParseOutcome(
         outputs=rendered,
         method=extraction.method,

@@ -14,11 +14,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .domain import LABEL_MATCH_WARNING
 from .outputs import markdown_tables
 
 EXTRACTOR = "zopilot-label-match"
-WARNING = LABEL_MATCH_WARNING
 _KEY_VALUE = re.compile(r"^[\s>*\-+]*(?:\*\*)?([^:|]{1,80}?)(?:\*\*)?\s*:\s*(?:\*\*)?\s*(.+?)\s*$")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 

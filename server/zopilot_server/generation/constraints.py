@@ -77,12 +77,11 @@ class Constraint:
     """A compiled constraint, shared by every request that sent the same one."""
 
     kind: ConstraintKind
-    _prototype: Any  # llguidance.LLMatcher, never advanced
-    _lock: threading.Lock
+    _prototype: Any  # llguidance.LLMatcher, never advanced: only copied
 
     def start(self) -> ConstraintState:
-        with self._lock:  # deep_copy reads the prototype; keep copies one at a time
-            return ConstraintState(self.kind, self._prototype.deep_copy())
+        """A fresh state at the grammar's start, for one request."""
+        return ConstraintState(self.kind, self._prototype.deep_copy())
 
 
 def grammar_engine() -> str:
@@ -163,7 +162,7 @@ class ConstraintCompiler:
         matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
         if matcher.is_error():
             raise InvalidConstraint(kind.value, _first_line(matcher.get_error()))
-        return Constraint(kind, matcher, threading.Lock())
+        return Constraint(kind, matcher)
 
 
 def _tokenizer_json(hf_tokenizer: Any) -> str:
@@ -180,9 +179,8 @@ def _tokenizer_json(hf_tokenizer: Any) -> str:
     backend.no_truncation()
     spec = json.loads(backend.to_str())
     decoder = spec.get("decoder") or {}
-    if (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel" and decoder.get(
-        "type"
-    ) == "Sequence":
+    byte_level_input = (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel"
+    if byte_level_input and decoder.get("type") == "Sequence":
         byte_level = [d for d in decoder.get("decoders", []) if d.get("type") == "ByteLevel"]
         if byte_level:
             spec["decoder"] = byte_level[0]

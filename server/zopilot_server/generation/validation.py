@@ -161,18 +161,17 @@ def _constraint_source(
     size = len(text.encode("utf-8"))
     if not text:
         v.add(which, Message.REQUIRED)
-    elif size > limit:
+        return None
+    if size > limit:
         v.add(which, Message.TOO_MANY_BYTES, value=size, limit=limit)
-    elif kind is ConstraintKind.JSON_SCHEMA:
+        return None
+    if kind is ConstraintKind.JSON_SCHEMA:
         try:
             parse_schema(text, max_bytes=limit)
         except SchemaTextProblem as problem:
             v.add(which, str(problem))
             return None
-        return kind, text
-    else:
-        return kind, text
-    return None
+    return kind, text
 
 
 def _check_limits(message: pb.GenerateRequest, config: ServerConfig, v: _Violations) -> int:
