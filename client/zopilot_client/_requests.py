@@ -139,14 +139,19 @@ def split_options(
     return params, call
 
 
+def schema_json(schema: str | Mapping[str, Any]) -> str:
+    """A JSON Schema as the requests carry it: text (a mapping is serialized)."""
+    return json.dumps(schema) if isinstance(schema, Mapping) else schema
+
+
 def generate_request(
     prompt: PromptLike, params: Mapping[str, Any]
 ) -> generation_pb2.GenerateRequest:
     """A GenerateRequest for a raw prompt (str) or a conversation (messages)."""
     fields = dict(params)
     stops = fields.pop("stop_sequences", None)
-    if isinstance(fields.get("json_schema"), Mapping):
-        fields["json_schema"] = json.dumps(fields["json_schema"])
+    if "json_schema" in fields:
+        fields["json_schema"] = schema_json(fields["json_schema"])
     if "choice" in fields:
         choice = fields.pop("choice")
         options = [choice] if isinstance(choice, str) else list(choice)
@@ -180,8 +185,6 @@ def parse_request(
     if isinstance(formats, (str, OutputFormat)):
         formats = [formats]
     schema = fields.pop("json_schema", None)
-    if isinstance(schema, Mapping):
-        schema = json.dumps(schema)
     extraction = fields.pop("field_extraction", None)
     if extraction:
         if extraction not in ("model", "labels"):
@@ -193,7 +196,7 @@ def parse_request(
         content=content,
         filename=fields.pop("filename", None) or source_name,
         formats=[OutputFormat.coerce(f).to_pb() for f in formats],
-        json_schema=schema or "",
+        json_schema="" if schema is None else schema_json(schema),
         **fields,
     )
 
