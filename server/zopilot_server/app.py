@@ -26,7 +26,13 @@ from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2,
 from . import metrics, reflection, security, tracing
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
-from .errors import ServiceError, Unauthenticated, abort
+from .errors import (
+    MalformedRequest,
+    Unauthenticated,
+    abort,
+    lenient,
+    refuse_malformed,
+)
 from .generation.engine import BatchLimits, GenerationEngine
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
@@ -81,13 +87,6 @@ def _connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
     return options
 
 
-class _Malformed:
-    """Stands in for a request whose bytes did not parse (see MalformedRequestGuard)."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
 class MalformedRequestGuard(grpc.aio.ServerInterceptor):
     """Bytes that are not a valid request message get INVALID_ARGUMENT, quietly.
 
@@ -109,27 +108,15 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):
 
 
 def _guard_unary_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    parse = handler.request_deserializer
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: client bytes
-            return _Malformed(exc)
-
-    def refuse(request: _Malformed) -> ServiceError:
-        log.debug("malformed request message: %s", type(request.error).__name__)
-        return ServiceError(
-            "the request is not a valid protobuf message", code=grpc.StatusCode.INVALID_ARGUMENT
-        )
+    deserialize = lenient(handler.request_deserializer)
 
     if handler.response_streaming:
         behavior = handler.unary_stream
         if inspect.isasyncgenfunction(behavior):
 
             async def guarded_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if isinstance(request, _Malformed):
-                    await abort(context, refuse(request))
+                if isinstance(request, MalformedRequest):
+                    await abort(context, refuse_malformed(request))
                 async for item in behavior(request, context):
                     yield item
 
@@ -137,8 +124,8 @@ def _guard_unary_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
         else:  # a coroutine that answers with context.write (health Watch)
 
             async def guarded_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
-                if isinstance(request, _Malformed):
-                    await abort(context, refuse(request))
+                if isinstance(request, MalformedRequest):
+                    await abort(context, refuse_malformed(request))
                 await behavior(request, context)
 
             guarded = guarded_writer
@@ -150,8 +137,8 @@ def _guard_unary_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
     unary = handler.unary_unary
 
     async def guarded_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Malformed):
-            await abort(context, refuse(request))
+        if isinstance(request, MalformedRequest):
+            await abort(context, refuse_malformed(request))
         return await unary(request, context)
 
     return grpc.unary_unary_rpc_method_handler(

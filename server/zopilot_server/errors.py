@@ -253,6 +253,35 @@ def status_trailer(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
     return tuple(trailers)
 
 
+class MalformedRequest:
+    """Stands in for request bytes that did not parse. A deserializer that raised would
+    give grpc.aio's UNKNOWN and an ERROR traceback per call; this value reaches the
+    handler, which answers INVALID_ARGUMENT (app.MalformedRequestGuard, reflection.py)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``parse`` that returns a MalformedRequest instead of raising on the client's bytes."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: client bytes
+            return MalformedRequest(exc)
+
+    return deserialize
+
+
+def refuse_malformed(request: MalformedRequest) -> ServiceError:
+    """The answer to a MalformedRequest: INVALID_ARGUMENT, logged at DEBUG only."""
+    log.debug("malformed request message: %s", type(request.error).__name__)
+    return ServiceError(
+        "the request is not a valid protobuf message", code=grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
     await context.abort(error.code, error.message, trailing_metadata=status_trailer(error))
 

@@ -12,7 +12,6 @@ app.MalformedRequestGuard), instead of grpc.aio's UNKNOWN and an ERROR traceback
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from importlib import resources
 from typing import Any
@@ -22,11 +21,10 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-log = logging.getLogger(__name__)
+from .errors import MalformedRequest, abort, lenient, refuse_malformed
 
 DESCRIPTOR_SET = "zopilot_v1.binpb"
 METHOD = "ServerReflectionInfo"
-MALFORMED_MESSAGE = "the request is not a valid protobuf message"
 
 
 def documented_files() -> dict[str, bytes]:
@@ -67,27 +65,12 @@ class DocumentedReflectionServicer(ReflectionServicer):
         return self._with_comments(super()._file_containing_symbol(request, fully_qualified_name))
 
 
-class _Malformed:
-    """Stands in for request bytes that did not parse (the error type, for the log)."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-def _deserialize(data: bytes) -> Any:
-    try:
-        return reflection_pb2.ServerReflectionRequest.FromString(data)
-    except Exception as exc:  # noqa: BLE001 - DecodeError and friends: client bytes
-        return _Malformed(exc)
-
-
 async def _parsed(
     requests: AsyncIterable[Any], context: grpc.aio.ServicerContext
 ) -> AsyncIterator[Any]:
     async for request in requests:
-        if isinstance(request, _Malformed):
-            log.debug("malformed reflection request: %s", type(request.error).__name__)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED_MESSAGE)
+        if isinstance(request, MalformedRequest):
+            await abort(context, refuse_malformed(request))
         yield request
 
 
@@ -99,7 +82,7 @@ def enable(server: Any, service_names: tuple[str, ...]) -> None:
     handlers = {
         METHOD: grpc.stream_stream_rpc_method_handler(
             servicer.ServerReflectionInfo,
-            request_deserializer=_deserialize,
+            request_deserializer=lenient(reflection_pb2.ServerReflectionRequest.FromString),
             response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
         )
     }
