@@ -191,26 +191,25 @@ def xlsx_fidelity() -> bytes:
 CSV_FIDELITY = b'id,note,count\n1,"two\nlines",17\n2,NA,\n3,N/A,19\n4,NULL,20\n5,x_y*z*w,21\n'
 
 
-def pdf_fidelity() -> bytes:
-    """A text-layer PDF with identifiers and a script-looking line."""
+def _one_page_pdf(*lines: str) -> bytes:
+    """A text-layer PDF page with ``lines``, 28 points apart."""
     document = pymupdf.open()
     page = document.new_page()
-    page.insert_text((72, 72), "user_id and 2*3*4 stay")
-    page.insert_text((72, 100), "<script>alert(1)</script> javascript:alert(2)")
+    for index, line in enumerate(lines):
+        page.insert_text((72, 72 + 28 * index), line)
     data = document.tobytes()
     document.close()
     return data
+
+
+def pdf_fidelity() -> bytes:
+    """A text-layer PDF with identifiers and a script-looking line."""
+    return _one_page_pdf("user_id and 2*3*4 stay", "<script>alert(1)</script> javascript:alert(2)")
 
 
 def pdf_hash_lines() -> bytes:
     """A text-layer PDF whose lines start with "#" (issue numbers, not headings)."""
-    document = pymupdf.open()
-    page = document.new_page()
-    page.insert_text((72, 72), "#42 fixed the parser")
-    page.insert_text((72, 100), "# not a heading either")
-    data = document.tobytes()
-    document.close()
-    return data
+    return _one_page_pdf("#42 fixed the parser", "# not a heading either")
 
 
 HTML_TABLES = (
