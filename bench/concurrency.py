@@ -100,12 +100,17 @@ def in_process(model: Any, tokenizer: Any, prompts: list[str], tokens: int) -> d
     return {"tokens_per_s": generated / elapsed, "prefill_ms": prefill_s * 1000}
 
 
-def stream_once(stub: Any, prompt: str, tokens: int, start: threading.Barrier) -> dict[str, Any]:
-    request = pb.GenerateRequest(
+def chat_request(prompt: str, tokens: int, **fields: Any) -> pb.GenerateRequest:
+    """A chat turn that generates exactly ``tokens`` tokens (EOS ignored)."""
+    return pb.GenerateRequest(
         messages=[pb.ChatMessage(role="user", content=prompt)],
         max_new_tokens=tokens,
         ignore_eos=True,
+        **fields,
     )
+
+
+def stream_once(stub: Any, request: pb.GenerateRequest, start: threading.Barrier) -> dict[str, Any]:
     start.wait(30)
     began = time.perf_counter()
     arrivals: list[float] = []
@@ -114,20 +119,30 @@ def stream_once(stub: Any, prompt: str, tokens: int, start: threading.Barrier) -
         if chunk.text or chunk.tokens:
             arrivals.append(time.perf_counter())
         last = chunk
+    tokens = request.max_new_tokens
     assert last is not None and last.usage.generated_tokens == tokens
-    return {"began": began, "arrivals": arrivals, "tokens": tokens}
+    return {"began": began, "arrivals": arrivals, "tokens": tokens, "finish": last.finish_reason}
 
 
-def grpc_concurrent(stub: Any, prompts: list[str], tokens: int) -> dict[str, float]:
-    barrier = threading.Barrier(len(prompts))
-    results: list[dict[str, Any]] = [{} for _ in prompts]
+def start_streams(
+    stub: Any, requests: list[pb.GenerateRequest]
+) -> tuple[list[threading.Thread], list[dict[str, Any]]]:
+    """One thread per request, all released together; each fills its result as it ends."""
+    barrier = threading.Barrier(len(requests))
+    results: list[dict[str, Any]] = [{} for _ in requests]
 
     def run(i: int) -> None:
-        results[i] = stream_once(stub, prompts[i], tokens, barrier)
+        results[i] = stream_once(stub, requests[i], barrier)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
     for t in threads:
         t.start()
+    return threads, results
+
+
+def grpc_concurrent(stub: Any, requests: list[pb.GenerateRequest]) -> dict[str, Any]:
+    """Aggregate tokens/s (first call to last chunk), median TTFT and finish reasons."""
+    threads, results = start_streams(stub, requests)
     for t in threads:
         t.join()
     began = min(r["began"] for r in results)
@@ -136,22 +151,14 @@ def grpc_concurrent(stub: Any, prompts: list[str], tokens: int) -> dict[str, flo
     return {
         "tokens_per_s": sum(r["tokens"] for r in results) / (ended - began),
         "ttft_median_ms": statistics.median(ttfts),
+        "finish_reasons": [r["finish"] for r in results],
     }
 
 
 def itl_while_long_prompt_joins(stub: Any, tokenizer: Any, running: int = 4) -> dict[str, float]:
     """Inter-token gaps of ``running`` streams before and while a long prompt prefills."""
     long_prompt = " ".join(PROMPTS * 12)  # about 1500 tokens
-    barrier = threading.Barrier(running)
-    results: list[dict[str, Any]] = [{} for _ in range(running)]
-    tokens = 200
-
-    def run(i: int) -> None:
-        results[i] = stream_once(stub, PROMPTS[i], tokens, barrier)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(running)]
-    for t in threads:
-        t.start()
+    threads, results = start_streams(stub, [chat_request(p, 200) for p in PROMPTS[:running]])
     time.sleep(1.5)  # steady state
     joined_at = time.perf_counter()
     request = pb.GenerateRequest(prompt=long_prompt, max_new_tokens=1, ignore_eos=True)
@@ -197,12 +204,13 @@ def main() -> None:
         try:
             with grpc.insecure_channel(target) as channel:
                 stub = generation_pb2_grpc.GenerationStub(channel)
-                grpc_concurrent(stub, PROMPTS[:2], 4)  # warm-up both sides
+                # warm-up both sides
+                grpc_concurrent(stub, [chat_request(p, 4) for p in PROMPTS[:2]])
                 in_process(model, tokenizer, PROMPTS[:2], 4)
                 for n in args.n:
                     prompts = PROMPTS[:n]
                     local = in_process(model, tokenizer, prompts, args.tokens)
-                    remote = grpc_concurrent(stub, prompts, args.tokens)
+                    remote = grpc_concurrent(stub, [chat_request(p, args.tokens) for p in prompts])
                     results.append(
                         {
                             "n": n,

@@ -27,7 +27,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
 import grpc  # noqa: E402
-from concurrency import PROMPTS  # noqa: E402
+from concurrency import PROMPTS, chat_request, grpc_concurrent  # noqa: E402
 from stream import model_dirs, start_server  # noqa: E402
 from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
 from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
@@ -78,33 +77,11 @@ def person_schema(variant: int) -> dict[str, Any]:
 
 def run_streams(stub: Any, prompts: list[str], tokens: int, schema: str) -> dict[str, float]:
     """N streams started together; aggregate tokens/s from the first call to the end."""
-    barrier = threading.Barrier(len(prompts))
-    spans: list[tuple[float, float, int]] = [(0.0, 0.0, 0)] * len(prompts)
-
-    def run(i: int) -> None:
-        request = pb.GenerateRequest(
-            messages=[pb.ChatMessage(role="user", content=prompts[i] + " Answer as JSON.")],
-            max_new_tokens=tokens,
-            ignore_eos=True,
-        )
-        if schema:
-            request.json_schema = schema
-        barrier.wait(30)
-        began = time.perf_counter()
-        last = None
-        for chunk in stub.GenerateStream(request, timeout=600):
-            last = chunk
-        assert last is not None and last.usage.generated_tokens == tokens, last
-        assert last.finish_reason == pb.FINISH_REASON_LENGTH
-        spans[i] = (began, time.perf_counter(), last.usage.generated_tokens)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = max(s[1] for s in spans) - min(s[0] for s in spans)
-    return {"tokens_per_s": sum(s[2] for s in spans) / wall, "wall_s": wall}
+    fields = {"json_schema": schema} if schema else {}
+    requests = [chat_request(p + " Answer as JSON.", tokens, **fields) for p in prompts]
+    measured = grpc_concurrent(stub, requests)
+    assert set(measured["finish_reasons"]) == {pb.FINISH_REASON_LENGTH}, measured
+    return {"tokens_per_s": measured["tokens_per_s"]}
 
 
 def compile_times(model_dir: Path, schemas: int = 8) -> dict[str, float]:
