@@ -14,60 +14,64 @@ from collections.abc import Collection, Sequence
 import pytest
 from support import wait_until
 from zopilot_server.generation.domain import FinishReason, GenerationRequest, TokenDetail
+from zopilot_server.generation.plan import ArenaInfo, PrefillChunk, RowSpec, Step
 from zopilot_server.generation.scheduler import (
     BatchLimits,
     EngineClosed,
     GenerationFailed,
     Job,
     QueueFull,
-    RowSpec,
+    RequestTooLong,
     Scheduler,
-    Step,
 )
 
 
 class FakeRunner:
-    """Emits token ``key * 1000 + n`` for a row's n-th token; one step takes ``step_s``."""
+    """Emits token ``key * 1000 + n`` for a row's n-th token; one step takes ``step_s``.
+    A prompt of length L is prefilled in chunks the scheduler plans."""
 
-    def __init__(self, step_s: float = 0.002, prefill_chunks: int = 1) -> None:
+    def __init__(self, step_s: float = 0.002, slots: int = 64, slot_tokens: int = 1_000_000) -> None:
         self.step_s = step_s
-        self.prefill_chunks = prefill_chunks
+        self.info = ArenaInfo("arena", slots, slot_tokens, 0)
         self.decode_batches: list[list[int]] = []
         self.prefill_groups: list[list[int]] = []
-        self.chunked: list[bool] = []
+        self.prefill_plans: list[list[PrefillChunk]] = []
         self.fail_next: BaseException | None = None
+        self.fail_prefill: BaseException | None = None
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()
         self._rows: dict[int, int] = {}
-        self._group: list[int] = []
-        self._chunks_left = 0
+        self._prompts: dict[int, int] = {}
 
     @property
-    def prefilling(self) -> bool:
-        return bool(self._group)
+    def kv_tokens_used(self) -> int:
+        return sum(self._prompts.values()) + sum(self._rows.values())
 
-    def begin_prefill(self, specs: Sequence[RowSpec]) -> None:
-        self._group = [s.key for s in specs]
-        self._chunks_left = self.prefill_chunks
-        self.prefill_groups.append(list(self._group))
+    def add(self, specs: Sequence[RowSpec]) -> None:
+        self.prefill_groups.append([s.key for s in specs])
+        for spec in specs:
+            self._prompts[spec.key] = len(spec.request.input_ids)
 
-    def prefill_step(self, chunked: bool = True) -> list[Step] | None:
+    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
         self._tick()
-        self.chunked.append(chunked)
-        self._chunks_left = self._chunks_left - 1 if chunked else 0
-        if self._chunks_left:
-            return None
-        group, self._group = self._group, []
-        for key in group:
-            self._rows[key] = 1
-        return [Step(key, key * 1000) for key in group]
-
-    def decode_step(self) -> list[Step]:
-        self._tick()
-        self.decode_batches.append(sorted(self._rows))
+        if self.fail_prefill is not None:
+            exc, self.fail_prefill = self.fail_prefill, None
+            raise exc
+        self.prefill_plans.append(list(chunks))
         steps = []
-        for key, n in self._rows.items():
+        for chunk in chunks:
+            if chunk.end == self._prompts[chunk.key]:
+                self._rows[chunk.key] = 1
+                steps.append(Step(chunk.key, chunk.key * 1000))
+        return steps
+
+    def decode(self, keys: Collection[int]) -> list[Step]:
+        self._tick()
+        self.decode_batches.append(sorted(keys))
+        steps = []
+        for key in keys:
+            n = self._rows[key]
             steps.append(Step(key, key * 1000 + n, TokenDetail(key * 1000 + n, "t", -0.5)))
             self._rows[key] = n + 1
         return steps
@@ -75,7 +79,7 @@ class FakeRunner:
     def remove(self, keys: Collection[int]) -> None:
         for key in keys:
             self._rows.pop(key, None)
-        self._group = [k for k in self._group if k not in keys]
+            self._prompts.pop(key, None)
 
     def release_memory(self) -> None:
         pass
@@ -317,18 +321,104 @@ def test_close_joins_the_scheduler_thread(harness_factory):
 
 
 def test_chunked_prefill_lets_running_rows_decode_between_chunks(harness_factory):
-    runner = FakeRunner(prefill_chunks=5)
-    h = harness_factory(runner, max_batch_size=4)
-    h.submit("running", max_new=200)
+    runner = FakeRunner()
+    h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=64)
+    h.submit("running", prompt_len=300, max_new=400)
     assert wait_until(lambda: len(runner.decode_batches) >= 2)
-    before = len(runner.decode_batches)
-    h.submit("long-prompt", max_new=2)
-    assert wait_until(lambda: h.finished("long-prompt") is FinishReason.LENGTH)
-    # The running row got a decode step for every one of the 5 prefill chunks.
-    alone = [b for b in runner.decode_batches[before:] if b == [0]]
-    assert len(alone) >= 4
     # The first request, with nobody decoding, was prefilled in one pass.
-    assert runner.chunked[0] is False and runner.chunked[1:6] == [True] * 5
+    assert runner.prefill_plans[0] == [PrefillChunk(0, 0, 300)]
+    before = len(runner.prefill_plans)
+    h.submit("long-prompt", prompt_len=200, max_new=2)
+    assert wait_until(lambda: h.finished("long-prompt") is FinishReason.LENGTH)
+    plans = runner.prefill_plans[before:]
+    assert [(c.start, c.end) for [c] in plans] == [(0, 64), (64, 128), (128, 192), (192, 200)]
+    # The running row got a decode step for every chunk.
+    alone = [b for b in runner.decode_batches if b == [0]]
+    assert len(alone) >= 2 + len(plans)
+    assert h.finished("running") is None
+
+
+def test_chunks_are_sized_to_cost_about_one_decode_step(harness_factory):
+    """A prompt token costs 1 ms and a decode step 40 ms: chunks of about 0.8 x 40."""
+
+    class Timed(FakeRunner):
+        def prefill(self, chunks):
+            time.sleep(0.001 * max(c.end - c.start for c in chunks) * len(chunks))
+            return super().prefill(chunks)
+
+        def decode(self, keys):
+            time.sleep(0.04)
+            return super().decode(keys)
+
+    runner = Timed(step_s=0)
+    h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=512)
+    h.submit("running", max_new=400)
+    assert wait_until(lambda: len(runner.decode_batches) >= 4)
+    h.submit("joining", prompt_len=400, max_new=1)
+    assert wait_until(lambda: h.finished("joining") is FinishReason.LENGTH)
+    widths = [c.end - c.start for [c] in runner.prefill_plans[1:]][2:-1]  # once measured
+    assert widths and all(16 <= w <= 48 for w in widths), widths
+
+
+def test_joins_never_starve_when_prefill_is_dear(harness_factory):
+    class Dear(FakeRunner):
+        def prefill(self, chunks):
+            time.sleep(0.002 * max(c.end - c.start for c in chunks))
+            return super().prefill(chunks)
+
+    runner = Dear(step_s=0.001)
+    h = harness_factory(runner, max_batch_size=4)
+    h.submit("running", max_new=2000)
+    assert wait_until(lambda: len(runner.decode_batches) >= 2)
+    h.submit("joining", prompt_len=100, max_new=1)
+    assert wait_until(lambda: h.finished("joining") is FinishReason.LENGTH)
+    assert all(c.end - c.start >= 16 for [c] in runner.prefill_plans[1:-1])
+
+
+def test_a_group_larger_than_the_running_batch_is_prefilled_in_one_pass(harness_factory):
+    runner = FakeRunner()
+    h = harness_factory(runner, max_batch_size=8, max_prefill_tokens=16)
+    h.submit("first", max_new=200)
+    assert wait_until(lambda: len(runner.decode_batches) >= 1)
+    runner.gate.clear()  # let three arrivals queue up behind one step
+    assert runner.held.wait(10)
+    for rid in "abc":
+        h.submit(rid, prompt_len=100, max_new=2)
+    runner.gate.set()
+    assert wait_until(lambda: all(h.finished(r) is FinishReason.LENGTH for r in "abc"))
+    # Three joining, one decoding: one pass of the whole prompts, not 16-token chunks.
+    assert [(c.start, c.end) for c in runner.prefill_plans[1]] == [(0, 100)] * 3
+
+
+def test_admission_is_bounded_by_the_arena_slots(harness_factory):
+    h = harness_factory(FakeRunner(slots=2), max_batch_size=8, max_queue=8)
+    for i in range(5):
+        h.submit(f"r{i}", max_new=6)
+    assert wait_until(lambda: all(h.finished(f"r{i}") for i in range(5)))
+    assert max(len(b) for b in h.runner.decode_batches) == 2
+    assert h.scheduler.load().kv_slots == 2
+
+
+def test_a_request_larger_than_a_slot_is_refused_at_once(harness_factory):
+    h = harness_factory(FakeRunner(slot_tokens=20))
+    with pytest.raises(RequestTooLong) as info:
+        h.submit("big", prompt_len=10, max_new=11)
+    assert info.value.tokens == 21 and info.value.limit == 20
+    h.submit("fits", prompt_len=10, max_new=10)
+    assert wait_until(lambda: h.finished("fits") is FinishReason.LENGTH)
+
+
+def test_out_of_memory_in_prefill_retries_smaller_before_evicting(harness_factory):
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    runner = FakeRunner()
+    h = harness_factory(runner, max_batch_size=4)
+    runner.fail_prefill = OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")
+    h.submit("a", prompt_len=5000, max_new=3)
+    assert wait_until(lambda: h.finished("a") is FinishReason.LENGTH)
+    assert "a" not in h.failures
+    assert [c.end for c in runner.prefill_plans[0]] == [4096], "halved from one pass of 8192"
 
 
 def test_token_details_reach_the_streamer(harness_factory):
@@ -336,18 +426,3 @@ def test_token_details_reach_the_streamer(harness_factory):
     h.submit("a", max_new=3)
     assert wait_until(lambda: h.finished("a") is FinishReason.LENGTH)
     assert [d.id for d in h.streamers["a"].details] == [1, 2]  # decode steps carry details
-
-
-def test_a_group_larger_than_the_running_batch_is_prefilled_in_one_pass(harness_factory):
-    runner = FakeRunner(prefill_chunks=5)
-    h = harness_factory(runner, max_batch_size=8)
-    h.submit("first", max_new=200)
-    assert wait_until(lambda: len(runner.decode_batches) >= 1)
-    runner.gate.clear()  # let three arrivals queue up behind one step
-    assert runner.held.wait(10)
-    for rid in "abc":
-        h.submit(rid, max_new=2)
-    runner.gate.set()
-    assert wait_until(lambda: all(h.finished(r) is FinishReason.LENGTH for r in "abc"))
-    # Three joining, one decoding: one pass, not five chunk steps.
-    assert runner.chunked[1] is False

@@ -33,7 +33,7 @@ from .errors import (
     lenient,
     refuse_malformed,
 )
-from .generation.engine import BatchLimits, GenerationEngine
+from .generation.engine import ArenaBudget, BatchLimits, GenerationEngine
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
 from .loop_bridge import settle_threadsafe
@@ -379,6 +379,11 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
             max_batch_tokens=config.max_batch_tokens,
             max_prefill_tokens=config.max_prefill_tokens,
             max_queue=config.max_queue,
+        ),
+        budget=ArenaBudget(
+            memory_mib=config.kv_cache_memory_mib,
+            memory_fraction=config.kv_cache_memory_fraction,
+            tokens_per_slot=config.kv_slot_tokens,
         ),
         stream_interval_s=config.stream_interval_ms / 1000,
     )

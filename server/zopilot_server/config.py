@@ -99,15 +99,34 @@ class ServerConfig:
         "requests decoded together in one step (continuous batching); 1 = one at a time", 16
     )
     max_batch_tokens: int = _opt(
-        "KV cache budget: the sum of prompt + max_new_tokens over the running batch; "
-        "requests beyond it wait (a single larger request runs alone)",
-        32768,
+        "optional work cap: the sum of prompt + max_new_tokens over the running batch; "
+        "requests beyond it wait (a single larger request runs alone); 0 = no cap beyond "
+        "the KV arena's slots",
+        0,
     )
     max_prefill_tokens: int = _opt(
-        "prompt tokens prefilled per step while others decode (chunked prefill): bounds "
-        "the stall a long prompt causes to running streams; with nobody decoding a prompt "
-        "is prefilled in one pass",
-        64,
+        "most prompt tokens prefilled per step while others decode; within it the chunk "
+        "is sized to cost about one decode step, so a long prompt joining at most about "
+        "doubles the running streams' inter-token time; with nobody decoding a prompt is "
+        "prefilled in one pass",
+        512,
+    )
+    # The KV arena (README "Batching": how to size it on a GPU).
+    kv_cache_memory_fraction: float = _opt(
+        "CUDA: share of the GPU memory free after loading the model that the KV arena "
+        "takes (like vLLM's gpu_memory_utilization)",
+        0.9,
+    )
+    kv_cache_memory_mib: int = _opt(
+        "KV arena size in MiB; 0 = on CUDA --kv-cache-memory-fraction, on CPU a quarter "
+        "of RAM up to 8192 (CPU pages are only used as rows fill them)",
+        0,
+    )
+    kv_slot_tokens: int = _opt(
+        "tokens one KV slot holds (prompt + max_new_tokens of one request); 0 = the "
+        "largest that keeps --max-batch-size slots within the arena, up to the model's "
+        "context",
+        0,
     )
     stream_interval_ms: int = _opt(
         "GenerateStream: after the first chunk, send at most one chunk per this many ms, "
@@ -192,7 +211,13 @@ class ServerConfig:
             (self.max_constraint_bytes >= 1, "--max-constraint-bytes must be >= 1"),
             (self.max_queue >= 0, "--max-queue must be >= 0"),
             (self.max_batch_size >= 1, "--max-batch-size must be >= 1"),
-            (self.max_batch_tokens >= 1, "--max-batch-tokens must be >= 1"),
+            (self.max_batch_tokens >= 0, "--max-batch-tokens must be >= 0"),
+            (
+                0 < self.kv_cache_memory_fraction <= 1,
+                "--kv-cache-memory-fraction must be in (0, 1]",
+            ),
+            (self.kv_cache_memory_mib >= 0, "--kv-cache-memory-mib must be >= 0"),
+            (self.kv_slot_tokens >= 0, "--kv-slot-tokens must be >= 0"),
             (self.max_prefill_tokens >= 1, "--max-prefill-tokens must be >= 1"),
             (self.bnb_int8_threshold >= 0, "--bnb-int8-threshold must be >= 0"),
             (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),

@@ -43,6 +43,7 @@ from .generation.domain import (
     InvalidConstraint,
     OutOfMemory,
     QueueFull,
+    RequestTooLong,
 )
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], Callable[[Any, str], ServiceError
     (EngineClosed, lambda e, _: Unavailable(str(e), retry_after_s=e.retry_after_s)),
     (GenerationFailed, lambda e, request_id: _internal(e, e.request_id or request_id)),
     (InvalidConstraint, lambda e, _: InvalidArgument.single(e.field, e.message)),
+    (RequestTooLong, lambda e, _: InvalidArgument.single("max_new_tokens", str(e))),
     (ConstraintUnavailable, lambda e, _: FailedPrecondition(str(e))),
     (DocumentRejected, lambda e, _: InvalidArgument.single(e.field, e.message)),
     (OcrModelsMissing, lambda e, _: FailedPrecondition(str(e))),

@@ -130,8 +130,10 @@ class EngineLoad:
 
     waiting: int
     running: int
-    kv_tokens_used: int
-    kv_tokens_budget: int
+    kv_tokens_used: int  # tokens held in the KV arena's slots right now
+    kv_tokens_budget: int  # slots x tokens per slot
+    kv_slots_used: int = 0
+    kv_slots: int = 0
 
 
 class QueueFull(Exception):
@@ -140,6 +142,19 @@ class QueueFull(Exception):
     def __init__(self, queued: int, retry_after_s: float) -> None:
         super().__init__(f"generation queue is full ({queued} waiting); retry later")
         self.retry_after_s = retry_after_s
+
+
+class RequestTooLong(ValueError):
+    """prompt + max_new_tokens exceed what one KV arena slot holds."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"prompt + max_new_tokens is {tokens} tokens; a KV cache slot holds {limit} "
+            "(--kv-slot-tokens / the KV cache memory flags): shorten the prompt or lower "
+            "max_new_tokens"
+        )
+        self.tokens = tokens
+        self.limit = limit
 
 
 class EngineClosed(Exception):

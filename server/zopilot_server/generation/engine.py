@@ -2,22 +2,26 @@
 side the servicer reads from.
 
 The servicer hands the engine a GenerationRequest and reads Chunks back; whether the
-request waited, ran alone or in a batch is the engine's business only. The scheduler
-(scheduler.py, torch-free) decides which requests share each decoding step; the runner
-(runner.py) owns the model, the KV cache and the per-row logits work; each request's
-TokenStreamer turns its tokens into Chunks.
+request waited, ran alone or in a batch is the engine's business only. The pipeline:
+scheduler.py (torch-free) plans each step (plan.py), runner.py executes it over the KV
+arena (kv_arena.py) and chooses tokens (sampling.py), and each request's TokenStreamer
+(streamer.py) turns its tokens into Chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Callable
 
 from .chunk_channel import ChunkChannel, ResultCollector
 from .constraints import ConstraintCompiler
-from .domain import Chunk, GenerationRequest
+from .domain import Chunk, EngineLoad, GenerationRequest
+from .kv_arena import ArenaBudget, ArenaSize, arena_shape, budget_bytes, plan_size
 from .model_loader import LoadedModel
-from .runner import ModelRunner
+from .plan import ArenaInfo
+from .runner import build_runner
 from .scheduler import (
     BatchLimits,
     EngineClosed,
@@ -30,6 +34,7 @@ from .scheduler import (
 from .streamer import TokenStreamer
 
 __all__ = [
+    "ArenaBudget",
     "BatchLimits",
     "EngineClosed",
     "GenerationEngine",
@@ -41,26 +46,69 @@ __all__ = [
     "stream_chunks",
 ]
 
+log = logging.getLogger(__name__)
 
-class GenerationEngine(Scheduler):
-    """Owns the model: a Scheduler whose runner is the loaded model."""
+
+class GenerationEngine:
+    """Owns the model: a scheduler over the model's runner, and what requests share
+    (the loaded model, the constraint compiler)."""
 
     def __init__(
         self,
         loaded: LoadedModel,
         *,
         limits: BatchLimits | None = None,
+        budget: ArenaBudget | None = None,
         stream_interval_s: float = 0.0,
     ) -> None:
-        self.loaded = loaded
+        limits = limits or BatchLimits()
+        runner = build_runner(loaded, _arena_size(loaded, limits, budget or ArenaBudget()))
+        self.arena: ArenaInfo = runner.info
+        # A request may use what one slot holds: validation and ModelInfo see that.
+        context = min(loaded.max_context_length, self.arena.tokens_per_slot)
+        self.loaded = dataclasses.replace(loaded, max_context_length=context)
         self.stream_interval_s = stream_interval_s
         vocab = max(getattr(loaded.model.config, "vocab_size", 0) or 0, len(loaded.tokenizer))
         self.constraints = ConstraintCompiler(
             loaded.tokenizer, vocab_size=vocab, eos_token_ids=sorted(loaded.eos_token_ids)
         )
-        limits = limits or BatchLimits()
-        runner = ModelRunner(loaded, max_prefill_tokens=limits.max_prefill_tokens)
-        super().__init__(runner, self._streamer_for, limits)
+        log.info(
+            "KV cache: %s, %d slots x %d tokens, %.1f MiB%s",
+            self.arena.mode,
+            self.arena.slots,
+            self.arena.tokens_per_slot,
+            self.arena.bytes / 2**20,
+            f" ({self.arena.reason})" if self.arena.reason else "",
+        )
+        self.scheduler = Scheduler(runner, self._streamer_for, limits)
+
+    # The scheduler's public face, so callers need not know the engine is composed.
+    def submit(self, request: GenerationRequest, sink: Sink) -> Job:
+        return self.scheduler.submit(request, sink)
+
+    def load(self) -> EngineLoad:
+        return self.scheduler.load()
+
+    def drain(self, grace_s: float) -> None:
+        self.scheduler.drain(grace_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.scheduler.close(timeout_s)
+
+    def observe_steps(self, callback: Callable[[int], None]) -> None:
+        self.scheduler.observe_steps(callback)
+
+    @property
+    def limits(self) -> BatchLimits:
+        return self.scheduler.limits
+
+    @property
+    def active_count(self) -> int:
+        return self.scheduler.active_count
+
+    @property
+    def queued_count(self) -> int:
+        return self.scheduler.queued_count
 
     def _streamer_for(self, job: Job) -> TokenStreamer:
         request = job.request
@@ -71,6 +119,19 @@ class GenerationEngine(Scheduler):
             eos_token_ids=self.loaded.eos_token_ids,
             sink=job.sink,
         )
+
+
+def _arena_size(loaded: LoadedModel, limits: BatchLimits, budget: ArenaBudget) -> ArenaSize | None:
+    shape = arena_shape(loaded.model)
+    if shape is None:
+        return None
+    return plan_size(
+        shape,
+        budget_bytes=budget_bytes(budget, loaded.model.device),
+        max_slots=limits.max_batch_size,
+        max_context=loaded.max_context_length,
+        tokens_per_slot=budget.tokens_per_slot,
+    )
 
 
 async def stream_chunks(

@@ -46,16 +46,9 @@ class RunControl:
         now = time.monotonic() if now is None else now
         return now + self._step_estimate >= self.deadline
 
-    def should_stop(self) -> bool:
-        """Called once per decoding step by the scheduler thread."""
-        now = time.monotonic()
+    def tick(self, now: float) -> None:
+        """Called by the scheduler thread after each token of this request: the time
+        between two tokens is the estimate ``out_of_time`` looks ahead by."""
         if self._last_step_at is not None:
             self._step_estimate = now - self._last_step_at
         self._last_step_at = now
-        if self._finish is not None:
-            return True
-        if self.cancelled:
-            self.finish(FinishReason.CANCELLED)
-        elif self.out_of_time(now):
-            self.finish(FinishReason.TIME_LIMIT)
-        return self._finish is not None

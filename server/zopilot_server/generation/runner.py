@@ -1,17 +1,19 @@
-"""The model side of continuous batching: one left-padded KV cache for all running rows.
+"""The model side of continuous batching: forwards over the KV arena.
 
-The scheduler (scheduler.py) decides who runs; this module owns the tensors. Its shape
-follows TGI's ``CausalLMBatch`` for plain Hugging Face models: every running row lives
-in one left-padded ``past_key_values``; a new group of prompts is prefilled on its own
-cache (in chunks of at most ``max_prefill_tokens`` per step, so running streams keep
-decoding while a long prompt joins) and then concatenated in; a finished row is cut
-out at once and the all-padding columns it leaves on the left are trimmed.
+The scheduler decides what each step computes (plan.py); this module turns that into
+model forwards. Every forward covers one contiguous range of arena slots (kv_arena.py)
+and is given, per query token, its position (= its column in the row's slot) and a 4D
+mask over the attended columns, so rows of any length decode together without padding
+their caches. Prefill chunks of several rows run as one forward, left-aligned to the
+chunks' end so ``logits_to_keep=1`` gives each finishing row its next-token logits.
 
-Per-row logits work (repetition penalty, min_new_tokens, temperature / top-k / top-p,
-a ``torch.Generator`` per sampling row, logprobs) is done here for each row on its own,
-so a request decodes the same alone or in a busy batch. The order matches
-transformers' ``generate``: processors (penalty, min tokens), then the logprobs that
-token details report, then the sampling warpers.
+A forward that fails leaves nothing to undo: a row's length advances only after its
+step succeeded, and the columns a failed forward wrote are rewritten by the retry.
+
+Architectures whose forward cannot write into our ``Cache`` (GPT-2 and other legacy
+tuple caches in transformers 4.45, sliding-window hybrids) are detected at load by
+``self_test`` and served by ``SerialRunner``: one request at a time on the model's own
+cache, through the same token choice and streaming. Slower, never broken.
 """
 
 from __future__ import annotations
@@ -20,60 +22,28 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
-from .constraints import ConstraintState
-from .domain import GenerationRequest, InvalidConstraint, TokenDetail
+from .domain import GenerationRequest
+from .kv_arena import ArenaCache, ArenaSize, KVArena, arena_shape, bucket
 from .model_loader import LoadedModel
-from .scheduler import RowSpec, Step
-from .token_details import token_detail
+from .plan import ArenaInfo, PrefillChunk, RowSpec, Step
+from .sampling import RowState, TokenChooser, new_row
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Row:
-    """Torch-side state of one request."""
-
-    key: int
-    request: GenerationRequest
-    seen: set[int]  # prompt + generated ids, for the repetition penalty
-    generator: torch.Generator | None
-    constraint: ConstraintState | None = None
-    produced: int = 0
-    failure: Exception | None = None  # set when the constraint can no longer be followed
-
-
-@dataclass
-class _Batch:
-    """Rows that share one left-padded KV cache; ``mask`` covers what the cache holds."""
-
-    rows: list[_Row]
-    cache: Any
-    mask: torch.Tensor  # [B, T] long, 0 = left padding
-    next_input: torch.Tensor | None = None  # [B, 1] the tokens chosen last step
-
-
-@dataclass
-class _Prefill:
-    """A group of new prompts being prefilled, ``done`` columns so far."""
-
-    rows: list[_Row]
-    ids: torch.Tensor  # [G, L] left-padded prompts
-    mask: torch.Tensor  # [G, L]
-    positions: torch.Tensor  # [G, L]
-    cache: Any = field(default_factory=DynamicCache)
-    done: int = 0
+# Model types whose attention needs a cache we do not provide (per-layer sliding windows,
+# recurrent state): they are served serially without trying the arena.
+SERIAL_MODEL_TYPES = frozenset(
+    {"gemma2", "cohere2", "mamba", "mamba2", "falcon_mamba", "jamba", "zamba", "recurrent_gemma"}
+)
 
 
 def _inference(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a runner method under inference_mode: its tensors (cache, logits) are
-    inference tensors, which may only be updated in place inside it; and no autograd
-    bookkeeping per op, a sizeable share of a small model's step."""
+    """Run under inference_mode: no autograd bookkeeping per op, a sizeable share of a
+    small model's step."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -83,278 +53,284 @@ def _inference(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+class _ModelCalls:
+    """What both runners share: the forward call and the rows' token choice."""
 
-
-def _cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    return DynamicCache.from_legacy_cache(tuple(layers))
-
-
-def _left_pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = n
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
-
-
-class ModelRunner:
-    """Prefill, decode step and row removal over one model (the scheduler's Runner)."""
-
-    def __init__(self, loaded: LoadedModel, *, max_prefill_tokens: int) -> None:
+    def __init__(self, loaded: LoadedModel) -> None:
         self._model = loaded.model
-        self._tokenizer = loaded.tokenizer
-        self._device = loaded.model.device
-        self._eos = sorted(loaded.eos_token_ids)
+        self.device = loaded.model.device
+        self.vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+        eos = sorted(loaded.eos_token_ids)
         pad = loaded.tokenizer.pad_token_id
-        self._pad = pad if pad is not None else next(iter(self._eos), 0)
-        self._max_prefill_tokens = max(1, max_prefill_tokens)
-        self._batch: _Batch | None = None
-        self._prefill: _Prefill | None = None
+        self._pad = pad if pad is not None and pad < self.vocab else next(iter(eos), 0)
+        self._chooser = TokenChooser(loaded.tokenizer, eos)
+        self.rows: dict[int, RowState] = {}
         params = inspect.signature(self._model.forward).parameters
         self._keep_arg = next(
             (n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None
         )
 
-    # -- the Runner interface ----------------------------------------------------------
-    @property
-    def prefilling(self) -> bool:
-        return self._prefill is not None
+    def _new_rows(self, specs: Sequence[RowSpec]) -> None:
+        for spec in specs:
+            self.rows[spec.key] = new_row(spec.key, spec.request, self.vocab, self.device)
 
-    @_inference
-    def begin_prefill(self, specs: Sequence[RowSpec]) -> None:
-        rows = [self._new_row(spec) for spec in specs]
-        length = max(len(r.request.input_ids) for r in rows)
-        ids = torch.full((len(rows), length), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            prompt = row.request.input_ids
-            ids[i, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, length - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self._prefill = _Prefill(
-            rows, ids.to(self._device), mask.to(self._device), positions.to(self._device)
-        )
-
-    @_inference
-    def prefill_step(self, chunked: bool = True) -> list[Step] | None:
-        """Run one chunk of the group's prompts; the first tokens once all are read.
-
-        ``chunked``: at most ``max_prefill_tokens`` (over the group) this step, because
-        running rows are waiting to decode; otherwise the whole prompts in one pass, the
-        quickest way to the group's first tokens.
-        """
-        p = self._prefill
-        assert p is not None
-        width = max(1, self._max_prefill_tokens // len(p.rows)) if chunked else p.ids.shape[1]
-        start, end = p.done, min(p.done + width, p.ids.shape[1])
-        out = self._forward(
-            p.ids[:, start:end], p.mask[:, :end], p.positions[:, start:end], p.cache
-        )
-        p.cache, p.done = out.past_key_values, end
-        if end < p.ids.shape[1]:
-            return None
-        steps, chosen = self._choose(p.rows, out.logits[:, -1, :])
-        self._prefill = None
-        self._merge(_Batch(p.rows, p.cache, p.mask, chosen))
-        return steps
-
-    @_inference
-    def decode_step(self) -> list[Step]:
-        """One forward pass over every running row: the next token of each."""
-        b = self._batch
-        assert b is not None and b.next_input is not None
-        length = b.mask.shape[1]
-        positions = b.mask.sum(-1, keepdim=True)
-        mask = torch.cat([b.mask, b.mask.new_ones((len(b.rows), 1))], dim=-1)
-        try:
-            out = self._forward(b.next_input, mask, positions, b.cache)
-        except BaseException:
-            self._rollback(b, length)  # layers before the failure already grew by one
-            raise
-        b.cache, b.mask = out.past_key_values, mask
-        steps, b.next_input = self._choose(b.rows, out.logits[:, -1, :])
-        return steps
-
-    @_inference
-    def remove(self, keys: Collection[int]) -> None:
-        """Drop rows (finished, cancelled, failed) from the batch or the prefill group."""
-        if not keys:
-            return
-        p = self._prefill
-        if p is not None and any(r.key in keys for r in p.rows):
-            keep = [i for i, r in enumerate(p.rows) if r.key not in keys]
-            if not keep:
-                self._prefill = None
-            elif p.done == 0:
-                self.begin_prefill([RowSpec(p.rows[i].key, p.rows[i].request) for i in keep])
-            else:
-                idx = torch.tensor(keep, device=self._device)
-                layers = [(k[idx], v[idx]) for k, v in _layers(p.cache)]
-                p.rows = [p.rows[i] for i in keep]
-                p.ids, p.mask, p.positions = p.ids[idx], p.mask[idx], p.positions[idx]
-                p.cache = _cache(layers)
-        b = self._batch
-        if b is not None and any(r.key in keys for r in b.rows):
-            keep = [i for i, r in enumerate(b.rows) if r.key not in keys]
-            if not keep:
-                self._batch = None
-                return
-            idx = torch.tensor(keep, device=self._device)
-            mask = b.mask[idx]
-            first = int(mask.any(0).nonzero()[0]) if mask.numel() else 0
-            layers = [(k[idx, :, first:], v[idx, :, first:]) for k, v in _layers(b.cache)]
-            assert b.next_input is not None
-            self._batch = _Batch(
-                [b.rows[i] for i in keep], _cache(layers), mask[:, first:], b.next_input[idx]
-            )
+    def _forward(self, **kwargs: Any) -> Any:
+        if self._keep_arg is not None:
+            kwargs[self._keep_arg] = 1
+        return self._model(use_cache=True, **kwargs)
 
     def release_memory(self) -> None:
         """After an OOM, hand cached blocks back so the next step does not fragment."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    # -- internals ---------------------------------------------------------------------
-    def _new_row(self, spec: RowSpec) -> _Row:
-        request = spec.request
-        generator = None
-        if not request.sampling.greedy:
-            generator = torch.Generator(device=self._device)
-            generator.manual_seed(request.sampling.seed)
-        constraint = request.constraint.start() if request.constraint is not None else None
-        return _Row(spec.key, request, set(request.input_ids), generator, constraint)
 
-    def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
-    ) -> Any:
-        kwargs: dict[str, Any] = {}
-        if self._keep_arg is not None:
-            kwargs[self._keep_arg] = 1
-        return self._model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            **kwargs,
-        )
+class ModelRunner(_ModelCalls):
+    """Prefill chunks and decode steps over the KV arena (the scheduler's Runner)."""
 
-    def _merge(self, group: _Batch) -> None:
-        b = self._batch
-        if b is None:
-            self._batch = group
-            return
-        length = max(b.mask.shape[1], group.mask.shape[1])
-        pad_b, pad_g = length - b.mask.shape[1], length - group.mask.shape[1]
-        layers = [
-            (
-                torch.cat([_left_pad(kb, pad_b, 2), _left_pad(kg, pad_g, 2)]),
-                torch.cat([_left_pad(vb, pad_b, 2), _left_pad(vg, pad_g, 2)]),
-            )
-            for (kb, vb), (kg, vg) in zip(_layers(b.cache), _layers(group.cache), strict=True)
+    def __init__(self, loaded: LoadedModel, size: ArenaSize) -> None:
+        super().__init__(loaded)
+        shape = arena_shape(loaded.model)
+        assert shape is not None
+        self.arena = KVArena(shape, size, self.device)
+        config = loaded.model.config
+        window = getattr(config, "sliding_window", None)
+        self._window = window if window and getattr(config, "use_sliding_window", True) else None
+        self.info = ArenaInfo("arena", size.slots, size.tokens_per_slot, size.bytes)
+
+    @property
+    def kv_tokens_used(self) -> int:
+        return self.arena.tokens_used
+
+    def add(self, specs: Sequence[RowSpec]) -> None:
+        """New rows take the lowest free slots, in the order given (the scheduler gives
+        the shortest prompt first, so rows finish prefill in slot order and join the
+        decoding rows where they already are)."""
+        self.arena.assign([s.key for s in specs])
+        self._new_rows(specs)
+
+    @_inference
+    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
+        """Compute the chunks' prompt tokens; the first token of every row whose prompt
+        is now complete."""
+        by_key = {c.key: c for c in chunks}
+        lo, hi = self.arena.span(list(by_key))
+        q = max(c.end - c.start for c in chunks)
+        keys = self._keys_in(lo, hi)
+        positions = torch.full((hi - lo, q), -1, dtype=torch.long)
+        ids = torch.full((hi - lo, q), self._pad, dtype=torch.long)
+        for i, key in enumerate(keys):
+            chunk = by_key.get(key)
+            if chunk is None:
+                continue
+            n = chunk.end - chunk.start
+            prompt = self.rows[key].request.input_ids[chunk.start : chunk.end]
+            ids[i, q - n :] = torch.tensor(prompt, dtype=torch.long)
+            positions[i, q - n :] = torch.arange(chunk.start, chunk.end)
+        logits = self._run(lo, hi, ids, positions)
+        done = [
+            (i, k)
+            for i, k in enumerate(keys)
+            if k in by_key and by_key[k].end == len(self.rows[k].request.input_ids)
         ]
-        assert b.next_input is not None and group.next_input is not None
-        self._batch = _Batch(
-            b.rows + group.rows,
-            _cache(layers),
-            torch.cat([_left_pad(b.mask, pad_b, 1), _left_pad(group.mask, pad_g, 1)]),
-            torch.cat([b.next_input, group.next_input]),
+        steps = (
+            self._chooser.choose([self.rows[k] for _, k in done], logits[[i for i, _ in done]])
+            if done
+            else []
         )
+        for key, chunk in by_key.items():
+            self.arena.length[key] = chunk.end
+        return steps
 
-    def _rollback(self, b: _Batch, length: int) -> None:
-        layers = _layers(b.cache)
-        if any(k.shape[2] != length for k, _ in layers):
-            b.cache = _cache([(k[:, :, :length], v[:, :, :length]) for k, v in layers])
+    @_inference
+    def decode(self, keys: Collection[int]) -> list[Step]:
+        """One token for each of ``keys`` (rows whose prompt is complete)."""
+        lo, hi = self.arena.span(list(keys))
+        slots = self._keys_in(lo, hi)
+        positions = torch.full((hi - lo, 1), -1, dtype=torch.long)
+        ids = torch.full((hi - lo, 1), self._pad, dtype=torch.long)
+        order = []
+        for i, key in enumerate(slots):
+            if key in keys:
+                ids[i, 0] = self.rows[key].next_input
+                positions[i, 0] = self.arena.length[key]
+                order.append((i, key))
+        logits = self._run(lo, hi, ids, positions)
+        steps = self._chooser.choose(
+            [self.rows[k] for _, k in order], logits[[i for i, _ in order]]
+        )
+        for _, key in order:
+            self.arena.length[key] += 1
+        return steps
 
-    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> tuple[list[Step], torch.Tensor]:
-        """The next token of every row, each under its own request's parameters."""
-        scores = logits.float()
-        for i, row in enumerate(rows):
-            self._process(row, scores, i)
-        tokens = scores.argmax(-1)
-        logprobs: dict[int, torch.Tensor] = {}
-        for i, row in enumerate(rows):
-            if row.request.token_details:  # before sampling reshapes the scores
-                logprobs[i] = torch.log_softmax(scores[i], dim=-1)
-            if row.generator is not None:
-                tokens[i] = _sample(scores[i], row.request, row.generator)
+    @_inference
+    def remove(self, keys: Collection[int]) -> None:
+        """Free the rows' slots and close the holes they leave among decoding rows."""
+        for key in keys:
+            self.arena.release(key)
+            self.rows.pop(key, None)
+        self.compact()
+
+    @_inference
+    def compact(self) -> None:
+        decoding = [k for k, r in self.rows.items() if r.produced > 0]
+        self.arena.compact(decoding)
+
+    @_inference
+    def probe(self, key: int, token: int) -> torch.Tensor:
+        """The logits after feeding ``token`` to row ``key``, its length unchanged (the
+        load-time self test)."""
+        lo, hi = self.arena.span([key])
+        positions = torch.tensor([[self.arena.length[key]]])
+        return self._run(lo, hi, torch.tensor([[token]]), positions)[0].float()
+
+    # -- internals ---------------------------------------------------------------------
+    def _keys_in(self, lo: int, hi: int) -> list[int | None]:
+        """The row in each slot of ``lo:hi`` (None: a free slot, a dummy in the forward)."""
+        by_slot: list[int | None] = [None] * (hi - lo)
+        for key, slot in self.arena.slot_of.items():
+            if lo <= slot < hi:
+                by_slot[slot - lo] = key
+        return by_slot
+
+    def _run(self, lo: int, hi: int, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One forward over slots ``lo:hi``; ``positions`` -1 marks a padded query. Returns
+        the last query's logits per slot."""
+        arena = self.arena
+        view = bucket(int(positions.max()) + 1, arena.size.tokens_per_slot)
+        padded = positions < 0
+        write_cols = positions.masked_fill(padded, arena.scratch_column)
+        mask = self._mask(positions.to(self.device), view)
+        cache = ArenaCache(arena, lo, hi, write_cols.to(self.device), view)
+        out = self._forward(
+            input_ids=ids.to(self.device),
+            position_ids=positions.clamp(min=0).to(self.device),
+            cache_position=torch.arange(ids.shape[1], device=self.device),
+            attention_mask=mask,
+            past_key_values=cache,
+        )
+        return out.logits[:, -1, :]
+
+    def _mask(self, positions: torch.Tensor, view: int) -> torch.Tensor:
+        """[B, 1, q, view] additive mask: a query sees its row's columns up to its own
+        position (within the sliding window, if the model has one); a padded query sees
+        column 0 only, so no row of the softmax is empty."""
+        cols = torch.arange(view, device=positions.device)
+        pos = positions[:, :, None]
+        allowed = cols <= pos
+        if self._window is not None:
+            allowed &= cols > pos - self._window
+        allowed |= (pos < 0) & (cols == 0)
+        dtype = self._model.dtype if self._model.dtype.is_floating_point else torch.float32
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
+        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+class SerialRunner(_ModelCalls):
+    """One row at a time on the model's own cache: for architectures the arena cannot
+    serve. The scheduler gives it one slot, so requests queue instead of batching."""
+
+    def __init__(self, loaded: LoadedModel, reason: str, tokens_per_slot: int) -> None:
+        super().__init__(loaded)
+        self.info = ArenaInfo("serial", 1, tokens_per_slot, 0, reason)
+        self._length: dict[int, int] = {}
+
+    @property
+    def kv_tokens_used(self) -> int:
+        return sum(self._length.values())
+
+    def add(self, specs: Sequence[RowSpec]) -> None:
+        if len(self.rows) + len(specs) > 1:
+            raise RuntimeError("the serial runner holds one row at a time")
+        self._new_rows(specs)
+        for spec in specs:
+            self._length[spec.key] = 0
+
+    @_inference
+    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
         steps = []
-        for i, (row, token_id) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-            row.produced += 1
-            row.seen.add(token_id)
-            detail: TokenDetail | None = None
-            if i in logprobs:
-                detail = token_detail(
-                    self._tokenizer, logprobs[i], token_id, row.request.top_n_tokens
-                )
-            steps.append(self._step(row, token_id, detail))
-        return steps, tokens.unsqueeze(-1)
+        for chunk in chunks:
+            row = self.rows[chunk.key]
+            ids = torch.tensor([row.request.input_ids[chunk.start : chunk.end]], device=self.device)
+            logits = self._step(row, ids, chunk.start)
+            self._length[chunk.key] = chunk.end
+            if chunk.end == len(row.request.input_ids):
+                steps += self._chooser.choose([row], logits)
+        return steps
 
-    def _step(self, row: _Row, token_id: int, detail: TokenDetail | None) -> Step:
-        """The row's Step; a constrained row's grammar advances by the chosen token."""
-        if row.constraint is None:
-            return Step(row.key, token_id, detail)
-        if row.failure is None:
-            try:
-                row.constraint.advance(token_id)
-            except InvalidConstraint as exc:
-                row.failure = exc
-        if row.failure is not None:
-            return Step(row.key, token_id, failure=row.failure)
-        return Step(row.key, token_id, detail, final=row.constraint.finished)
+    @_inference
+    def decode(self, keys: Collection[int]) -> list[Step]:
+        steps = []
+        for key in keys:
+            row = self.rows[key]
+            ids = torch.tensor([[row.next_input]], device=self.device)
+            logits = self._step(row, ids, self._length[key])
+            steps += self._chooser.choose([row], logits)
+            self._length[key] += 1
+        return steps
 
-    def _process(self, row: _Row, scores: torch.Tensor, i: int) -> None:
-        """transformers' logits processors for one row: penalty, min_new_tokens, then the
-        constraint's mask (so token details report the distribution actually drawn from)."""
-        request = row.request
-        penalty = request.sampling.repetition_penalty
-        if penalty != 1.0:
-            seen = torch.tensor(sorted(row.seen), device=scores.device)
-            values = scores[i, seen]
-            scores[i, seen] = torch.where(values < 0, values * penalty, values / penalty)
-        # A complete constrained output may end before min_new_tokens: nothing else fits.
-        too_early = row.produced < request.min_new_tokens and not request.ignore_eos
-        if too_early and self._eos and not (row.constraint and row.constraint.accepting):
-            scores[i, self._eos] = float("-inf")
-        if row.constraint is not None:
-            self._mask(row, scores[i])
+    def _step(self, row: RowState, ids: torch.Tensor, start: int) -> torch.Tensor:
+        past = row.extra.get("past")
+        length = start + ids.shape[1]
+        out = self._forward(
+            input_ids=ids,
+            attention_mask=torch.ones((1, length), dtype=torch.long, device=self.device),
+            position_ids=torch.arange(start, length, device=self.device)[None],
+            past_key_values=past,
+        )
+        row.extra["past"] = out.past_key_values
+        return out.logits[:, -1, :]
 
-    def _mask(self, row: _Row, scores: torch.Tensor) -> None:
-        """Forbid every token that would break the row's constraint."""
-        assert row.constraint is not None
-        allowed = torch.frombuffer(bytearray(row.constraint.allowed()), dtype=torch.uint8)
-        forbidden = torch.ones(scores.shape[-1], dtype=torch.bool)
-        width = min(len(allowed), scores.shape[-1])
-        forbidden[:width] = allowed[:width] == 0
-        if row.request.ignore_eos and self._eos:
-            eos = forbidden[self._eos].clone()
-            forbidden[self._eos] = True
-            if bool(forbidden.all()):  # EOS is the only way on: let it end the output
-                forbidden[self._eos] = eos
-        if bool(forbidden.all()):  # the grammar engine hit a limit: nothing can follow
-            row.failure = InvalidConstraint(
-                row.constraint.kind.value, f"the grammar engine stopped: {row.constraint.error}"
-            )
-            return
-        scores.masked_fill_(forbidden.to(scores.device), float("-inf"))
+    def remove(self, keys: Collection[int]) -> None:
+        for key in keys:
+            self.rows.pop(key, None)
+            self._length.pop(key, None)
+
+    def compact(self) -> None:
+        return None
 
 
-def _sample(scores: torch.Tensor, request: GenerationRequest, generator: torch.Generator) -> int:
-    """Temperature, top-k, top-p (transformers' warper order), then a draw from the row's
-    own generator, so the same seed gives the same text whatever else is batched."""
-    sampling = request.sampling
-    scores = scores / sampling.temperature
-    if sampling.top_k and sampling.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, sampling.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if sampling.top_p < 1.0:
-        ordered, order = torch.sort(scores)
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        remove = cumulative <= 1 - sampling.top_p
-        remove[-1] = False  # always keep the most likely token
-        scores = scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def self_test(runner: ModelRunner, loaded: LoadedModel) -> str:
+    """Check the arena reproduces the model's own forward on a short prompt prefilled in
+    two chunks plus one decode step; returns "" or why it does not."""
+    ids = [int(i) % runner.vocab for i in range(11, 18)]
+    try:
+        with torch.inference_mode():
+            want = loaded.model(input_ids=torch.tensor([ids], device=runner.device))
+            want = want.logits[0, -1].float()
+        request = GenerationRequest("self-test", tuple(ids[:-1]), False, max_new_tokens=2)
+        runner.add([RowSpec(-1, request)])
+        try:
+            runner.prefill([PrefillChunk(-1, 0, 3)])
+            runner.prefill([PrefillChunk(-1, 3, len(ids) - 1)])
+            got = runner.probe(-1, ids[-1])
+        finally:
+            runner.remove([-1])
+    except Exception as exc:  # noqa: BLE001 - any failure means: serve serially
+        return f"the arena forward failed: {type(exc).__name__}: {exc}"
+    error = float((got - want).abs().max()) / (float(want.abs().max()) or 1.0)
+    if error > 2e-2:
+        return f"the arena forward differs from the model's own by {error:.3f} (relative)"
+    return ""
+
+
+def build_runner(loaded: LoadedModel, size: ArenaSize | None) -> ModelRunner | SerialRunner:
+    """The arena runner when the architecture supports it, else the serial one (logged)."""
+    model_type = getattr(loaded.model.config, "model_type", "")
+    reason = ""
+    if size is None or arena_shape(loaded.model) is None:
+        reason = "the model config does not give its attention geometry"
+    elif model_type in SERIAL_MODEL_TYPES:
+        reason = f"{model_type} needs a cache of its own (sliding-window or recurrent layers)"
+    elif not getattr(loaded.model, "_supports_cache_class", True):
+        reason = f"{model_type}'s forward takes no Cache object in this transformers"
+    if not reason:
+        assert size is not None
+        runner = ModelRunner(loaded, size)
+        reason = self_test(runner, loaded)
+        if not reason:
+            return runner
+        del runner
+    tokens = loaded.max_context_length
+    log.warning("KV arena off for %s: %s; serving one request at a time", model_type, reason)
+    return SerialRunner(loaded, reason, tokens)

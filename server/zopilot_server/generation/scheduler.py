@@ -1,18 +1,21 @@
-"""The iteration-level (continuous batching) scheduler: who runs at each decoding step.
+"""The iteration-level (continuous batching) scheduler: what each decoding step computes.
 
-One scheduler thread owns the model through a Runner (runner.py). Every iteration it
+One scheduler thread owns the model through a Runner (runner.py). The scheduler owns
+every row's progress (prompt tokens computed, tokens generated) and, each iteration:
 ends rows that were cancelled, timed out or are being shut down; admits waiting
-requests that fit ``max_batch_size`` and the KV budget ``max_batch_tokens`` as one
-prefill group; runs one prefill chunk of that group (at most ``max_prefill_tokens``
-prompt tokens while at least as many rows decode as join, so a long prompt joining
-never freezes the running streams for its whole prefill; the whole group in one pass
-otherwise); and then one decode step over every running row. A finished row leaves the
-batch at once. Requests beyond the batch wait in a FIFO queue of at most ``max_queue``;
-beyond that ``submit`` raises QueueFull with a retry hint.
+requests while the KV arena has a free slot (and the optional ``max_batch_tokens``
+work cap allows), FIFO; and hands the runner a plan: prompt chunks to prefill
+(``PrefillChunk``) and the rows that decode one token. Chunks are sized in time, not in
+tokens: while streams are decoding, a step's prefill costs about one decode step (both
+measured as the server runs), so a long prompt joining slows running streams by at most
+about 2x for its whole prefill, and never starves (at least ``MIN_CHUNK`` tokens a
+step). With nobody decoding, prompts go in one pass. Every token then passes through
+``_finish_reason``, the one place that decides whether a row ends and why.
 
-This module never imports torch: tests drive it with a fake Runner. Tokens reach the
-client through each request's TokenStreamer (``put_token`` / ``end``), so detokenizing,
-stop sequences and chunking are the streamer's business, as they were under generate().
+Requests beyond the arena wait in a FIFO queue of at most ``max_queue``; beyond that
+``submit`` raises QueueFull with a retry hint. This module never imports torch: tests
+drive it with a fake Runner. Tokens reach the client through each request's
+TokenStreamer (``put_token`` / ``end``), which detects EOS and stop sequences.
 """
 
 from __future__ import annotations
@@ -32,55 +35,45 @@ from .domain import (
     GenerationFailed,
     GenerationRequest,
     QueueFull,
+    RequestTooLong,
     Sink,
     TokenDetail,
 )
 from .oom import is_out_of_memory
+from .plan import ArenaInfo, PrefillChunk, RowSpec, Step
 from .run_control import RunControl
 
 log = logging.getLogger(__name__)
 
 
+# Fewest prompt tokens a prefill chunk computes while others decode: joins never starve.
+MIN_CHUNK = 16
+# Query tokens (rows x longest chunk) of one prefill pass when nobody is decoding; larger
+# groups go in several passes, which bounds a prefill's activation memory.
+IDLE_PREFILL_TOKENS = 8192
+
+
 @dataclass(frozen=True)
 class BatchLimits:
-    """How much work one decoding step may carry (ServerConfig's batching flags)."""
+    """How much work one decoding step may carry (ServerConfig's batching flags; the
+    defaults here are only for tests that build a Scheduler directly)."""
 
-    max_batch_size: int = 8
-    max_batch_tokens: int = 32768
-    max_prefill_tokens: int = 64
+    max_batch_size: int = 16
+    max_batch_tokens: int = 0  # 0: no cap beyond the arena's slots
+    max_prefill_tokens: int = 512
     max_queue: int = 32
 
 
-@dataclass(frozen=True)
-class RowSpec:
-    """What the runner needs to start a row."""
-
-    key: int
-    request: GenerationRequest
-
-
-@dataclass(frozen=True)
-class Step:
-    """One generated token of one row. ``final``: the row's constraint is complete with
-    this token and allows nothing more, so the row ends (FinishReason.CONSTRAINT).
-    ``failure``: this row cannot go on (its constraint broke); it ends with that error
-    and the token is not output, while the other rows of the step go on."""
-
-    key: int
-    token_id: int
-    detail: TokenDetail | None = None
-    final: bool = False
-    failure: Exception | None = None
-
-
 class Runner(Protocol):
-    """The model side (runner.ModelRunner; a fake one in the scheduler's unit tests)."""
+    """The model side (runner.ModelRunner / SerialRunner; a fake one in unit tests)."""
 
     @property
-    def prefilling(self) -> bool: ...
-    def begin_prefill(self, specs: Sequence[RowSpec]) -> None: ...
-    def prefill_step(self, chunked: bool = True) -> list[Step] | None: ...
-    def decode_step(self) -> list[Step]: ...
+    def info(self) -> ArenaInfo: ...
+    @property
+    def kv_tokens_used(self) -> int: ...
+    def add(self, specs: Sequence[RowSpec]) -> None: ...
+    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]: ...
+    def decode(self, keys: Collection[int]) -> list[Step]: ...
     def remove(self, keys: Collection[int]) -> None: ...
     def release_memory(self) -> None: ...
 
@@ -119,11 +112,42 @@ class Job:
 
 @dataclass(eq=False)
 class _Running:
+    """A row's progress, owned by the scheduler: prompt tokens computed, tokens made."""
+
     key: int
     job: Job
     streamer: Streamer
+    computed: int = 0
     produced: int = 0
-    prefilling: bool = True
+
+    @property
+    def prompt_left(self) -> int:
+        return len(self.job.request.input_ids) - self.computed
+
+    @property
+    def prefilling(self) -> bool:
+        return self.produced == 0
+
+
+class _Cost:
+    """Moving averages of what steps cost, for sizing prefill chunks in time."""
+
+    def __init__(self) -> None:
+        self.decode_s: float | None = None  # one decode step
+        self.token_s: float | None = None  # one prefilled query token
+
+    def observe_decode(self, seconds: float) -> None:
+        self.decode_s = seconds if self.decode_s is None else 0.8 * self.decode_s + 0.2 * seconds
+
+    def observe_prefill(self, seconds: float, tokens: int) -> None:
+        per = seconds / max(1, tokens)
+        self.token_s = per if self.token_s is None else 0.8 * self.token_s + 0.2 * per
+
+    def chunk_tokens(self, cap: int) -> int:
+        """Prompt tokens that cost about 0.8 of a decode step, within [MIN_CHUNK, cap]."""
+        if self.decode_s is None or self.token_s is None:
+            return max(MIN_CHUNK, min(cap, 64))
+        return max(MIN_CHUNK, min(cap, int(0.8 * self.decode_s / self.token_s)))
 
 
 @dataclass
@@ -139,20 +163,27 @@ def _draining() -> EngineClosed:
 
 
 class Scheduler:
-    """Admission, queue, batch membership, cancellation and deadlines; owns one thread."""
+    """Admission, queue, the plan of every step, cancellation and deadlines; owns one
+    thread, the only one that touches the runner."""
 
     def __init__(self, runner: Runner, make_streamer: StreamerFactory, limits: BatchLimits) -> None:
         self._runner = runner
         self._make_streamer = make_streamer
         self.limits = limits
+        self.arena = runner.info
+        # The serial runner holds one row: whatever the flags say, one request runs.
+        self._slots = min(limits.max_batch_size, self.arena.slots)
         self._pending: collections.deque[Job] = collections.deque()
         self._rows: dict[int, _Running] = {}
-        self._kv_used = 0
+        self._reserved = 0  # sum of prompt + max_new_tokens over the running rows
         self._next_key = 0
         self._cond = threading.Condition()
         self._closed = False
         self._stop = False
         self._drain: _Drain | None = None
+        self._cost = _Cost()
+        self._prefill_cap = max(MIN_CHUNK, limits.max_prefill_tokens)
+        self._idle_cap = IDLE_PREFILL_TOKENS
         self._step_s = 0.0  # moving average of one iteration, for shutdown timing
         self._recent_seconds = 1.0  # moving average of request durations, for retry hints
         self._step_observers: list[Callable[[int], None]] = []
@@ -161,12 +192,15 @@ class Scheduler:
 
     # -- admission (any thread) ----------------------------------------------------------
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
-        """Admit ``request`` or raise QueueFull / EngineClosed. Never blocks."""
+        """Admit ``request`` or raise QueueFull / EngineClosed / RequestTooLong. Never
+        blocks."""
         job = Job(request, sink, RunControl(request.deadline), withdraw=self._withdraw)
+        if job.cost > self.arena.tokens_per_slot:
+            raise RequestTooLong(job.cost, self.arena.tokens_per_slot)
         with self._cond:
             if self._closed:
                 raise _draining()
-            free = max(0, self.limits.max_batch_size - len(self._rows))
+            free = max(0, self._slots - len(self._rows))
             if len(self._pending) + 1 - free > self.limits.max_queue:
                 raise QueueFull(len(self._pending), self._retry_after())
             self._pending.append(job)
@@ -181,8 +215,7 @@ class Scheduler:
                 log.info("request %s: cancelled while queued", job.request.request_id)
 
     def _retry_after(self) -> float:
-        slots = max(1, self.limits.max_batch_size)
-        return max(0.1, self._recent_seconds * (len(self._pending) + 1) / slots)
+        return max(0.1, self._recent_seconds * (len(self._pending) + 1) / max(1, self._slots))
 
     def observe_steps(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(rows)`` after every decode step (the batch-size metric)."""
@@ -205,8 +238,10 @@ class Scheduler:
             return EngineLoad(
                 waiting=len(self._pending),
                 running=len(self._rows),
-                kv_tokens_used=self._kv_used,
-                kv_tokens_budget=self.limits.max_batch_tokens,
+                kv_tokens_used=self._runner.kv_tokens_used,
+                kv_tokens_budget=self.arena.slots * self.arena.tokens_per_slot,
+                kv_slots_used=len(self._rows),
+                kv_slots=self.arena.slots,
             )
 
     # -- shutdown --------------------------------------------------------------------------
@@ -258,24 +293,22 @@ class Scheduler:
             self._step_s = 0.8 * self._step_s + 0.2 * (time.monotonic() - started)
 
     def _admit_locked(self) -> list[Job]:
-        """Take waiting jobs (FIFO) that fit the batch and the KV budget, if no group is
-        being prefilled already (one group at a time keeps prefill work bounded)."""
-        if self._runner.prefilling or self._drain is not None:
+        """Take waiting jobs (FIFO) while a slot is free and the work cap allows."""
+        if self._drain is not None:
             return []
         admitted: list[Job] = []
-        limits = self.limits
-        while self._pending and len(self._rows) + len(admitted) < limits.max_batch_size:
+        cap = self.limits.max_batch_tokens
+        while self._pending and len(self._rows) + len(admitted) < self._slots:
             job = self._pending[0]
-            fits = self._kv_used + job.cost <= limits.max_batch_tokens
-            if not fits and (self._rows or admitted):
+            if cap and self._reserved + job.cost > cap and (self._rows or admitted):
                 break  # FIFO: the head waits for room rather than being overtaken
             self._pending.popleft()
-            self._kv_used += job.cost
+            self._reserved += job.cost
             admitted.append(job)
         return admitted
 
     def _start(self, jobs: list[Job]) -> None:
-        specs = []
+        rows = []
         for job in jobs:
             streamer = self._make_streamer(job)
             if job.control.cancelled or job.control.out_of_time():
@@ -285,64 +318,115 @@ class Scheduler:
                 self._release(job)
                 streamer.complete(reason)
                 continue
-            key = self._next_key
+            rows.append(_Running(self._next_key, job, streamer))
             self._next_key += 1
-            with self._cond:
-                self._rows[key] = _Running(key, job, streamer)
-            specs.append(RowSpec(key, job.request))
-        if specs:
-            self._runner.begin_prefill(specs)
+        if not rows:
+            return
+        # Shortest prompt first: rows then finish prefill in slot order (runner.add).
+        rows.sort(key=lambda r: len(r.job.request.input_ids))
+        self._runner.add([RowSpec(r.key, r.job.request) for r in rows])
+        with self._cond:
+            self._rows.update((r.key, r) for r in rows)
 
     def _iterate(self) -> None:
         self._end_rows(self._interrupted())
-        if self._runner.prefilling:
-            # Chunk the prefill only when it would delay more running streams than it
-            # serves: N streams arriving together behind one that just started are
-            # better served by one pass than by many chunk steps.
-            decoding = sum(not row.prefilling for row in self._rows.values())
-            joining = len(self._rows) - decoding
-            steps = self._run_step(prefill=True, chunked=decoding >= joining)
-            if steps:
-                self._deliver(steps)
-        if any(not row.prefilling for row in self._rows.values()):
-            steps = self._run_step(prefill=False)
+        prefilling = [r for r in self._rows.values() if r.prefilling]
+        if prefilling:
+            decoding = len(self._rows) - len(prefilling)
+            steps = self._run_step(prefill=True, chunks=self._plan_prefill(prefilling, decoding))
+            self._deliver(steps)
+        decoding_rows = [r for r in self._rows.values() if not r.prefilling]
+        if decoding_rows:
+            steps = self._run_step(prefill=False, rows=decoding_rows)
             if steps:
                 for observe in self._step_observers:
                     observe(len(steps))
-                self._deliver(steps)
+            self._deliver(steps)
+
+    def _plan_prefill(self, rows: list[_Running], decoding: int) -> list[PrefillChunk]:
+        """This step's prompt chunks: shortest remaining prompt first, the same width for
+        every row of the pass. Chunked to about one decode step only when the prefill
+        would delay more running streams than it serves; otherwise whole prompts, up to
+        IDLE_PREFILL_TOKENS query tokens per pass."""
+        rows = sorted(rows, key=lambda r: (r.prompt_left, r.key))
+        if decoding >= len(rows):
+            budget = self._cost.chunk_tokens(self._prefill_cap)
+        else:
+            budget = self._idle_cap
+        width = max(MIN_CHUNK, min(budget // len(rows), rows[-1].prompt_left))
+        chunks = []
+        for row in rows:
+            if chunks and (len(chunks) + 1) * width > max(budget, width):
+                break
+            end = row.computed + min(width, row.prompt_left)
+            chunks.append(PrefillChunk(row.key, row.computed, end))
+        return chunks
 
     def _interrupted(self) -> list[_Running]:
         """Rows to end before the next step: cancelled, out of time, or shutting down."""
         now = time.monotonic()
-        shutting_down = self._drain is not None and now + self._step_s >= self._drain.deadline
         ended = []
         for row in self._rows.values():
-            control = row.job.control
-            if shutting_down:
-                control.finish(FinishReason.SHUTDOWN)
-            elif control.cancelled:
-                control.finish(FinishReason.CANCELLED)
-            elif control.out_of_time(now):
-                control.finish(FinishReason.TIME_LIMIT)
-            if control.finish_reason is not None:
+            reason = self._finish_reason(row, None, now)
+            if reason is not None:
+                row.job.control.finish(reason)
                 ended.append(row)
         return ended
 
-    def _run_step(self, *, prefill: bool, chunked: bool = True) -> list[Step] | None:
-        affected = [row for row in self._rows.values() if row.prefilling == prefill]
+    def _finish_reason(self, row: _Running, step: Step | None, now: float) -> FinishReason | None:
+        """Whether ``row`` ends now, and why: the one place every finish reason is decided.
+        ``step`` is the token just delivered (None between steps). EOS and stop sequences
+        are found by the row's streamer in the text and recorded on its control."""
+        control = row.job.control
+        if control.finish_reason is not None:  # EOS / stop sequence, or already decided
+            return control.finish_reason
+        if step is not None and step.final:
+            return FinishReason.CONSTRAINT
+        if row.produced >= row.job.request.max_new_tokens:
+            return FinishReason.LENGTH
+        if self._drain is not None and now + self._step_s >= self._drain.deadline:
+            return FinishReason.SHUTDOWN
+        if control.cancelled:
+            return FinishReason.CANCELLED
+        if control.out_of_time(now):
+            return FinishReason.TIME_LIMIT
+        return None
+
+    def _run_step(
+        self,
+        *,
+        prefill: bool,
+        chunks: Sequence[PrefillChunk] = (),
+        rows: Sequence[_Running] = (),
+    ) -> list[Step]:
+        started = time.monotonic()
         try:
             if prefill:
-                return self._runner.prefill_step(chunked)
-            return self._runner.decode_step()
+                steps = self._runner.prefill(chunks)
+            else:
+                steps = self._runner.decode([r.key for r in rows])
         except Exception as exc:  # noqa: BLE001 - handed to the affected requests
+            affected = [self._rows[c.key] for c in chunks] if prefill else list(rows)
             self._on_failure(exc, affected, prefill=prefill)
-            return None
+            return []
+        seconds = time.monotonic() - started
+        if prefill:
+            self._cost.observe_prefill(seconds, len(chunks) * max(c.end - c.start for c in chunks))
+            for chunk in chunks:
+                self._rows[chunk.key].computed = chunk.end
+        else:
+            self._cost.observe_decode(seconds)
+        return steps
 
     def _on_failure(self, exc: Exception, affected: list[_Running], *, prefill: bool) -> None:
-        """An out-of-memory step evicts only its newest row (RESOURCE_EXHAUSTED) and the
-        others go on; any other failure ends every row of that step with the error."""
+        """Out of memory: a prefill first retries with half the chunk; otherwise the
+        newest row of the step is evicted (RESOURCE_EXHAUSTED) and the others retry,
+        their state untouched. Any other failure ends every row of that step with it."""
         if is_out_of_memory(exc):
             self._runner.release_memory()
+            if prefill and self._shrink_prefill():
+                log.warning("prefill ran out of memory; retrying with smaller chunks")
+                return
             victims = [max(affected, key=lambda r: r.key)] if affected else []
         else:
             victims = affected
@@ -355,9 +439,13 @@ class Scheduler:
             )
             row.job.sink(GenerationFailed(row.job.request.request_id, exc))
         self._remove(victims)
-        survivors = [r for r in affected if r not in victims]
-        if prefill and survivors and not self._runner.prefilling:
-            self._runner.begin_prefill([RowSpec(r.key, r.job.request) for r in survivors])
+
+    def _shrink_prefill(self) -> bool:
+        if self._idle_cap <= MIN_CHUNK and self._prefill_cap <= MIN_CHUNK:
+            return False
+        self._idle_cap = max(MIN_CHUNK, self._idle_cap // 2)
+        self._prefill_cap = max(MIN_CHUNK, self._prefill_cap // 2)
+        return True
 
     def _fail_all(self, exc: Exception) -> None:
         rows = list(self._rows.values())
@@ -365,7 +453,7 @@ class Scheduler:
             row.job.sink(GenerationFailed(row.job.request.request_id, exc))
         with self._cond:
             self._rows.clear()
-            self._kv_used = 0
+            self._reserved = 0
         try:
             self._runner.remove({row.key for row in rows})
         except Exception:
@@ -373,9 +461,9 @@ class Scheduler:
 
     def _deliver(self, steps: list[Step]) -> None:
         ended, failed = [], []
+        now = time.monotonic()
         for step in steps:
             row = self._rows[step.key]
-            row.prefilling = False
             if step.failure is not None:
                 log.warning("request %s: %s", row.job.request.request_id, step.failure)
                 row.job.sink(step.failure)
@@ -383,12 +471,10 @@ class Scheduler:
                 continue
             row.produced += 1
             row.streamer.put_token(step.token_id, step.detail)
-            control = row.job.control
-            if step.final:
-                control.finish(FinishReason.CONSTRAINT)
-            if row.produced >= row.job.request.max_new_tokens:
-                control.finish(FinishReason.LENGTH)
-            if control.should_stop():
+            row.job.control.tick(now)
+            reason = self._finish_reason(row, step, now)
+            if reason is not None:
+                row.job.control.finish(reason)
                 ended.append(row)
         self._remove(failed)
         self._end_rows(ended)
@@ -412,8 +498,8 @@ class Scheduler:
             with self._cond:
                 for row in rows:
                     if self._rows.pop(row.key, None) is not None:
-                        self._kv_used -= row.job.cost
+                        self._reserved -= row.job.cost
 
     def _release(self, job: Job) -> None:
         with self._cond:
-            self._kv_used -= job.cost
+            self._reserved -= job.cost

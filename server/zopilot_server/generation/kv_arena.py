@@ -1,0 +1,265 @@
+"""The KV arena: every running row's keys and values, in buffers allocated once.
+
+Per layer one K and one V buffer ``[slots, kv_heads, capacity + 1, head_dim]``. A row
+lives in one slot with its tokens at columns ``0..n-1`` (position = column), so a row
+joins by taking a free slot and leaves by freeing it: no left padding, no ``torch.cat``
+per step, no re-padding at joins, and what admission counts (slots) is what memory
+holds. The extra last column is a scratch column: padded query positions of a forward
+write there and nothing ever attends to it.
+
+A forward runs over a contiguous range of slots, so the model sees a *view* of the
+buffers (indexing slots with a tensor would copy every layer every step). Rows outside
+the forward that sit inside the range take part as inert dummy rows. The runner keeps
+decoding rows packed at the bottom (``compact`` moves at most one row per hole), so in
+the steady state the decode range has no dummies.
+
+Why uniform slots rather than paged blocks: without a paged-attention kernel, blocks
+would have to be gathered into a contiguous tensor for every layer of every step,
+which is the copy this arena exists to remove. The price is that every slot reserves
+the full capacity; on CPU the buffers come from calloc'ed pages (numpy), so unused
+columns cost address space, not RSS, and on CUDA the capacity is sized from the
+memory budget (README "Batching" says how).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Cache
+
+log = logging.getLogger(__name__)
+
+# Attended lengths are rounded up to a multiple of this, so step shapes repeat.
+LENGTH_BUCKET = 64
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ArenaShape:
+    """What one token costs and how the arena is laid out."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_token(self) -> int:
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.layers * self.kv_heads * self.head_dim * element
+
+
+@dataclass(frozen=True)
+class ArenaSize:
+    """Slots x tokens per slot, and the bytes they take (GetModelInfo, metrics, logs)."""
+
+    slots: int
+    tokens_per_slot: int
+    bytes: int
+
+
+def arena_shape(model: Any) -> ArenaShape | None:
+    """K/V geometry read from the model config; None when it does not say (then the
+    model cannot use the arena)."""
+    config = model.config
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not (layers and heads and hidden):
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return ArenaShape(int(layers), int(kv_heads), int(head_dim), model.dtype)
+
+
+def plan_size(
+    shape: ArenaShape,
+    *,
+    budget_bytes: int,
+    max_slots: int,
+    max_context: int,
+    tokens_per_slot: int = 0,
+) -> ArenaSize:
+    """Slots and capacity from a memory budget.
+
+    ``tokens_per_slot`` 0 picks the largest capacity (up to the model's context, in
+    multiples of LENGTH_BUCKET) with which ``max_slots`` slots fit the budget, so the
+    batch size is kept and requests lose as little length as the memory allows.
+    """
+    per_token = shape.bytes_per_token
+    budget_tokens = max(0, budget_bytes) // per_token
+    if tokens_per_slot <= 0:
+        fair = budget_tokens // max(1, max_slots)
+        tokens_per_slot = min(
+            max_context, max(LENGTH_BUCKET, fair // LENGTH_BUCKET * LENGTH_BUCKET)
+        )
+    tokens_per_slot = max(1, min(tokens_per_slot, max_context))
+    slots = min(max_slots, budget_tokens // (tokens_per_slot + 1))
+    if slots < 1:
+        raise ValueError(
+            f"the KV cache budget ({budget_bytes / MIB:.0f} MiB) does not hold one slot of "
+            f"{tokens_per_slot} tokens ({per_token} bytes per token): raise "
+            "--kv-cache-memory-mib / --kv-cache-memory-fraction or lower --kv-slot-tokens"
+        )
+    return ArenaSize(slots, tokens_per_slot, slots * (tokens_per_slot + 1) * per_token)
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeroed buffer. On CPU numpy's calloc gives pages the kernel zeroes on first touch,
+    so RSS grows with the columns written, not with the arena's size."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.zeros(shape, dtype=np.uint16)).view(torch.bfloat16)
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
+
+
+class KVArena:
+    """The buffers and which slot each row lives in. Touched by the scheduler thread only."""
+
+    def __init__(self, shape: ArenaShape, size: ArenaSize, device: torch.device) -> None:
+        self.shape = shape
+        self.size = size
+        self.device = device
+        dims = (size.slots, shape.kv_heads, size.tokens_per_slot + 1, shape.head_dim)
+        self.keys = [_zeros(dims, shape.dtype, device) for _ in range(shape.layers)]
+        self.values = [_zeros(dims, shape.dtype, device) for _ in range(shape.layers)]
+        self.slot_of: dict[int, int] = {}
+        self.length: dict[int, int] = {}  # tokens of the row held in its slot
+
+    @property
+    def scratch_column(self) -> int:
+        return self.size.tokens_per_slot
+
+    @property
+    def tokens_used(self) -> int:
+        return sum(self.length.values())
+
+    def free_slots(self) -> list[int]:
+        taken = set(self.slot_of.values())
+        return [s for s in range(self.size.slots) if s not in taken]
+
+    def assign(self, keys: Sequence[int]) -> None:
+        """Give each new row (in this order) the lowest free slots."""
+        free = self.free_slots()
+        if len(free) < len(keys):
+            raise RuntimeError(f"{len(keys)} rows for {len(free)} free KV slots")
+        for key, slot in zip(keys, free, strict=False):
+            self.slot_of[key] = slot
+            self.length[key] = 0
+
+    def release(self, key: int) -> None:
+        self.slot_of.pop(key, None)
+        self.length.pop(key, None)
+
+    def move(self, key: int, slot: int) -> None:
+        """Copy a row into a free slot; the mapping changes only once the copy is done,
+        so a failure midway leaves the row where it was, intact."""
+        source, n = self.slot_of[key], self.length[key]
+        if n:
+            for buffers in (self.keys, self.values):
+                for layer in buffers:
+                    layer[slot, :, :n].copy_(layer[source, :, :n])
+        self.slot_of[key] = slot
+
+    def compact(self, packed: Sequence[int]) -> int:
+        """Move the highest of the ``packed`` rows into the lowest free slot below it
+        until they sit without holes at the bottom; returns the rows moved."""
+        moved = 0
+        while packed:
+            top = max(packed, key=self.slot_of.__getitem__)
+            below = [s for s in self.free_slots() if s < self.slot_of[top]]
+            if not below:
+                return moved
+            self.move(top, below[0])
+            moved += 1
+        return moved
+
+    def span(self, keys: Sequence[int]) -> tuple[int, int]:
+        slots = [self.slot_of[k] for k in keys]
+        return min(slots), max(slots) + 1
+
+
+def bucket(length: int, limit: int) -> int:
+    return min(limit, max(LENGTH_BUCKET, math.ceil(length / LENGTH_BUCKET) * LENGTH_BUCKET))
+
+
+class ArenaCache(Cache):
+    """The ``Cache`` one forward sees: writes each query's K/V in place at its row's
+    columns (``write_cols``, [B, q]) and returns a view of the first ``view`` columns of
+    the forward's slot range, which the 4D mask restricts per row."""
+
+    def __init__(
+        self, arena: KVArena, lo: int, hi: int, write_cols: torch.Tensor, view: int
+    ) -> None:
+        try:
+            super().__init__()
+        except TypeError:  # transformers >= 4.56 wants layer objects we do not use
+            pass
+        self._arena = arena
+        self._lo, self._hi = lo, hi
+        self._rows = torch.arange(hi - lo, device=write_cols.device)[:, None].expand_as(write_cols)
+        self._cols = write_cols
+        self._view = view
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        cache_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = []
+        for buffers, states in ((self._arena.keys, key_states), (self._arena.values, value_states)):
+            region = buffers[layer_idx][self._lo : self._hi]
+            region[self._rows, :, self._cols] = states.transpose(1, 2).to(region.dtype)
+            out.append(region[:, :, : self._view])
+        return out[0], out[1]
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        return self._view
+
+    def get_max_length(self) -> int | None:
+        return None
+
+    def get_max_cache_shape(self) -> int | None:
+        return None
+
+    def get_usable_length(self, new_seq_length: int, layer_idx: int | None = 0) -> int:
+        return self._view
+
+
+@dataclass(frozen=True)
+class ArenaBudget:
+    """How much memory the arena may take (ServerConfig's KV cache flags)."""
+
+    memory_mib: int = 0  # 0: on CUDA use ``memory_fraction``, elsewhere CPU_DEFAULT_MIB
+    memory_fraction: float = 0.9  # CUDA: of the memory free after loading the model
+    tokens_per_slot: int = 0  # 0: the largest that keeps max_batch_size slots
+
+
+# Without a device to size against: a quarter of RAM, at most 8 GiB. CPU buffers cost RSS
+# only for the columns rows actually write (see _zeros).
+CPU_MAX_DEFAULT_MIB = 8192
+
+
+def budget_bytes(budget: ArenaBudget, device: torch.device) -> int:
+    if budget.memory_mib > 0:
+        return budget.memory_mib * MIB
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * budget.memory_fraction)
+    try:
+        import os
+
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = 4 * CPU_MAX_DEFAULT_MIB * MIB
+    return min(CPU_MAX_DEFAULT_MIB * MIB, ram // 4)

@@ -1,0 +1,57 @@
+"""What the scheduler hands the runner each step, and what comes back (torch-free).
+
+The pipeline of one step: the scheduler (scheduler.py) owns every row's progress and
+writes a plan: these rows decode one token, these prompt chunks are prefilled. The
+runner (runner.py) executes it over the KV arena (kv_arena.py) and token choice
+(sampling.py) and returns one Step per token produced; the scheduler then decides, in
+one place, whether each row goes on (``finish_reason``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .domain import GenerationRequest, TokenDetail
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What the runner needs to start a row."""
+
+    key: int
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    """Prompt tokens ``start:end`` of row ``key`` are computed this step; when ``end``
+    is the prompt's length the row's first token comes back."""
+
+    key: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token of one row. ``final``: the row's constraint is complete with
+    this token and allows nothing more, so the row ends (FinishReason.CONSTRAINT).
+    ``failure``: this row cannot go on (its constraint broke); it ends with that error
+    and the token is not output, while the other rows of the step go on."""
+
+    key: int
+    token_id: int
+    detail: TokenDetail | None = None
+    final: bool = False
+    failure: Exception | None = None
+
+
+@dataclass(frozen=True)
+class ArenaInfo:
+    """How the runner holds KV: what admission counts and GetModelInfo / metrics show."""
+
+    mode: str  # "arena" (batched) or "serial" (one request at a time, any architecture)
+    slots: int
+    tokens_per_slot: int
+    bytes: int
+    reason: str = ""  # why serial, when it is
