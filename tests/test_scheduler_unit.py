@@ -30,7 +30,9 @@ class FakeRunner:
     """Emits token ``key * 1000 + n`` for a row's n-th token; one step takes ``step_s``.
     A prompt of length L is prefilled in chunks the scheduler plans."""
 
-    def __init__(self, step_s: float = 0.002, slots: int = 64, slot_tokens: int = 1_000_000) -> None:
+    def __init__(
+        self, step_s: float = 0.002, slots: int = 64, slot_tokens: int = 1_000_000
+    ) -> None:
         self.step_s = step_s
         self.info = ArenaInfo("arena", slots, slot_tokens, 0)
         self.decode_batches: list[list[int]] = []

@@ -286,6 +286,22 @@ class Quantization(_Result):
 
 
 @dataclass(frozen=True)
+class KvCache(_Result):
+    """How the server holds the KV cache: ``mode`` "arena" (batched, ``slots`` requests
+    at once, each up to ``tokens_per_slot`` tokens) or "serial" (one at a time)."""
+
+    mode: str
+    slots: int
+    tokens_per_slot: int
+    bytes: int
+    serial_reason: str
+
+    @classmethod
+    def from_pb(cls, message: generation_pb2.KvCache) -> KvCache:
+        return _copy(cls, message)
+
+
+@dataclass(frozen=True)
 class ModelInfo(_Result):
     """The served model and the limits a request must respect."""
 
@@ -310,12 +326,14 @@ class ModelInfo(_Result):
     constrained_decoding: bool = False
     constraint_engine: str = ""
     max_constraint_bytes: int = 0
+    kv_cache: KvCache | None = None
     raw: generation_pb2.ModelInfo | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_pb(cls, message: generation_pb2.ModelInfo) -> ModelInfo:
         quantization = Quantization.from_pb(message.quantization)
-        return _copy(cls, message, quantization=quantization, raw=message)
+        kv_cache = KvCache.from_pb(message.kv_cache) if message.HasField("kv_cache") else None
+        return _copy(cls, message, quantization=quantization, kv_cache=kv_cache, raw=message)
 
 
 # ------------------------------------------------------------------------ documents

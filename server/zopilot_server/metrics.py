@@ -162,10 +162,18 @@ class _LoadCollector(Collector):
         source = self.source
         engine = source.engine_load() if source is not None else None
         parser = source.parser_load() if source is not None else None
-        waiting, running, used, budget = (
-            (engine.waiting, engine.running, engine.kv_tokens_used, engine.kv_tokens_budget)
+        waiting, running, used, budget, slots_used, slots, kv_bytes = (
+            (
+                engine.waiting,
+                engine.running,
+                engine.kv_tokens_used,
+                engine.kv_tokens_budget,
+                engine.kv_slots_used,
+                engine.kv_slots,
+                engine.kv_bytes,
+            )
             if engine is not None
-            else (0, 0, 0, 0)
+            else (0, 0, 0, 0, 0, 0, 0)
         )
         busy, queued = parser if parser is not None else (0, 0)
         for name, doc, value in (
@@ -173,11 +181,14 @@ class _LoadCollector(Collector):
             ("zopilot_num_requests_running", "Generations running now", running),
             (
                 "zopilot_kv_cache_usage_perc",
-                "Fraction of the KV token budget in use (0..1; 0 without a budget)",
+                "Fraction of the KV arena's tokens in use (0..1)",
                 used / budget if budget else 0.0,
             ),
-            ("zopilot_kv_cache_tokens_used", "KV cache tokens in use", used),
-            ("zopilot_kv_cache_tokens_budget", "KV cache token budget (0 = none)", budget),
+            ("zopilot_kv_cache_tokens_used", "KV arena tokens rows hold now", used),
+            ("zopilot_kv_cache_tokens_budget", "KV arena tokens: slots x tokens per slot", budget),
+            ("zopilot_kv_cache_slots_used", "KV arena slots taken by running requests", slots_used),
+            ("zopilot_kv_cache_slots", "KV arena slots (requests that can run at once)", slots),
+            ("zopilot_kv_cache_bytes", "Memory the KV arena takes", kv_bytes),
             ("zopilot_document_workers_busy", "Parser workers parsing now", busy),
             ("zopilot_document_queue_depth", "DocumentParse calls waiting for a worker", queued),
         ):

@@ -134,6 +134,7 @@ class EngineLoad:
     kv_tokens_budget: int  # slots x tokens per slot
     kv_slots_used: int = 0
     kv_slots: int = 0
+    kv_bytes: int = 0
 
 
 class QueueFull(Exception):

@@ -23,8 +23,10 @@ memory budget (README "Batching" says how).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -199,10 +201,8 @@ class ArenaCache(Cache):
     def __init__(
         self, arena: KVArena, lo: int, hi: int, write_cols: torch.Tensor, view: int
     ) -> None:
-        try:
+        with contextlib.suppress(TypeError):  # transformers >= 4.56 wants layer objects
             super().__init__()
-        except TypeError:  # transformers >= 4.56 wants layer objects we do not use
-            pass
         self._arena = arena
         self._lo, self._hi = lo, hi
         self._rows = torch.arange(hi - lo, device=write_cols.device)[:, None].expand_as(write_cols)
@@ -257,8 +257,6 @@ def budget_bytes(budget: ArenaBudget, device: torch.device) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * budget.memory_fraction)
     try:
-        import os
-
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         ram = 4 * CPU_MAX_DEFAULT_MIB * MIB

@@ -140,6 +140,8 @@ class ModelRunner(_ModelCalls):
         )
         for key, chunk in by_key.items():
             self.arena.length[key] = chunk.end
+        if steps:
+            self.compact()  # a joiner above a hole moves down next to the decoding rows
         return steps
 
     @_inference
@@ -173,8 +175,15 @@ class ModelRunner(_ModelCalls):
 
     @_inference
     def compact(self) -> None:
+        """Close holes below decoding rows. Best effort: a failed move leaves its row
+        intact where it was, and a forward over a range with holes is still correct
+        (the holes are dummy rows), only wider."""
         decoding = [k for k, r in self.rows.items() if r.produced > 0]
-        self.arena.compact(decoding)
+        try:
+            self.arena.compact(decoding)
+        except Exception:
+            log.exception("KV slot compaction failed; rows stay where they are")
+            self.release_memory()
 
     @_inference
     def probe(self, key: int, token: int) -> torch.Tensor:

@@ -242,6 +242,7 @@ class Scheduler:
                 kv_tokens_budget=self.arena.slots * self.arena.tokens_per_slot,
                 kv_slots_used=len(self._rows),
                 kv_slots=self.arena.slots,
+                kv_bytes=self.arena.bytes,
             )
 
     # -- shutdown --------------------------------------------------------------------------

@@ -136,6 +136,13 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
         constrained_decoding=engine.constraints.available,
         constraint_engine=engine.constraints.engine,
         max_constraint_bytes=config.max_constraint_bytes,
+        kv_cache=pb.KvCache(
+            mode=engine.arena.mode,
+            slots=engine.arena.slots,
+            tokens_per_slot=engine.arena.tokens_per_slot,
+            bytes=engine.arena.bytes,
+            serial_reason=engine.arena.reason,
+        ),
     )
 
 

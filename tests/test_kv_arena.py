@@ -1,0 +1,435 @@
+"""The KV arena and its runner on real models, in process (no gRPC): greedy tokens equal
+transformers' own ``generate`` alone, in a busy batch and across joins, leaves and slot
+moves; architectures the arena cannot serve fall back to the serial runner; a fault in
+any phase of a step ends only the rows it must and changes no survivor's text."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from support import wait_until
+from zopilot_server.config import ServerConfig
+from zopilot_server.generation.domain import GenerationRequest, OutOfMemory, RequestTooLong
+from zopilot_server.generation.engine import (
+    ArenaBudget,
+    BatchLimits,
+    GenerationEngine,
+    complete_generation,
+)
+from zopilot_server.generation.kv_arena import KVArena
+from zopilot_server.generation.model_loader import load_model
+from zopilot_server.generation.sampling import TokenChooser
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea and the wind over the waves.",
+    "2+2=",
+    "List three colours.",
+]
+
+
+def _config(name: str, tokenizer: Any) -> Any:
+    import transformers
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    llama_like = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        **common,
+    )
+    if name == "qwen2":
+        return transformers.Qwen2Config(**llama_like)
+    if name == "mistral":  # a window shorter than the prompts: the mask must apply it
+        return transformers.MistralConfig(sliding_window=24, **llama_like)
+    if name == "phi3":
+        return transformers.Phi3Config(**llama_like)
+    if name == "gpt2":
+        return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=1024, **common)
+    if name == "gpt_neox":
+        return transformers.GPTNeoXConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            **common,
+        )
+    raise AssertionError(name)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(
+    smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    made: dict[str, Path] = {}
+
+    def build(name: str) -> Path:
+        if name not in made:
+            out = tmp_path_factory.mktemp(name)
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(_config(name, tokenizer))
+            model.save_pretrained(str(out))
+            tokenizer.save_pretrained(str(out))
+            made[name] = out
+        return made[name]
+
+    return build
+
+
+def _engine(model_dir: Path, cache: Path, **limits: Any) -> GenerationEngine:
+    budget = limits.pop("budget", ArenaBudget(memory_mib=64))
+    loaded = load_model(ServerConfig(model=str(model_dir), cache_dir=str(cache)))
+    return GenerationEngine(loaded, limits=BatchLimits(**limits), budget=budget)
+
+
+def _request(engine: GenerationEngine, text: str, n: int = 12, rid: str = "r", **kw: Any):
+    tokenizer = engine.loaded.tokenizer
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True
+    )
+    kw.setdefault("min_new_tokens", n)  # no EOS: every run makes all n tokens
+    return GenerationRequest(
+        rid, tuple(ids), False, max_new_tokens=n, token_details=True, arrival=time.monotonic(), **kw
+    )
+
+
+def _tokens(engine: GenerationEngine, requests: list[GenerationRequest]) -> list[list[int]]:
+    async def run() -> list[Any]:
+        return await asyncio.gather(*(complete_generation(engine, r) for r in requests))
+
+    return [[t.id for t in chunk.tokens] for chunk in asyncio.run(run())]
+
+
+def _reference(engine: GenerationEngine, request: GenerationRequest) -> list[int]:
+    """transformers' own greedy decoding of the same prompt (its own cache, batch 1)."""
+    model = engine.loaded.model
+    ids = torch.tensor([request.input_ids])
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=request.max_new_tokens,
+            min_new_tokens=request.min_new_tokens,
+            do_sample=False,
+            pad_token_id=engine.loaded.tokenizer.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("qwen2", "arena"),
+        ("mistral", "arena"),
+        ("phi3", "arena"),
+        ("gpt2", "serial"),
+        ("gpt_neox", "arena"),
+    ],
+)
+def test_each_architecture_decodes_as_transformers_does_alone_and_batched(
+    name: str, mode: str, model_dirs: Callable[[str], Path], model_cache_dir: Path
+) -> None:
+    engine = _engine(model_dirs(name), model_cache_dir, max_batch_size=4)
+    try:
+        assert engine.arena.mode == mode, engine.arena.reason
+        n = 30 if name == "mistral" else 12  # past the 24-token window
+        requests = [_request(engine, p, n, rid=str(i)) for i, p in enumerate(PROMPTS)]
+        want = [_reference(engine, r) for r in requests]
+        alone = [_tokens(engine, [r])[0] for r in requests]
+        together = _tokens(engine, requests)
+        assert alone == want
+        assert together == want
+    finally:
+        engine.close()
+
+
+def test_gpt2_is_served_serially_and_says_why(model_dirs, model_cache_dir) -> None:
+    engine = _engine(model_dirs("gpt2"), model_cache_dir, max_batch_size=8)
+    try:
+        assert engine.arena.slots == 1
+        assert "Cache" in engine.arena.reason or "differs" in engine.arena.reason
+        assert engine.load().kv_slots == 1
+    finally:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path, model_cache_dir: Path):
+    engine = _engine(tiny_model_dir, model_cache_dir, max_batch_size=3, max_queue=16)
+    yield engine
+    engine.close()
+
+
+def test_rows_join_leave_and_move_between_slots_without_changing_text(tiny) -> None:
+    """Short rows end first and free slots in the middle; the long rows are moved down
+    (compaction) and the queued ones take freed slots: nobody's tokens change."""
+    lengths = [40, 6, 30, 9, 25, 12, 7]
+    requests = [
+        _request(tiny, PROMPTS[i % 4] + " " * i, n, rid=str(i)) for i, n in enumerate(lengths)
+    ]
+    want = [_reference(tiny, r) for r in requests]
+    moves: list[int] = []
+    arena: KVArena = tiny.scheduler._runner.arena
+    original = arena.move
+
+    def counting_move(key: int, slot: int) -> None:
+        moves.append(slot)
+        original(key, slot)
+
+    arena.move = counting_move  # type: ignore[method-assign]
+    try:
+        assert _tokens(tiny, requests) == want
+    finally:
+        del arena.move
+    assert moves, "a slot below a running row was freed, so the row moved down"
+    # The last row leaves the arena just after its final chunk went out.
+    assert wait_until(lambda: not arena.slot_of)
+    assert tiny.load().kv_tokens_used == 0
+
+
+def test_a_request_that_fills_its_slot_exactly_works_and_one_more_token_is_refused(
+    tiny_model_dir: Path, model_cache_dir: Path
+) -> None:
+    engine = _engine(
+        tiny_model_dir, model_cache_dir, max_batch_size=2, budget=ArenaBudget(64, 0.9, 64)
+    )
+    try:
+        assert engine.arena.tokens_per_slot == 64 and engine.loaded.max_context_length == 64
+        request = _request(engine, "Hi", 1)
+        n = 64 - len(request.input_ids)
+        full = _request(engine, "Hi", n)
+        assert _tokens(engine, [full]) == [_reference(engine, full)]
+        with pytest.raises(RequestTooLong):
+            engine.submit(_request(engine, "Hi", n + 1), lambda item: None)
+    finally:
+        engine.close()
+
+
+class _Fault:
+    """Raise ``exc`` the ``nth`` time ``target.name`` is called, once."""
+
+    def __init__(self, target: Any, name: str, exc: BaseException, nth: int = 1) -> None:
+        self.target, self.name, self.exc, self.left = target, name, exc, nth
+        self.original = getattr(target, name)
+        self.fired = threading.Event()
+        setattr(target, name, self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.left -= 1
+        if self.left == 0:
+            self.fired.set()
+            raise self.exc
+        return self.original(*args, **kwargs)
+
+    def restore(self) -> None:
+        delattr(self.target, self.name) if self.name in vars(self.target) else None
+
+
+def _oom() -> BaseException:
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+@pytest.mark.parametrize(
+    "phase",
+    ["decode forward", "token choice", "prefill forward", "slot move"],
+)
+def test_a_fault_in_any_phase_ends_only_its_victim_and_survivors_text_is_exact(
+    tiny, phase: str
+) -> None:
+    runner = tiny.scheduler._runner
+    requests = [_request(tiny, p, 24, rid=str(i)) for i, p in enumerate(PROMPTS[:3])]
+    want = [_reference(tiny, r) for r in requests]
+    target, name, nth = {
+        "decode forward": (runner, "_run", 8),
+        "token choice": (runner._chooser, "choose", 6),
+        "prefill forward": (runner, "_run", 1),
+        "slot move": (runner.arena, "move", 1),
+    }[phase]
+    fault = _Fault(
+        target, name, _oom() if phase != "slot move" else RuntimeError("copy failed"), nth
+    )
+
+    async def run() -> list[Any]:
+        return await asyncio.gather(
+            *(complete_generation(tiny, r) for r in requests), return_exceptions=True
+        )
+
+    try:
+        if phase == "slot move":  # a shorter first row ends early, so the others move down
+            requests[0] = _request(tiny, PROMPTS[0], 3, rid="0")
+            want[0] = _reference(tiny, requests[0])
+        results = asyncio.run(run())
+    finally:
+        fault.restore()
+    assert fault.fired.is_set()
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    if phase in ("slot move", "prefill forward"):
+        # A failed move leaves the row where it was, intact; a prefill out of memory is
+        # retried in smaller chunks: nobody fails.
+        assert failed == []
+    else:
+        assert len(failed) == 1 and isinstance(results[failed[0]], OutOfMemory)
+    for i, result in enumerate(results):
+        if i not in failed:
+            assert [t.id for t in result.tokens] == want[i], f"row {i} after a {phase} fault"
+    # The engine goes on: the next request works and nothing is left in the arena.
+    assert _tokens(tiny, [requests[1]]) == [want[1]]
+    assert wait_until(lambda: not runner.arena.slot_of)
+
+
+def _chooser_draws(request_kw: dict[str, Any], logits: list[float], draws: int = 400) -> list[int]:
+    """Tokens drawn for one row with the given sampling parameters, over many seeds."""
+    from zopilot_server.generation.domain import SamplingParams
+    from zopilot_server.generation.sampling import new_row
+
+    chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
+    out = []
+    min_new = request_kw.pop("min_new_tokens", 0)
+    seen = request_kw.pop("seen", ())
+    for seed in range(draws):
+        sampling = SamplingParams(seed=seed, **request_kw)
+        request = GenerationRequest(
+            "r", tuple(seen), False, max_new_tokens=4, min_new_tokens=min_new, sampling=sampling
+        )
+        row = new_row(0, request, len(logits), torch.device("cpu"))
+        [step] = chooser.choose([row], torch.tensor([logits]))
+        out.append(step.token_id)
+    return out
+
+
+LOGITS = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5]
+
+
+def test_top_k_keeps_only_the_k_likeliest_tokens() -> None:
+    assert set(_chooser_draws({"temperature": 1.0}, LOGITS)) > {0, 1}
+    assert set(_chooser_draws({"temperature": 1.0, "top_k": 2}, LOGITS)) == {0, 1}
+
+
+def test_top_p_keeps_the_smallest_set_over_p() -> None:
+    # softmax(LOGITS): 0.36, 0.22, 0.13, 0.08, 0.05, 0.03 -> top_p 0.5 keeps tokens 0, 1
+    assert set(_chooser_draws({"temperature": 1.0, "top_p": 0.5}, LOGITS)) == {0, 1}
+    assert len(set(_chooser_draws({"temperature": 1.0, "top_p": 0.95}, LOGITS))) >= 4
+
+
+def test_temperature_sharpens_and_flattens() -> None:
+    cold = _chooser_draws({"temperature": 0.2}, LOGITS).count(0)
+    warm = _chooser_draws({"temperature": 1.0}, LOGITS).count(0)
+    hot = _chooser_draws({"temperature": 5.0}, LOGITS).count(0)
+    assert cold > warm > hot
+
+
+def test_repetition_penalty_lowers_seen_tokens() -> None:
+    free = _chooser_draws({"temperature": 1.0, "seen": (0,)}, LOGITS).count(0)
+    penalised = _chooser_draws(
+        {"temperature": 1.0, "repetition_penalty": 3.0, "seen": (0,)}, LOGITS
+    ).count(0)
+    assert penalised < free / 2
+
+
+def test_min_new_tokens_forbids_eos() -> None:
+    assert 0 in _chooser_draws({"temperature": 1.0}, LOGITS)
+    assert 0 not in _chooser_draws({"temperature": 1.0, "min_new_tokens": 2}, LOGITS)
+
+
+def test_a_failed_choice_restores_the_generators() -> None:
+    """A retried step draws what the failed one would have: seeds survive faults."""
+    from zopilot_server.generation.domain import SamplingParams
+    from zopilot_server.generation.sampling import new_row
+
+    chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
+    request = GenerationRequest(
+        "r", (), False, max_new_tokens=4, sampling=SamplingParams(temperature=1.0, seed=3)
+    )
+    row = new_row(0, request, len(LOGITS), torch.device("cpu"))
+    twin = new_row(0, request, len(LOGITS), torch.device("cpu"))
+    original = chooser._pick
+
+    def pick_then_fail(rows: Any, scores: Any) -> Any:
+        original(rows, scores)  # the draw happens, then the step fails
+        raise _oom()
+
+    chooser._pick = pick_then_fail  # type: ignore[method-assign]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        chooser.choose([row], torch.tensor([LOGITS]))
+    chooser._pick = original  # type: ignore[method-assign]
+    got = [chooser.choose([row], torch.tensor([LOGITS]))[0].token_id for _ in range(20)]
+    want = [chooser.choose([twin], torch.tensor([LOGITS]))[0].token_id for _ in range(20)]
+    assert got == want
+
+
+def test_model_info_and_metrics_report_the_arena(tiny_config: ServerConfig) -> None:
+    """What GetModelInfo and /metrics say is what the arena holds, idle and busy."""
+    import dataclasses
+    import urllib.request
+
+    import grpc
+    from support import InProcessServer, free_port
+    from zopilot_client.pb import generation_pb2 as pb
+    from zopilot_client.pb import generation_pb2_grpc
+
+    port = free_port()
+    server = InProcessServer(
+        dataclasses.replace(
+            tiny_config, metrics_port=port, max_batch_size=4, kv_cache_memory_mib=16
+        )
+    )
+
+    def gauges() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            lines = reply.read().decode().splitlines()
+        return {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in lines
+            if line.startswith("zopilot_kv_cache")
+        }
+
+    try:
+        engine = server.running.engine
+        assert engine is not None
+        with grpc.insecure_channel(server.target) as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).kv_cache
+            # tiny Llama: 2 layers x 2 KV heads x 16 dims x K and V x 4 bytes = 512 B a token
+            assert (info.mode, info.slots) == ("arena", 4)
+            assert info.tokens_per_slot == 2048  # the model's whole context fits 16 MiB
+            assert info.bytes == 4 * 2049 * 512 and info.serial_reason == ""
+            idle = gauges()
+            assert idle["zopilot_kv_cache_slots"] == 4 and idle["zopilot_kv_cache_slots_used"] == 0
+            assert idle["zopilot_kv_cache_bytes"] == info.bytes
+            assert idle["zopilot_kv_cache_tokens_budget"] == 4 * 2048
+            stream = stub.GenerateStream(
+                pb.GenerateRequest(prompt="Hello there", max_new_tokens=2000, ignore_eos=True),
+                timeout=60,
+            )
+            next(stream)
+            busy = gauges()
+            assert busy["zopilot_kv_cache_slots_used"] == 1
+            held = engine.scheduler._runner.arena.tokens_used
+            assert (
+                busy["zopilot_kv_cache_tokens_used"] >= 2
+                and held >= busy["zopilot_kv_cache_tokens_used"]
+            )
+            stream.cancel()
+        assert wait_until(lambda: gauges()["zopilot_kv_cache_slots_used"] == 0)
+        assert gauges()["zopilot_kv_cache_tokens_used"] == 0
+    finally:
+        server.stop()
