@@ -182,6 +182,28 @@ def itl_while_long_prompt_joins(stub: Any, tokenizer: Any, running: int = 4) -> 
     }
 
 
+def summarise(n: int, local: list[dict], remote: list[dict]) -> dict[str, Any]:
+    """Medians over the repeats, and the ratios of the medians."""
+
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    local_tps, remote_tps = median(local, "tokens_per_s"), median(remote, "tokens_per_s")
+    return {
+        "n": n,
+        "repeats": len(local),
+        "in_process_tokens_per_s": round(local_tps, 2),
+        "grpc_tokens_per_s": round(remote_tps, 2),
+        "grpc_ttft_median_ms": round(median(remote, "ttft_median_ms"), 1),
+        "in_process_prefill_ms": round(median(local, "prefill_ms"), 1),
+        "tokens_per_s_ratio": round(remote_tps / local_tps, 3),
+        "ttft_over_prefill": round(
+            median(remote, "ttft_median_ms") / median(local, "prefill_ms"), 3
+        ),
+        "finish_reasons": remote[-1]["finish_reasons"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
@@ -190,6 +212,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=str(REPO / ".cache" / "test-models"))
     parser.add_argument("--server-arg", action="append", default=[])
     parser.add_argument("--skip-join", action="store_true", help="skip the long-prompt join")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="alternating runs per N; ratios of the medians"
+    )
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -209,17 +234,12 @@ def main() -> None:
                 in_process(model, tokenizer, PROMPTS[:2], 4)
                 for n in args.n:
                     prompts = PROMPTS[:n]
-                    local = in_process(model, tokenizer, prompts, args.tokens)
-                    remote = grpc_concurrent(stub, [chat_request(p, args.tokens) for p in prompts])
-                    results.append(
-                        {
-                            "n": n,
-                            "in_process": local,
-                            "grpc": remote,
-                            "tokens_per_s_ratio": remote["tokens_per_s"] / local["tokens_per_s"],
-                            "ttft_over_prefill": remote["ttft_median_ms"] / local["prefill_ms"],
-                        }
-                    )
+                    local, remote = [], []
+                    for _ in range(args.repeats):  # alternating, so drift hits both sides
+                        local.append(in_process(model, tokenizer, prompts, args.tokens))
+                        requests = [chat_request(p, args.tokens) for p in prompts]
+                        remote.append(grpc_concurrent(stub, requests))
+                    results.append(summarise(n, local, remote))
                 join = None if args.skip_join else itl_while_long_prompt_joins(stub, tokenizer)
         finally:
             process.terminate()

@@ -154,6 +154,8 @@ class Usage(_Result):
     input_tokens: int
     generated_tokens: int
     input_truncated: bool
+    #: Of ``input_tokens``, those the server's prefix cache held (not recomputed).
+    cached_input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,8 @@ class KvCache(_Result):
     tokens_per_slot: int
     bytes: int
     serial_reason: str
+    prefix_cache: bool = False
+    prefix_block_tokens: int = 0
 
     @classmethod
     def from_pb(cls, message: generation_pb2.KvCache) -> KvCache:

@@ -95,6 +95,7 @@ GENERATION_FLAGS: tuple[tuple[str, type, str], ...] = (
 GENERATION_SWITCHES: tuple[tuple[str, str], ...] = (
     ("include_stop_sequence", "keep the matched stop sequence at the end of the text"),
     ("ignore_eos", "keep generating after the end-of-sequence token"),
+    ("skip_prefix_cache", "neither reuse nor leave cached prompt KV on the server"),
     ("return_token_details", "return id, text and logprob of every token (with --json)"),
 )
 

@@ -385,6 +385,7 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
             memory_fraction=config.kv_cache_memory_fraction,
             tokens_per_slot=config.kv_slot_tokens,
         ),
+        prefix_cache=config.prefix_cache == "on",
         stream_interval_s=config.stream_interval_ms / 1000,
     )
     running.generation.engine.observe_steps(metrics.observe_batch_size)

@@ -128,6 +128,12 @@ class ServerConfig:
         "context",
         0,
     )
+    prefix_cache: str = _opt(
+        "reuse the KV of prompt prefixes already in the arena (a shared system prompt, "
+        "a conversation's history, a document asked about again) instead of recomputing them",
+        "on",
+        choices=("on", "off"),
+    )
     stream_interval_ms: int = _opt(
         "GenerateStream: after the first chunk, send at most one chunk per this many ms, "
         "merging the tokens in between (0 = a chunk per token)",

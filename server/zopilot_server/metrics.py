@@ -37,7 +37,7 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class _LoadCollector(Collector):
     def describe(self) -> Iterator[Any]:
         return iter(())  # unchecked collector: the families are built at collect time
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         source = self.source
         engine = source.engine_load() if source is not None else None
         parser = source.parser_load() if source is not None else None
@@ -176,7 +176,25 @@ class _LoadCollector(Collector):
             else (0, 0, 0, 0, 0, 0, 0)
         )
         busy, queued = parser if parser is not None else (0, 0)
+        queries = engine.prefix_query_tokens if engine is not None else 0
+        hits = engine.prefix_hit_tokens if engine is not None else 0
+        for name, doc, total in (
+            (
+                "zopilot_prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache",
+                queries,
+            ),
+            ("zopilot_prefix_cache_hits", "Prompt tokens served from the prefix cache", hits),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=[MODEL])
+            counter.add_metric([_model_name], float(total))
+            yield counter
         for name, doc, value in (
+            (
+                "zopilot_prefix_cache_hit_rate",
+                "Share of prompt tokens served from the prefix cache since start (0..1)",
+                hits / queries if queries else 0.0,
+            ),
             ("zopilot_num_requests_waiting", "Generations queued, not yet running", waiting),
             ("zopilot_num_requests_running", "Generations running now", running),
             (

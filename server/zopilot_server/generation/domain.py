@@ -69,6 +69,8 @@ class GenerationRequest:
     arrival: float = 0.0
     # Structured output: the compiled grammar the output must follow; None = free text.
     constraint: Constraint | None = None
+    # Neither reuse another request's cached prompt KV nor leave ours for others.
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Usage:
     input_tokens: int
     generated_tokens: int
     input_truncated: bool
+    cached_input_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,8 @@ class EngineLoad:
     kv_slots_used: int = 0
     kv_slots: int = 0
     kv_bytes: int = 0
+    prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache, in total
+    prefix_hit_tokens: int = 0  # of those, served from it
 
 
 class QueueFull(Exception):

@@ -59,10 +59,12 @@ class GenerationEngine:
         *,
         limits: BatchLimits | None = None,
         budget: ArenaBudget | None = None,
+        prefix_cache: bool = True,
         stream_interval_s: float = 0.0,
     ) -> None:
         limits = limits or BatchLimits()
-        runner = build_runner(loaded, _arena_size(loaded, limits, budget or ArenaBudget()))
+        size = _arena_size(loaded, limits, budget or ArenaBudget())
+        runner = build_runner(loaded, size, prefix_cache=prefix_cache)
         self.arena: ArenaInfo = runner.info
         # A request may use what one slot holds: validation and ModelInfo see that.
         context = min(loaded.max_context_length, self.arena.tokens_per_slot)
@@ -73,11 +75,14 @@ class GenerationEngine:
             loaded.tokenizer, vocab_size=vocab, eos_token_ids=sorted(loaded.eos_token_ids)
         )
         log.info(
-            "KV cache: %s, %d slots x %d tokens, %.1f MiB%s",
+            "KV cache: %s, %d slots x %d tokens, %.1f MiB, prefix cache %s%s",
             self.arena.mode,
             self.arena.slots,
             self.arena.tokens_per_slot,
             self.arena.bytes / 2**20,
+            f"on ({self.arena.prefix_block_tokens}-token blocks)"
+            if self.arena.prefix_cache
+            else "off",
             f" ({self.arena.reason})" if self.arena.reason else "",
         )
         self.scheduler = Scheduler(runner, self._streamer_for, limits)

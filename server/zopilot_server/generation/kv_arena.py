@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from transformers import Cache
 
+from .prefix_cache import PrefixIndex
+
 log = logging.getLogger(__name__)
 
 # Attended lengths are rounded up to a multiple of this, so step shapes repeat.
@@ -124,12 +126,16 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 class KVArena:
-    """The buffers and which slot each row lives in. Touched by the scheduler thread only."""
+    """The buffers, which slot each row lives in, and what every slot's columns hold
+    (``prefix``, for reuse). Touched by the scheduler thread only."""
 
-    def __init__(self, shape: ArenaShape, size: ArenaSize, device: torch.device) -> None:
+    def __init__(
+        self, shape: ArenaShape, size: ArenaSize, device: torch.device, prefix: PrefixIndex
+    ) -> None:
         self.shape = shape
         self.size = size
         self.device = device
+        self.prefix = prefix
         dims = (size.slots, shape.kv_heads, size.tokens_per_slot + 1, shape.head_dim)
         self.keys = [_zeros(dims, shape.dtype, device) for _ in range(shape.layers)]
         self.values = [_zeros(dims, shape.dtype, device) for _ in range(shape.layers)]
@@ -148,28 +154,59 @@ class KVArena:
         taken = set(self.slot_of.values())
         return [s for s in range(self.size.slots) if s not in taken]
 
-    def assign(self, keys: Sequence[int]) -> None:
-        """Give each new row (in this order) the lowest free slots."""
+    def assign(self, key: int, prompt: Sequence[int], *, private: bool) -> int:
+        """Give a new row a free slot; returns how many of its prompt tokens the slot
+        already holds. A free slot caching the longest prefix is taken as it is (zero
+        copy: a conversation's next turn lands where its history is); a longer prefix in
+        another slot is copied over (one copy per layer: a system prompt many users
+        share); otherwise the least recently used free slot."""
         free = self.free_slots()
-        if len(free) < len(keys):
-            raise RuntimeError(f"{len(keys)} rows for {len(free)} free KV slots")
-        for key, slot in zip(keys, free, strict=False):
-            self.slot_of[key] = slot
-            self.length[key] = 0
+        if not free:
+            raise RuntimeError("no free KV slot")
+        index = self.prefix
+        at_rest = None if private else index.longest(prompt, among=set(free))
+        anywhere = None if private else index.longest(prompt)
+        if at_rest is not None and (anywhere is None or anywhere.tokens <= at_rest.tokens):
+            slot, cached = at_rest.slot, at_rest.tokens
+            index.claim(slot, cached, private=private)
+        else:
+            slot = index.lru(free)
+            cached = 0
+            if anywhere is not None:
+                cached = anywhere.tokens
+                self._copy_columns(anywhere.slot, slot, cached)
+                index.copy(anywhere.slot, slot, cached, private=private)
+            else:
+                index.claim(slot, 0, private=private)
+        self.slot_of[key] = slot
+        self.length[key] = cached
+        return cached
+
+    def wrote(self, key: int, tokens: Sequence[int]) -> None:
+        """The row's forward succeeded: its slot now holds these tokens' KV too."""
+        self.length[key] += len(tokens)
+        self.prefix.extend(self.slot_of[key], tokens)
 
     def release(self, key: int) -> None:
-        self.slot_of.pop(key, None)
+        slot = self.slot_of.pop(key, None)
         self.length.pop(key, None)
+        if slot is not None:
+            self.prefix.released(slot)
 
     def move(self, key: int, slot: int) -> None:
         """Copy a row into a free slot; the mapping changes only once the copy is done,
-        so a failure midway leaves the row where it was, intact."""
-        source, n = self.slot_of[key], self.length[key]
+        so a failure midway leaves the row where it was, intact. The old slot keeps its
+        content as a cache."""
+        source = self.slot_of[key]
+        self._copy_columns(source, slot, self.length[key])
+        self.prefix.moved(source, slot)
+        self.slot_of[key] = slot
+
+    def _copy_columns(self, source: int, target: int, n: int) -> None:
         if n:
             for buffers in (self.keys, self.values):
                 for layer in buffers:
-                    layer[slot, :, :n].copy_(layer[source, :, :n])
-        self.slot_of[key] = slot
+                    layer[target, :, :n].copy_(layer[source, :, :n])
 
     def compact(self, packed: Sequence[int]) -> int:
         """Move the highest of the ``packed`` rows into the lowest free slot below it

@@ -55,3 +55,5 @@ class ArenaInfo:
     tokens_per_slot: int
     bytes: int
     reason: str = ""  # why serial, when it is
+    prefix_cache: bool = False  # prompt prefixes already in a slot are not recomputed
+    prefix_block_tokens: int = 0

@@ -23,6 +23,8 @@ class RunControl:
         self._finish: FinishReason | None = None
         self._last_step_at: float | None = None
         self._step_estimate = 0.0
+        # Prompt tokens whose KV the prefix cache held (set when the row starts).
+        self.cached_tokens = 0
 
     def cancel(self) -> None:
         self._cancelled.set()

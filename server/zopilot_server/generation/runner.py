@@ -30,6 +30,7 @@ from .domain import GenerationRequest
 from .kv_arena import ArenaCache, ArenaSize, KVArena, arena_shape, bucket
 from .model_loader import LoadedModel
 from .plan import ArenaInfo, PrefillChunk, RowSpec, Step
+from .prefix_cache import BLOCK_TOKENS, PrefixIndex
 from .sampling import RowState, TokenChooser, new_row
 
 log = logging.getLogger(__name__)
@@ -88,26 +89,40 @@ class _ModelCalls:
 class ModelRunner(_ModelCalls):
     """Prefill chunks and decode steps over the KV arena (the scheduler's Runner)."""
 
-    def __init__(self, loaded: LoadedModel, size: ArenaSize) -> None:
+    def __init__(self, loaded: LoadedModel, size: ArenaSize, *, prefix_cache: bool = True) -> None:
         super().__init__(loaded)
         shape = arena_shape(loaded.model)
         assert shape is not None
-        self.arena = KVArena(shape, size, self.device)
+        identity = f"{loaded.model_id}|{loaded.dtype}|{loaded.quantization.describe()}"
+        prefix = PrefixIndex(size.slots, identity, enabled=prefix_cache)
+        self.arena = KVArena(shape, size, self.device, prefix)
         config = loaded.model.config
         window = getattr(config, "sliding_window", None)
         self._window = window if window and getattr(config, "use_sliding_window", True) else None
-        self.info = ArenaInfo("arena", size.slots, size.tokens_per_slot, size.bytes)
+        self.info = ArenaInfo(
+            "arena",
+            size.slots,
+            size.tokens_per_slot,
+            size.bytes,
+            prefix_cache=prefix_cache,
+            prefix_block_tokens=BLOCK_TOKENS if prefix_cache else 0,
+        )
 
     @property
     def kv_tokens_used(self) -> int:
         return self.arena.tokens_used
 
-    def add(self, specs: Sequence[RowSpec]) -> None:
-        """New rows take the lowest free slots, in the order given (the scheduler gives
-        the shortest prompt first, so rows finish prefill in slot order and join the
-        decoding rows where they already are)."""
-        self.arena.assign([s.key for s in specs])
+    def add(self, specs: Sequence[RowSpec]) -> dict[int, int]:
+        """New rows take free slots (kv_arena.KVArena.assign); returns the prompt tokens
+        each one's slot already holds (prefix reuse), which need no prefill."""
+        cached = {}
+        for spec in specs:
+            request = spec.request
+            cached[spec.key] = self.arena.assign(
+                spec.key, request.input_ids, private=request.private
+            )
         self._new_rows(specs)
+        return cached
 
     @_inference
     def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
@@ -139,7 +154,7 @@ class ModelRunner(_ModelCalls):
             else []
         )
         for key, chunk in by_key.items():
-            self.arena.length[key] = chunk.end
+            self.arena.wrote(key, self.rows[key].request.input_ids[chunk.start : chunk.end])
         if steps:
             self.compact()  # a joiner above a hole moves down next to the decoding rows
         return steps
@@ -157,12 +172,13 @@ class ModelRunner(_ModelCalls):
                 ids[i, 0] = self.rows[key].next_input
                 positions[i, 0] = self.arena.length[key]
                 order.append((i, key))
+        fed_tokens = [self.rows[k].next_input for _, k in order]
         logits = self._run(lo, hi, ids, positions)
         steps = self._chooser.choose(
             [self.rows[k] for _, k in order], logits[[i for i, _ in order]]
         )
-        for _, key in order:
-            self.arena.length[key] += 1
+        for (_, key), fed in zip(order, fed_tokens, strict=True):
+            self.arena.wrote(key, [fed])
         return steps
 
     @_inference
@@ -248,12 +264,13 @@ class SerialRunner(_ModelCalls):
     def kv_tokens_used(self) -> int:
         return sum(self._length.values())
 
-    def add(self, specs: Sequence[RowSpec]) -> None:
+    def add(self, specs: Sequence[RowSpec]) -> dict[int, int]:
         if len(self.rows) + len(specs) > 1:
             raise RuntimeError("the serial runner holds one row at a time")
         self._new_rows(specs)
         for spec in specs:
             self._length[spec.key] = 0
+        return {spec.key: 0 for spec in specs}
 
     @_inference
     def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
@@ -323,7 +340,9 @@ def self_test(runner: ModelRunner, loaded: LoadedModel) -> str:
     return ""
 
 
-def build_runner(loaded: LoadedModel, size: ArenaSize | None) -> ModelRunner | SerialRunner:
+def build_runner(
+    loaded: LoadedModel, size: ArenaSize | None, *, prefix_cache: bool = True
+) -> ModelRunner | SerialRunner:
     """The arena runner when the architecture supports it, else the serial one (logged)."""
     model_type = getattr(loaded.model.config, "model_type", "")
     reason = ""
@@ -335,7 +354,7 @@ def build_runner(loaded: LoadedModel, size: ArenaSize | None) -> ModelRunner | S
         reason = f"{model_type}'s forward takes no Cache object in this transformers"
     if not reason:
         assert size is not None
-        runner = ModelRunner(loaded, size)
+        runner = ModelRunner(loaded, size, prefix_cache=prefix_cache)
         reason = self_test(runner, loaded)
         if not reason:
             return runner

@@ -71,7 +71,7 @@ class Runner(Protocol):
     def info(self) -> ArenaInfo: ...
     @property
     def kv_tokens_used(self) -> int: ...
-    def add(self, specs: Sequence[RowSpec]) -> None: ...
+    def add(self, specs: Sequence[RowSpec]) -> dict[int, int]: ...
     def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]: ...
     def decode(self, keys: Collection[int]) -> list[Step]: ...
     def remove(self, keys: Collection[int]) -> None: ...
@@ -184,6 +184,8 @@ class Scheduler:
         self._cost = _Cost()
         self._prefill_cap = max(MIN_CHUNK, limits.max_prefill_tokens)
         self._idle_cap = IDLE_PREFILL_TOKENS
+        self._prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self._prefix_hits = 0  # of those, found there
         self._step_s = 0.0  # moving average of one iteration, for shutdown timing
         self._recent_seconds = 1.0  # moving average of request durations, for retry hints
         self._step_observers: list[Callable[[int], None]] = []
@@ -243,6 +245,8 @@ class Scheduler:
                 kv_slots_used=len(self._rows),
                 kv_slots=self.arena.slots,
                 kv_bytes=self.arena.bytes,
+                prefix_query_tokens=self._prefix_queries,
+                prefix_hit_tokens=self._prefix_hits,
             )
 
     # -- shutdown --------------------------------------------------------------------------
@@ -323,9 +327,13 @@ class Scheduler:
             self._next_key += 1
         if not rows:
             return
-        # Shortest prompt first: rows then finish prefill in slot order (runner.add).
-        rows.sort(key=lambda r: len(r.job.request.input_ids))
-        self._runner.add([RowSpec(r.key, r.job.request) for r in rows])
+        cached = self._runner.add([RowSpec(r.key, r.job.request) for r in rows])
+        for row in rows:
+            row.computed = cached.get(row.key, 0)
+            row.job.control.cached_tokens = row.computed
+            if not row.job.request.private:
+                self._prefix_queries += len(row.job.request.input_ids)
+                self._prefix_hits += row.computed
         with self._cond:
             self._rows.update((r.key, r) for r in rows)
 

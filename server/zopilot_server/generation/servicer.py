@@ -142,6 +142,8 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
             tokens_per_slot=engine.arena.tokens_per_slot,
             bytes=engine.arena.bytes,
             serial_reason=engine.arena.reason,
+            prefix_cache=engine.arena.prefix_cache,
+            prefix_block_tokens=engine.arena.prefix_block_tokens,
         ),
     )
 
@@ -166,6 +168,7 @@ def completion_to_pb(completion: Completion, response: pb.GenerateResponse) -> N
             input_tokens=usage.input_tokens,
             generated_tokens=usage.generated_tokens,
             input_truncated=usage.input_truncated,
+            cached_input_tokens=usage.cached_input_tokens,
         )
     )
     response.timings.CopyFrom(

@@ -147,6 +147,7 @@ class TokenStreamer(TextIteratorStreamer):
                 input_tokens=len(self.request.input_ids),
                 generated_tokens=self.generated_tokens,
                 input_truncated=self.request.input_truncated,
+                cached_input_tokens=self.control.cached_tokens,
             ),
             timings=Timings(
                 queue_ms=(self.started_at - arrival) * 1000,

@@ -122,6 +122,7 @@ def to_generation_request(
         stop_sequences=tuple(message.stop_sequences),
         include_stop_sequence=message.include_stop_sequence,
         ignore_eos=message.ignore_eos,
+        private=message.skip_prefix_cache,
         token_details=message.return_token_details or top_n > 0,
         top_n_tokens=top_n,
         deadline=_deadline(message, config, arrival, grpc_time_remaining),
