@@ -81,9 +81,14 @@ class PrefixIndex:
         return None
 
     def lru(self, free: Sequence[int]) -> int:
-        """The free slot whose cached content is worth least: empty first, then the least
-        recently used."""
-        return min(free, key=lambda s: (bool(self._slots[s].content), self._slots[s].last_used, s))
+        """The free slot whose cached content is worth least: the lowest empty one (the
+        runner keeps rows packed low), else the least recently used."""
+
+        def worth(slot: int) -> tuple[bool, int, int]:
+            state = self._slots[slot]
+            return (bool(state.keys), state.last_used if state.keys else 0, slot)
+
+        return min(free, key=worth)
 
     # -- updates -----------------------------------------------------------------------------
     def claim(self, slot: int, keep: int, *, private: bool) -> None:
