@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 import urllib.request
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_longest_match_counts_whole_blocks_and_never_the_last_token() -> None:
     prompt = list(range(100, 100 + 3 * B))
     index.claim(0, 0, private=False)
     index.extend(0, prompt)
-    assert index.longest(prompt + [7]).tokens == 3 * B  # type: ignore[union-attr]
+    assert index.longest([*prompt, 7]).tokens == 3 * B  # type: ignore[union-attr]
     # The same prompt again: its last token must be computed, so one block less.
     assert index.longest(prompt).tokens == 2 * B  # type: ignore[union-attr]
     # Diverging inside block 2: only block 1 is shared.
@@ -72,7 +73,7 @@ def test_disabled_index_finds_nothing() -> None:
     prompt = list(range(3 * B))
     index.claim(0, 0, private=False)
     index.extend(0, prompt)
-    assert index.longest(prompt + [1]) is None
+    assert index.longest([*prompt, 1]) is None
 
 
 # -- on real models ----------------------------------------------------------------------
@@ -155,7 +156,9 @@ def test_a_free_slot_holding_the_prefix_is_reused_without_a_copy(tiny) -> None:
     finally:
         del index.copy
     cached = again.completion.usage.cached_input_tokens
-    shared = next(i for i, (a, b) in enumerate(zip(first.input_ids, second.input_ids)) if a != b)
+    shared = next(
+        i for i, (a, b) in enumerate(zip(first.input_ids, second.input_ids, strict=False)) if a != b
+    )
     assert cached == shared // B * B and cached > 3 * B  # whole blocks of the shared part
     assert not copies, "taken where it was: no prefix copied from another slot"
     assert _ids(again) == _reference(tiny, second)
@@ -168,8 +171,10 @@ def test_a_prefix_in_a_running_slot_is_copied(tiny) -> None:
 
     async def go() -> None:
         task = asyncio.ensure_future(complete_generation(tiny, long))
-        while not any(r.produced > 2 for r in runner.rows.values()):
-            await asyncio.sleep(0.01)
+        started = await asyncio.to_thread(
+            wait_until, lambda: any(r.produced > 2 for r in runner.rows.values())
+        )
+        assert started
         other = _request(tiny, _chat("And Antwerp?"), rid="other")
         job_results.append((other, await complete_generation(tiny, other)))
         job_results.append((long, await task))
@@ -212,7 +217,7 @@ def test_a_private_request_neither_reads_nor_leaves_cached_prefixes(tiny) -> Non
     assert _ids(done) == _reference(tiny, private)
     secret = [{"role": "user", "content": "my secret invoice " * 12}]
     _run(tiny, _request(tiny, secret, rid="s", private=True))
-    [after] = _run(tiny, _request(tiny, secret + [], rid="t"))
+    [after] = _run(tiny, _request(tiny, secret, rid="t"))
     assert after.completion.usage.cached_input_tokens == 0
 
 
@@ -337,3 +342,21 @@ def test_prefix_cache_off_is_reported_and_never_hits(tiny_config: ServerConfig) 
             assert stub.Generate(request, timeout=30).usage.cached_input_tokens == 0
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_document_asked_again_reuses_its_prefix(smollm2_server) -> None:
+    """DocumentParse model field extraction puts the document before the schema, so a
+    second schema on the same document prefills only the schema and the answer."""
+    from test_documents_model_fields import INVOICE_SCHEMA, invoice_docx, parse
+
+    engine = smollm2_server.running.engine
+    before = engine.load().prefix_hit_tokens
+    content = invoice_docx()
+    parse(smollm2_server, content, "invoice.docx", json_schema=json.dumps(INVOICE_SCHEMA))
+    first = engine.load().prefix_hit_tokens
+    other = {"type": "object", "properties": {"total": {"type": "number"}}}
+    reply = parse(smollm2_server, content, "invoice.docx", json_schema=json.dumps(other))
+    assert reply.metadata.field_extraction == "model"
+    # The system turn and the whole document (well over 100 tokens) came from the cache.
+    assert engine.load().prefix_hit_tokens - first >= 100, (before, first)
