@@ -253,8 +253,10 @@ def _oom() -> BaseException:
     ["decode forward", "token choice", "prefill forward", "slot move"],
 )
 def test_a_fault_in_any_phase_ends_only_its_victim_and_survivors_text_is_exact(
-    tiny, phase: str
+    tiny, phase: str, tiny_model_dir: Path, model_cache_dir: Path
 ) -> None:
+    if phase == "slot move":  # empty slots: rows take 0, 1, 2 and the first one ends first
+        tiny = _engine(tiny_model_dir, model_cache_dir, max_batch_size=3)
     runner = tiny.scheduler._runner
     requests = [_request(tiny, p, 24, rid=str(i)) for i, p in enumerate(PROMPTS[:3])]
     want = [_reference(tiny, r) for r in requests]
@@ -294,6 +296,8 @@ def test_a_fault_in_any_phase_ends_only_its_victim_and_survivors_text_is_exact(
     # The engine goes on: the next request works and nothing is left in the arena.
     assert _tokens(tiny, [requests[1]]) == [want[1]]
     assert wait_until(lambda: not runner.arena.slot_of)
+    if phase == "slot move":
+        tiny.close()
 
 
 def _chooser_draws(request_kw: dict[str, Any], logits: list[float], draws: int = 400) -> list[int]:
@@ -433,3 +437,53 @@ def test_model_info_and_metrics_report_the_arena(tiny_config: ServerConfig) -> N
         assert gauges()["zopilot_kv_cache_tokens_used"] == 0
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_memory_stays_within_the_arena_under_a_mixed_load(
+    smollm2_dir: Path, model_cache_dir: Path
+) -> None:
+    """A ~800-token prompt beside three short ones, twice over: the process grows by
+    at most the arena plus a bounded overhead (one prefill pass's activations), and the
+    gauges count what the arena holds."""
+    import os
+
+    engine = _engine(
+        smollm2_dir, model_cache_dir, max_batch_size=4, budget=ArenaBudget(memory_mib=256)
+    )
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * page
+
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.01)
+
+    try:
+        arena = engine.arena
+        assert arena.slots == 4 and arena.bytes <= 256 * 2**20
+        long_text = " ".join(PROMPTS * 25)
+        requests = [_request(engine, long_text, 8, rid="long", min_new_tokens=8)] + [
+            _request(engine, p, 16, rid=str(i)) for i, p in enumerate(PROMPTS[:3])
+        ]
+        assert len(requests[0].input_ids) > 600
+        before = rss()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        for _ in range(2):
+            results = _tokens(engine, requests)
+        done.set()
+        sampler.join()
+        assert [len(r) for r in results] == [8, 16, 16, 16]
+        grown = peak[0] - before
+        assert grown <= arena.bytes + 400 * 2**20, f"grew {grown / 2**20:.0f} MiB"
+        assert engine.load().kv_tokens_budget == arena.slots * arena.tokens_per_slot
+    finally:
+        done.set()
+        engine.close()
