@@ -238,7 +238,8 @@ class ArenaCache(Cache):
     def __init__(
         self, arena: KVArena, lo: int, hi: int, write_cols: torch.Tensor, view: int
     ) -> None:
-        with contextlib.suppress(TypeError):  # transformers >= 4.56 wants layer objects
+        # transformers >= 4.56 wants layer objects we do not use (TypeError or ValueError)
+        with contextlib.suppress(TypeError, ValueError):
             super().__init__()
         self._arena = arena
         self._lo, self._hi = lo, hi
