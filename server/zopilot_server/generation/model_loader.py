@@ -55,6 +55,9 @@ class LoadedModel:
     load_seconds: float
     max_context_length: int
     eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    # Measured once at load: bitsandbytes' lazily built states change it after the first
+    # forward, and the figure should describe the loaded model, not its history.
+    memory_footprint_bytes: int = 0
 
     @property
     def architecture(self) -> str:
@@ -66,11 +69,6 @@ class LoadedModel:
         # num_parameters() counts a packed 4-bit weight (two values per byte) as the
         # weights it holds; summing numel() would halve the quantized layers.
         return int(self.model.num_parameters())
-
-    @property
-    def memory_footprint_bytes(self) -> int:
-        # Parameters and buffers, plus bitsandbytes' scales that transformers leaves out.
-        return int(self.model.get_memory_footprint()) + quant_state_bytes(self.model)
 
     @property
     def has_chat_template(self) -> bool:
@@ -181,6 +179,8 @@ def load_model(config: ServerConfig) -> LoadedModel:
         load_seconds=time.monotonic() - started,
         max_context_length=_max_context(model, tokenizer),
         eos_token_ids=_eos_ids(model, tokenizer),
+        # Parameters and buffers, plus bitsandbytes' scales that transformers leaves out.
+        memory_footprint_bytes=int(model.get_memory_footprint()) + quant_state_bytes(model),
     )
     log.info(
         "loaded %s (%s, %.1fM params) on %s as %s, quantization %s, %.1f MiB, in %.2f s",
