@@ -467,7 +467,7 @@ def test_cell_count_reads_the_used_range_openpyxl_would_fill(sheet: str, cells: 
     from zopilot_server.documents import limits
 
     xml = f'<worksheet xmlns:x="x"><sheetData>{sheet}</sheetData></worksheet>'.encode()
-    assert limits._sheet_cells(io.BytesIO(xml), declared=0, budget=10**15) == cells
+    assert limits.sheet_cells(io.BytesIO(xml), declared=0, budget=10**15) == cells
 
 
 def test_worker_environment_has_no_api_key(

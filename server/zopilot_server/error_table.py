@@ -35,6 +35,7 @@ from .generation.domain import (
     InvalidConstraint,
     ModelLoading,
     OutOfMemory,
+    PromptTooLong,
     QueueFull,
 )
 
@@ -52,6 +53,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], Callable[[Any, str], ServiceError
     (GenerationFailed, lambda e, request_id: internal_error(e, e.request_id or request_id)),
     (InvalidConstraint, lambda e, _: InvalidArgument.single(e.field, e.message)),
     (ConstraintUnavailable, lambda e, _: FailedPrecondition(str(e))),
+    (PromptTooLong, lambda e, _: InvalidArgument.single("prompt", str(e))),
     (DocumentRejected, lambda e, _: InvalidArgument.single(e.field, e.message)),
     (OcrModelsMissing, lambda e, _: FailedPrecondition(str(e))),
     (ParseTimeout, lambda e, _: DeadlineExceeded(str(e))),

@@ -222,5 +222,16 @@ class InvalidConstraint(ValueError):
         self.message = message
 
 
+class PromptTooLong(ValueError):
+    """The prompt and the answer's room exceed the model's context."""
+
+    def __init__(self, tokens: int, max_new_tokens: int, context: int) -> None:
+        super().__init__(
+            f"prompt has {tokens} tokens; with max_new_tokens {max_new_tokens} that exceeds "
+            f"the model context of {context} tokens"
+        )
+        self.tokens = tokens
+
+
 class ConstraintUnavailable(Exception):
     """This server cannot enforce constraints (no grammar engine, or a slow tokenizer)."""

@@ -21,11 +21,11 @@ from .engine import (
     complete_generation,
     stream_chunks,
 )
+from .requests import truncate_left
 from .validation import (
     check_tokenize_request,
     input_chars_limit,
     to_generation_request,
-    truncate_left,
 )
 
 log = logging.getLogger(__name__)
