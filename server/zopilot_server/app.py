@@ -25,7 +25,7 @@ from . import metrics, reflection, security, tracing
 from .auth import ApiKey, ApiKeyAuth, HealthWatchLimit
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
-from .generation.engine import BatchLimits, GenerationEngine
+from .generation.engine import GenerationEngine, batch_limits
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
 from .loop_bridge import settle_threadsafe
@@ -254,12 +254,7 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
     metrics.set_model_name(loaded.model_id)
     running.generation.engine = GenerationEngine(
         loaded,
-        limits=BatchLimits(
-            max_batch_size=config.max_batch_size,
-            max_batch_tokens=config.max_batch_tokens,
-            max_prefill_tokens=config.max_prefill_tokens,
-            max_queue=config.max_queue,
-        ),
+        limits=batch_limits(config),
         stream_interval_s=config.stream_interval_ms / 1000,
     )
     running.generation.engine.observe_steps(metrics.observe_batch_size)

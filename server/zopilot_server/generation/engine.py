@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from ..config import ServerConfig
 from .chunk_channel import ChunkChannel, ResultCollector
 from .constraints import ConstraintCompiler
 from .domain import Chunk, GenerationRequest
@@ -37,9 +38,21 @@ __all__ = [
     "Job",
     "QueueFull",
     "Sink",
+    "batch_limits",
     "complete_generation",
     "stream_chunks",
 ]
+
+
+def batch_limits(config: ServerConfig) -> BatchLimits:
+    """The batching limits of ``config``: ServerConfig holds the defaults (BatchLimits'
+    own serve the scheduler's unit tests only)."""
+    return BatchLimits(
+        max_batch_size=config.max_batch_size,
+        max_batch_tokens=config.max_batch_tokens,
+        max_prefill_tokens=config.max_prefill_tokens,
+        max_queue=config.max_queue,
+    )
 
 
 class GenerationEngine(Scheduler):
@@ -58,7 +71,7 @@ class GenerationEngine(Scheduler):
         self.constraints = ConstraintCompiler(
             loaded.tokenizer, vocab_size=vocab, eos_token_ids=sorted(loaded.eos_token_ids)
         )
-        limits = limits or BatchLimits()
+        limits = limits or batch_limits(ServerConfig())
         runner = ModelRunner(loaded, max_prefill_tokens=limits.max_prefill_tokens)
         super().__init__(runner, self._streamer_for, limits)
 
