@@ -138,3 +138,13 @@ def test_only_the_key_itself_in_argv_counts_as_on_the_command_line() -> None:
 
     assert key_on_command_line(["--api-key", "k"]) and key_on_command_line(["--api-key=k"])
     assert not key_on_command_line(["--api-key-file", "/run/key", "--port", "0"])
+
+
+def test_an_unknown_method_does_not_tell_a_caller_without_the_key_it_is_unknown(
+    keyed_server: InProcessServer,
+) -> None:
+    with keyed_server.channel() as channel:
+        unknown = channel.unary_unary("/zopilot.v1.Generation/NoSuchMethod")
+        assert code_of(lambda: unknown(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        keyed = code_of(lambda: unknown(b"", metadata=[RIGHT], timeout=10))
+    assert keyed == grpc.StatusCode.UNIMPLEMENTED

@@ -6,7 +6,9 @@ responses, hands it through the links, and turns the result back into the handle
 own shape. The streaming-shape dispatch (unary or stream requests x unary or stream
 responses; a handler that is an async generator, a coroutine that returns its answer,
 or a coroutine that answers with ``context.write`` like health ``Watch``) is written
-here once, so a link never asks which shape it wraps.
+here once, so a link never asks which shape it wraps. (A ``context.write`` handler sends
+its responses itself: links wrap its call, its end and its errors, but do not see each
+response; only health ``Watch`` answers so, and no link reads health responses.)
 
 The order, outermost first (``app.rpc_links`` builds it), and why:
 
