@@ -174,14 +174,23 @@ def bench_model(
         process.terminate()
         process.wait(30)
 
-    def median(side: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[side])
-
-    result = {
+    result: dict[str, Any] = {
         "model": name,
         "new_tokens": tokens,
         "repeats": repeats,
         "server_args": server_args,
+    }
+    result.update(summarise(runs))
+    return result
+
+
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Medians per side and the ratios the targets are stated in."""
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[side])
+
+    result: dict[str, Any] = {
         "in_process": {k: median("in_process", k) for k in ("tokens_per_s", "ttft_ms")},
         "grpc": {k: median("grpc", k) for k in ("tokens_per_s", "ttft_ms")},
     }

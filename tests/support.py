@@ -152,11 +152,19 @@ class FinishSpy:
 
     A cancelled RPC never shows the client its end; the engine still completes the job
     (with FinishReason.CANCELLED), which is what proves the cancellation reached it.
+
+    With ``hold=True`` the generation of every request stops after its first chunk with
+    text (the scheduler thread waits in the sink) until ``release`` is set: a test can
+    then act on a generation that cannot finish before it acts, however fast the model or
+    slow the machine. ``held`` is set once a generation waits there.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, hold: bool = False) -> None:
         self.reasons: dict[str, FinishReason] = {}
         self._lock = threading.Lock()
+        self._hold = hold
+        self.held = threading.Event()
+        self.release = threading.Event()
 
     def wrap(self, submit: Callable[..., Any]) -> Callable[..., Any]:
         def spying_submit(request: Any, sink: Callable[[object], None]) -> Any:
@@ -165,6 +173,9 @@ class FinishSpy:
                     with self._lock:
                         self.reasons[request.request_id] = item.completion.finish_reason
                 sink(item)
+                if self._hold and isinstance(item, Chunk) and item.text and not self.held.is_set():
+                    self.held.set()
+                    self.release.wait(60)  # bounded: a failing test must not hang the suite
 
             return submit(request, spying_sink)
 
@@ -176,15 +187,16 @@ class FinishSpy:
 
 
 @contextmanager
-def finish_spy(server: InProcessServer) -> Iterator[FinishSpy]:
-    """Spy on ``server``'s engine for the duration of the block."""
+def finish_spy(server: InProcessServer, *, hold: bool = False) -> Iterator[FinishSpy]:
+    """Spy on ``server``'s engine for the duration of the block (``hold``: FinishSpy)."""
     engine = server.running.engine
     assert engine is not None
-    spy = FinishSpy()
+    spy = FinishSpy(hold=hold)
     engine.submit = spy.wrap(engine.submit)  # type: ignore[method-assign]
     try:
         yield spy
     finally:
+        spy.release.set()
         del engine.submit  # the instance attribute goes; the method shows again
 
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from support import retry_delay_s, wait_until
+from support import finish_spy, retry_delay_s, wait_until
 from test_server_lifecycle import start_tiny_process
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
@@ -168,11 +168,13 @@ def test_kv_token_budget_limits_the_batch(make_server):
 def test_queue_overflow_beyond_the_batch_is_resource_exhausted_with_retry_info(make_server):
     server = make_server(max_batch_size=1, max_queue=1)
     engine = server.running.engine
-    with server.channel() as channel:
+    # Held after its first text: the running stream cannot end and free its row meanwhile.
+    with finish_spy(server, hold=True) as spy, server.channel() as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         long = pb.GenerateRequest(prompt="Hi", max_new_tokens=1500, ignore_eos=True)
         running = stub.GenerateStream(long, timeout=60)
         next(running)
+        assert spy.held.wait(30)
         queued = stub.GenerateStream(long, timeout=60)
         assert wait_until(lambda: engine.queued_count == 1)
         with pytest.raises(grpc.RpcError) as info:

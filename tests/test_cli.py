@@ -110,17 +110,21 @@ def test_ctrl_c_cancels_the_generation_on_the_server(tiny_server):
     request_id = uuid.uuid4().hex
     command = [ZOPILOT, "--target", tiny_server.target, "generate", "Hello"]
     command += ["--max-new-tokens=1500", "--ignore-eos", f"--request-id={request_id}"]
-    with finish_spy(tiny_server) as spy:
+    # The generation is held after its first text (FinishSpy hold): it cannot end on its
+    # own before the SIGINT lands, however loaded the machine; only a cancel can end it.
+    with finish_spy(tiny_server, hold=True) as spy:
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         try:
-            first = process.stdout.read(4)  # tokens arrive while the server still generates
+            assert spy.held.wait(60), "the generation never produced text"
+            first = process.stdout.read(1)  # the CLI printed it while the server generates
             assert first and tiny_server.running.engine.active_count == 1
             process.send_signal(signal.SIGINT)
             _, stderr = process.communicate(timeout=30)
         finally:
             process.kill()
+            spy.release.set()  # the scheduler thread goes on and finds the job cancelled
         assert process.returncode == cli.ExitCode.INTERRUPTED, stderr
         assert "Traceback" not in stderr and "cancelled" in stderr
         assert spy.reason(request_id) is ServerFinish.CANCELLED
@@ -245,10 +249,12 @@ def test_api_key_from_flag_or_environment(make_server):
 def test_busy_server_exits_5(make_server):
     server = make_server(max_queue=0, max_batch_size=1)
     with (
+        finish_spy(server, hold=True) as spy,  # the busy stream cannot end before the CLI runs
         zc.Client(server.target, timeout=30) as client,
         client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy,
     ):
         next(busy)
+        assert spy.held.wait(30)
         result = run_cli("generate", "Hi", "--no-retry", target=server.target)
     assert_clean_failure(result, cli.ExitCode.OVERLOADED)
 

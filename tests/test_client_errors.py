@@ -17,7 +17,14 @@ import pytest
 import zopilot_client as zc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
-from support import FakeServer, abort_with, free_port, health_server_later, serving_health
+from support import (
+    FakeServer,
+    abort_with,
+    finish_spy,
+    free_port,
+    health_server_later,
+    serving_health,
+)
 from zopilot_client.pb import generation_pb2 as pb
 
 GENERATE = "/zopilot.v1.Generation/Generate"
@@ -55,8 +62,13 @@ def test_invalid_argument_lists_every_field_violation(tiny_server):
 def test_overloaded_carries_retry_after_when_the_queue_is_full(make_server):
     server = make_server(max_queue=0, max_batch_size=1)
     client = zc.Client(server.target, timeout=30, retry=None)
-    with client, client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy:
+    with (
+        finish_spy(server, hold=True) as spy,  # held: the busy stream cannot end meanwhile
+        client,
+        client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy,
+    ):
         next(busy)  # the only slot is taken, and nothing may wait
+        assert spy.held.wait(30)
         with pytest.raises(zc.Overloaded) as caught:
             client.generate("Hello", max_new_tokens=2)
     assert caught.value.retry_after is not None and caught.value.retry_after > 0
@@ -81,8 +93,13 @@ def test_unavailable_when_nothing_listens():
 def test_deadline_exceeded_while_waiting_for_a_generation_slot(make_server):
     server = make_server(max_batch_size=1, max_queue=4)
     client = zc.Client(server.target, timeout=30)
-    with client, client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy:
+    with (
+        finish_spy(server, hold=True) as spy,  # held: the busy stream cannot end meanwhile
+        client,
+        client.generate_stream("Hello", max_new_tokens=1500, ignore_eos=True) as busy,
+    ):
         next(busy)  # the batch's one row is taken until this block ends
+        assert spy.held.wait(30)
         with pytest.raises(zc.DeadlineExceeded):
             client.generate("Hello", max_new_tokens=2, timeout=0.5)
 

@@ -379,7 +379,7 @@ def test_close_stops_workers_and_removes_scratch(tiny_config: ServerConfig) -> N
     with server.channel() as channel:
         stub = pb_grpc.DocumentsStub(channel)
         stub.DocumentParse(pb.DocumentParseRequest(content=b"hi", filename="a.txt"), timeout=60)
-    processes = [w.process for w in parser.pool._workers]
+    processes = parser.pool.worker_processes()
     scratch = parser.scratch_root
     server.stop()
     assert scratch is not None and not scratch.exists()
@@ -411,9 +411,9 @@ def test_worker_killed_while_idle_is_replaced(
     fault_parse: Parse, fault_server: InProcessServer
 ) -> None:
     (pid,) = _worker_pids(fault_server)
-    (worker,) = fault_server.running.documents.parser.pool._workers
+    (process,) = fault_server.running.documents.parser.pool.worker_processes()
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: not worker.process.is_alive())
+    assert wait_until(lambda: not process.is_alive())
     assert_serves(fault_parse, fault_server)  # the dead worker is noticed, not used
     assert _worker_pids(fault_server) != [pid]
 

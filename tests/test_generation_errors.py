@@ -169,7 +169,7 @@ def test_api_key_is_required_when_configured(make_server):
 
 def test_status_table_lists_every_subclass_before_its_base():
     """isinstance picks the first match: a base listed earlier would shadow its subclass."""
-    from zopilot_server.errors import STATUS_TABLE
+    from zopilot_server.error_table import STATUS_TABLE
 
     classes = [exc_type for exc_type, _ in STATUS_TABLE]
     for i, earlier in enumerate(classes):
@@ -178,7 +178,7 @@ def test_status_table_lists_every_subclass_before_its_base():
 
 
 def test_generation_failures_map_by_class():
-    from zopilot_server.errors import to_service_error
+    from zopilot_server.error_table import to_service_error
     from zopilot_server.generation.domain import GenerationFailed, OutOfMemory
 
     oom = GenerationFailed("req-1", torch.OutOfMemoryError("CUDA out of memory"))

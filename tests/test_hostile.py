@@ -95,8 +95,8 @@ REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 def test_malformed_reflection_request_is_invalid_argument_and_reflection_still_works(
     tiny_server: InProcessServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The reflection stream parses its requests itself (MalformedRequestGuard only wraps
-    unary requests): garbage on it got grpc.aio's UNKNOWN and an ERROR traceback."""
+    """A request stream (reflection's) is judged message by message (rpc_chain's
+    MalformedRequests): garbage on it got grpc.aio's UNKNOWN and an ERROR traceback."""
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
     from test_grpcurl import grpcurl
 
@@ -467,7 +467,7 @@ def test_cell_count_reads_the_used_range_openpyxl_would_fill(sheet: str, cells: 
     from zopilot_server.documents import limits
 
     xml = f'<worksheet xmlns:x="x"><sheetData>{sheet}</sheetData></worksheet>'.encode()
-    assert limits._sheet_cells(io.BytesIO(xml), declared=0, budget=10**15) == cells
+    assert limits.sheet_cells(io.BytesIO(xml), declared=0, budget=10**15) == cells
 
 
 def test_worker_environment_has_no_api_key(

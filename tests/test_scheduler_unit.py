@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import pytest
 from support import wait_until
@@ -45,15 +45,17 @@ class FakeRunner:
         self.held = threading.Event()
         self._rows: dict[int, int] = {}
         self._prompts: dict[int, int] = {}
+        self.cached_for: Callable[[int], int] = lambda prompt_len: 0  # prefix-cache hits
 
     @property
     def kv_tokens_used(self) -> int:
         return sum(self._prompts.values()) + sum(self._rows.values())
 
-    def add(self, specs: Sequence[RowSpec]) -> None:
+    def add(self, specs: Sequence[RowSpec]) -> dict[int, int]:
         self.prefill_groups.append([s.key for s in specs])
         for spec in specs:
             self._prompts[spec.key] = len(spec.request.input_ids)
+        return {s.key: self.cached_for(len(s.request.input_ids)) for s in specs}
 
     def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
         self._tick()
@@ -428,3 +430,18 @@ def test_token_details_reach_the_streamer(harness_factory):
     h.submit("a", max_new=3)
     assert wait_until(lambda: h.finished("a") is FinishReason.LENGTH)
     assert [d.id for d in h.streamers["a"].details] == [1, 2]  # decode steps carry details
+
+
+def test_cached_prompt_tokens_are_not_prefilled_and_are_reported(harness_factory):
+    runner = FakeRunner()
+    runner.cached_for = lambda prompt_len: 64 if prompt_len >= 100 else 0
+    h = harness_factory(runner, max_batch_size=4)
+    job = h.submit("cached", prompt_len=150, max_new=2)
+    assert wait_until(lambda: h.finished("cached") is FinishReason.LENGTH)
+    assert runner.prefill_plans[0] == [PrefillChunk(0, 64, 150)]
+    assert job.control.cached_tokens == 64
+    load = h.scheduler.load()
+    assert (load.prefix_query_tokens, load.prefix_hit_tokens) == (150, 64)
+    h.submit("private", prompt_len=150, max_new=2, private=True)
+    assert wait_until(lambda: h.finished("private") is FinishReason.LENGTH)
+    assert h.scheduler.load().prefix_query_tokens == 150, "private prompts are not counted"

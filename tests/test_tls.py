@@ -25,7 +25,7 @@ from test_cli import ZOPILOT, run_cli
 from test_grpcurl import GRPCURL
 from zopilot_client import TLS, Client
 from zopilot_client.pb import generation_pb2, generation_pb2_grpc
-from zopilot_server.app import ApiKeyInterceptor
+from zopilot_server.auth import ApiKey
 from zopilot_server.config import ServerConfig, load_config
 
 Key = ec.EllipticCurvePrivateKey
@@ -211,5 +211,5 @@ def test_config_rules_for_tls_and_key_flags(tmp_path: Path) -> None:
         security.api_key(ServerConfig(api_key_file=str(empty)))
     with pytest.raises(ValueError, match="--tls-cert"):
         security.server_credentials(ServerConfig(tls_cert=str(tmp_path / "no"), tls_key="x"))
-    assert ApiKeyInterceptor("k")._accepts("bEaReR k")
+    assert ApiKey("k").accepts("bEaReR k")
     assert ZOPILOT

@@ -11,6 +11,7 @@ from .config import load_config
 from .generation.default_model import DefaultModelUnavailable
 from .generation.model_loader import ModelLoadError
 from .generation.quantization import QuantizationUnsupported
+from .security import KEY_ON_COMMAND_LINE, key_on_command_line
 
 # Startup problems the operator can fix: one clear line and exit code 2, no traceback.
 CONFIGURATION_ERRORS = (ModelLoadError, QuantizationUnsupported, DefaultModelUnavailable)
@@ -28,8 +29,11 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     config = load_config(argv)
     configure_logging(config.log_level)
+    if key_on_command_line(argv):
+        logging.getLogger("zopilot_server").warning(KEY_ON_COMMAND_LINE)
     from .app import serve  # after logging: importing grpc/torch can log
 
     try:

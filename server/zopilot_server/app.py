@@ -1,4 +1,4 @@
-"""Builds and runs the grpc.aio server: services, health, reflection, auth, shutdown.
+"""Builds and runs the grpc.aio server: services, health, reflection, the RPC chain, shutdown.
 
 Lifecycle: the port opens first with health NOT_SERVING, so orchestrators see a live but
 unready process while the model loads (generation RPCs answer UNAVAILABLE meanwhile);
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
-import inspect
 import logging
 import signal
 import threading
@@ -24,19 +22,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2, generation_pb2_grpc
 
 from . import metrics, reflection, security, tracing
+from .auth import ApiKey, ApiKeyAuth, HealthWatchLimit
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
-from .errors import (
-    MalformedRequest,
-    Unauthenticated,
-    abort,
-    lenient,
-    refuse_malformed,
-)
-from .generation.engine import ArenaBudget, BatchLimits, GenerationEngine
+from .generation.engine import GenerationEngine, arena_budget, batch_limits
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
 from .loop_bridge import settle_threadsafe
+from .rpc_chain import Chain, ErrorMapping, Link, MalformedRequests
 
 log = logging.getLogger(__name__)
 
@@ -87,127 +80,21 @@ def _connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
     return options
 
 
-class MalformedRequestGuard(grpc.aio.ServerInterceptor):
-    """Bytes that are not a valid request message get INVALID_ARGUMENT, quietly.
-
-    grpc.aio parses a request before any handler runs and answers a parse failure with
-    UNKNOWN plus an ERROR traceback per call. Wrapping each handler's deserializer lets
-    the failure reach the handler as a value; the handler then answers INVALID_ARGUMENT
-    (or, behind ApiKeyInterceptor, UNAUTHENTICATED first: that denial never reads it).
-    """
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler  # reflection parses its request stream itself (reflection.py)
-        return _guard_unary_request(handler)
-
-
-def _guard_unary_request(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    deserialize = lenient(handler.request_deserializer)
-
-    if handler.response_streaming:
-        behavior = handler.unary_stream
-        if inspect.isasyncgenfunction(behavior):
-
-            async def guarded_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if isinstance(request, MalformedRequest):
-                    await abort(context, refuse_malformed(request))
-                async for item in behavior(request, context):
-                    yield item
-
-            guarded: Any = guarded_generator
-        else:  # a coroutine that answers with context.write (health Watch)
-
-            async def guarded_writer(request: Any, context: grpc.aio.ServicerContext) -> None:
-                if isinstance(request, MalformedRequest):
-                    await abort(context, refuse_malformed(request))
-                await behavior(request, context)
-
-            guarded = guarded_writer
-        return grpc.unary_stream_rpc_method_handler(
-            guarded,
-            request_deserializer=deserialize,
-            response_serializer=handler.response_serializer,
-        )
-    unary = handler.unary_unary
-
-    async def guarded_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, MalformedRequest):
-            await abort(context, refuse_malformed(request))
-        return await unary(request, context)
-
-    return grpc.unary_unary_rpc_method_handler(
-        guarded_unary,
-        request_deserializer=deserialize,
-        response_serializer=handler.response_serializer,
-    )
-
-
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <key>``; health stays open for probes.
-
-    The scheme is matched case-insensitively (RFC 7235); the key is compared in constant
-    time, so response timing does not reveal how much of a guess was right.
-    """
-
-    def __init__(self, api_key: str) -> None:
-        self._expected = api_key.encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        method = handler_call_details.method or ""
-        if method.startswith(f"/{HEALTH_SERVICE}/"):
-            return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if self._accepts(metadata.get("authorization")):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        return _deny_like(handler)
-
-    def _accepts(self, value: Any) -> bool:
-        if not isinstance(value, str):
-            return False
-        scheme, _, key = value.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            key.strip().encode(), self._expected
-        )
-
-
-def _deny_like(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming shape that answers UNAUTHENTICATED."""
-    error = Unauthenticated("missing or wrong API key (send 'authorization: Bearer <key>')")
-
-    async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort(context, error)
-
-    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort(context, error)
-        yield  # pragma: no cover - makes this an async generator
-
-    if handler is None:
-        return grpc.unary_unary_rpc_method_handler(deny_unary)
-    deserializer = handler.request_deserializer
-    serializer = handler.response_serializer
-    if handler.request_streaming:
-        # Reflection: a bidirectional stream. The requests are never read.
-        return grpc.stream_stream_rpc_method_handler(
-            deny_stream, request_deserializer=deserializer, response_serializer=serializer
-        )
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(
-            deny_stream, request_deserializer=deserializer, response_serializer=serializer
-        )
-    return grpc.unary_unary_rpc_method_handler(
-        deny_unary, request_deserializer=deserializer, response_serializer=serializer
-    )
+def rpc_links(config: ServerConfig) -> list[Link]:
+    """The RPC chain's links, outermost first, in the order rpc_chain.py documents."""
+    key_text = security.api_key(config)
+    key = ApiKey(key_text) if key_text else None
+    tracer = tracing.make_tracer(config.otlp_endpoint) if config.otlp_endpoint else None
+    links: list[Link] = [metrics.Metrics()]
+    if key is not None:
+        links.append(ApiKeyAuth(key))
+    links += [
+        HealthWatchLimit(config.max_health_watches, key),
+        MalformedRequests(),
+        tracing.Tracing(tracer),
+        ErrorMapping(),
+    ]
+    return links
 
 
 @dataclass
@@ -237,7 +124,8 @@ class RunningServer:
         pool = self.documents.parser.pool
         if pool is None:
             return None
-        return int(getattr(pool, "_busy", 0)), int(getattr(pool, "_waiting", 0))
+        stats = pool.stats()
+        return stats.busy, stats.waiting
 
     @property
     def engine(self) -> GenerationEngine | None:
@@ -299,18 +187,10 @@ ModelLoader = Callable[[ServerConfig], LoadedModel]
 
 async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -> RunningServer:
     """Bind, start serving health/reflection at once, and load the model in the background."""
-    key = security.api_key(config)
-    # Metrics outermost, so refused calls count as UNAUTHENTICATED failures; the key check
-    # next: its denial never looks at the request (malformed or not).
-    tracer = tracing.make_tracer(config.otlp_endpoint) if config.otlp_endpoint else None
-    interceptors: list[grpc.aio.ServerInterceptor] = [metrics.MetricsInterceptor()]
-    if key:
-        interceptors.append(ApiKeyInterceptor(key))
-    interceptors.append(MalformedRequestGuard())
-    # Innermost: refused calls never reach it, so anonymous callers cannot fill the log.
-    interceptors.append(tracing.TracingInterceptor(tracer))
+    # Auth, malformed requests, metrics, tracing and error mapping: one chain (rpc_chain.py).
+    chain = Chain(rpc_links(config))
     credentials = security.server_credentials(config)
-    server = grpc.aio.server(options=grpc_options(config), interceptors=interceptors)
+    server = grpc.aio.server(options=grpc_options(config), interceptors=[chain])
     health_servicer = health.aio.HealthServicer()
     generation = GenerationServicer(config)
     documents = DocumentsServicer(config, engine=lambda: generation.engine)
@@ -374,17 +254,8 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
     metrics.set_model_name(loaded.model_id)
     running.generation.engine = GenerationEngine(
         loaded,
-        limits=BatchLimits(
-            max_batch_size=config.max_batch_size,
-            max_batch_tokens=config.max_batch_tokens,
-            max_prefill_tokens=config.max_prefill_tokens,
-            max_queue=config.max_queue,
-        ),
-        budget=ArenaBudget(
-            memory_mib=config.kv_cache_memory_mib,
-            memory_fraction=config.kv_cache_memory_fraction,
-            tokens_per_slot=config.kv_slot_tokens,
-        ),
+        limits=batch_limits(config),
+        budget=arena_budget(config),
         prefix_cache=config.prefix_cache == "on",
         stream_interval_s=config.stream_interval_ms / 1000,
     )

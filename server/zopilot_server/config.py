@@ -51,6 +51,11 @@ class ServerConfig:
     tls_key: str = _opt("PEM private key of --tls-cert", "")
     tls_client_ca: str = _opt("PEM CA bundle: require client certificates it signed (mTLS)", "")
     api_key_file: str = _opt("read the API key from this file (keeps it out of ps)", "")
+    max_health_watches: int = _opt(
+        "health Watch streams without the API key (all of them without --api-key) open at "
+        "a time, about 21 KiB each; beyond it RESOURCE_EXHAUSTED; 0 = no limit",
+        256,
+    )
     otlp_endpoint: str = _opt("OTLP/gRPC collector for trace spans (needs opentelemetry)", "")
 
     # --- model ---
@@ -208,6 +213,7 @@ class ServerConfig:
             (bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together"),
             (not self.tls_client_ca or bool(self.tls_cert), "--tls-client-ca needs --tls-cert"),
             (not (self.api_key and self.api_key_file), "give --api-key or --api-key-file"),
+            (self.max_health_watches >= 0, "--max-health-watches must be >= 0"),
             (self.default_max_new_tokens >= 1, "--default-max-new-tokens must be >= 1"),
             (
                 self.default_max_new_tokens <= self.max_new_tokens_limit,

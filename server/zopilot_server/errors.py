@@ -1,23 +1,20 @@
-"""One error wrapper for every handler: exceptions in, specific gRPC statuses out.
+"""gRPC statuses as exceptions: ServiceError and its kinds, with their rich details.
 
-Servicers raise ServiceError; domain code raises its own exceptions (defined in the
-domain modules, free of gRPC), and ``STATUS_TABLE`` below says, in one place, which
-status each one gets. The ``rpc_errors`` decorator, applied to unary and streaming
-handlers alike, turns either into a status with rich details (google.rpc.BadRequest,
+Servicers and request validation raise ServiceError; domain code raises its own
+exceptions (defined in the domain modules, free of gRPC), and ``error_table.STATUS_TABLE``
+says, in one place, which status each one gets. The chain's ``ErrorMapping`` link
+(rpc_chain.py) turns either into a status with rich details (google.rpc.BadRequest,
 RetryInfo) in the standard ``grpc-status-details-bin`` trailer, which grpcurl and
 grpcio-status clients decode. Anything unexpected becomes INTERNAL, logged with the
 request id, and the server keeps serving.
 
-This module imports only the domain modules (which import nothing of ours above them),
-so every layer may import it without a cycle.
+This module imports nothing of ours: the RPC edge of both packages (validation,
+servicers) imports it without tying generation and documents together.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import functools
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,25 +23,6 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-
-from .documents.domain import (
-    DocumentRejected,
-    OcrModelsMissing,
-    ParserBusy,
-    ParserClosed,
-    ParserOutOfMemory,
-    ParseTimeout,
-    WorkersCannotStart,
-)
-from .generation.domain import (
-    ConstraintUnavailable,
-    EngineClosed,
-    GenerationFailed,
-    InvalidConstraint,
-    OutOfMemory,
-    QueueFull,
-    RequestTooLong,
-)
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +174,7 @@ class Message(str, enum.Enum):
         return self.value.format(**kwargs)
 
 
-def _internal(exc: BaseException, request_id: str) -> ServiceError:
+def internal_error(exc: BaseException, request_id: str) -> ServiceError:
     """INTERNAL for a bug: logged in full with the request id, only the id sent back."""
     request_id = loggable(request_id)
     log.error("request %s: internal error", request_id or "-", exc_info=exc)
@@ -204,38 +182,6 @@ def _internal(exc: BaseException, request_id: str) -> ServiceError:
     return ServiceError(
         f"internal error{suffix}; see the server log", code=grpc.StatusCode.INTERNAL
     )
-
-
-_OUT_OF_MEMORY = "out of memory while generating; retry with a shorter request"
-
-# Exception class -> its status, given the exception and the request id. Checked in
-# order with isinstance, so a subclass must come before its base (test_generation_errors keeps
-# that true): OutOfMemory before GenerationFailed.
-STATUS_TABLE: tuple[tuple[type[BaseException], Callable[[Any, str], ServiceError]], ...] = (
-    (ServiceError, lambda e, _: e),
-    (OutOfMemory, lambda e, _: ResourceExhausted(_OUT_OF_MEMORY)),
-    (QueueFull, lambda e, _: ResourceExhausted(str(e), retry_after_s=e.retry_after_s)),
-    (EngineClosed, lambda e, _: Unavailable(str(e), retry_after_s=e.retry_after_s)),
-    (GenerationFailed, lambda e, request_id: _internal(e, e.request_id or request_id)),
-    (InvalidConstraint, lambda e, _: InvalidArgument.single(e.field, e.message)),
-    (RequestTooLong, lambda e, _: InvalidArgument.single("max_new_tokens", str(e))),
-    (ConstraintUnavailable, lambda e, _: FailedPrecondition(str(e))),
-    (DocumentRejected, lambda e, _: InvalidArgument.single(e.field, e.message)),
-    (OcrModelsMissing, lambda e, _: FailedPrecondition(str(e))),
-    (ParseTimeout, lambda e, _: DeadlineExceeded(str(e))),
-    (ParserBusy, lambda e, _: ResourceExhausted(str(e), retry_after_s=e.retry_after_s)),
-    (ParserClosed, lambda e, _: Unavailable(str(e))),
-    (WorkersCannotStart, lambda e, _: FailedPrecondition(str(e))),
-    (ParserOutOfMemory, lambda e, _: ResourceExhausted(str(e))),
-)
-
-
-def to_service_error(exc: BaseException, request_id: str = "") -> ServiceError:
-    """Map any exception to a ServiceError by ``STATUS_TABLE``; others become INTERNAL."""
-    for exc_type, translate in STATUS_TABLE:
-        if isinstance(exc, exc_type):
-            return translate(exc, request_id)
-    return _internal(exc, request_id)
 
 
 def status_trailer(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
@@ -258,7 +204,7 @@ def status_trailer(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
 class MalformedRequest:
     """Stands in for request bytes that did not parse. A deserializer that raised would
     give grpc.aio's UNKNOWN and an ERROR traceback per call; this value reaches the
-    handler, which answers INVALID_ARGUMENT (app.MalformedRequestGuard, reflection.py)."""
+    handler, which answers INVALID_ARGUMENT (rpc_chain.MalformedRequests)."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
@@ -286,35 +232,3 @@ def refuse_malformed(request: MalformedRequest) -> ServiceError:
 
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
     await context.abort(error.code, error.message, trailing_metadata=status_trailer(error))
-
-
-def _request_id(request: Any) -> str:
-    return getattr(request, "request_id", "") or ""
-
-
-def rpc_errors(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a grpc.aio servicer method (unary or server-streaming) with error mapping."""
-    if inspect.isasyncgenfunction(handler):
-
-        @functools.wraps(handler)
-        async def stream_wrapper(self: Any, request: Any, context: Any) -> Any:
-            try:
-                async for item in handler(self, request, context):
-                    yield item
-            except (asyncio.CancelledError, grpc.aio.AbortError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a status, never lost
-                await abort(context, to_service_error(exc, _request_id(request)))
-
-        return stream_wrapper
-
-    @functools.wraps(handler)
-    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
-        try:
-            return await handler(self, request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status, never lost
-            await abort(context, to_service_error(exc, _request_id(request)))
-
-    return unary_wrapper

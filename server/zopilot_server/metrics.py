@@ -7,8 +7,8 @@ extension on waiting / running / KV usage), so names and meanings follow vLLM's
 
 Where numbers come from, so that no request-path code has to know about metrics:
 
-- per-request counters and histograms are observed at the RPC edge by
-  ``MetricsInterceptor``: it sees each response as it leaves, and the last chunk of a
+- per-request counters and histograms are observed at the RPC edge by the ``Metrics``
+  link of the RPC chain (rpc_chain.py): it sees each response as it leaves, and the last chunk of a
   generation carries the finish reason, usage and timings; a failed call leaves its
   status code on the context;
 - load gauges (waiting, running, KV usage, parser workers busy, parser queue) are read at
@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -39,6 +39,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .rpc_chain import Behavior, Call, Link
 
 log = logging.getLogger(__name__)
 
@@ -314,56 +316,27 @@ def _record(method: str, code: str, response: Any, started: float) -> None:
         _observe_generation(response, started)
 
 
-def _wrap_unary(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        try:
-            response = await inner(request, context)
-        except BaseException as exc:
-            _observe_end(method, context, exc, None, started)
-            raise
-        _observe_end(method, context, None, response, started)
-        return response
+class Metrics(Link):
+    """Observes every zopilot.v1 call's outcome (the first link of the chain, so refused
+    calls count too); health, reflection and unknown methods pass untouched."""
 
-    return unary
+    def wrap(self, call: Call, inner: Behavior) -> Behavior:
+        if not call.found or not call.method.startswith(_OBSERVED_PREFIX):
+            return inner
+        if call.request_streaming:
+            return inner
+        method = call.method
 
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            last = None
+            try:
+                async for response in inner(request, context):
+                    last = response
+                    yield response
+            except BaseException as exc:
+                _observe_end(method, context, exc, None, started)
+                raise
+            _observe_end(method, context, None, last, started)
 
-def _wrap_stream(method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
-    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        last = None
-        try:
-            async for response in inner(request, context):
-                last = response
-                yield response
-        except BaseException as exc:
-            _observe_end(method, context, exc, None, started)
-            raise
-        _observe_end(method, context, None, last, started)
-
-    return stream
-
-
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Observes every zopilot.v1 call's outcome; health and reflection pass untouched."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method or ""
-        if handler is None or not method.startswith(_OBSERVED_PREFIX) or handler.request_streaming:
-            return handler
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return observed

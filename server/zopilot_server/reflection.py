@@ -5,14 +5,12 @@ grpcio-reflection serializes descriptors from the runtime pool, and the generate
 proto`` also writes a descriptor set with source info (``zopilot_v1.binpb``, next to the
 stubs); for our own files we answer with those documented descriptors instead.
 
-The request stream is registered with a lenient deserializer: bytes that are not a
-ServerReflectionRequest end the call with INVALID_ARGUMENT (like every other method, see
-app.MalformedRequestGuard), instead of grpc.aio's UNKNOWN and an ERROR traceback per call.
+Bytes that are not a ServerReflectionRequest end the stream with INVALID_ARGUMENT, as for
+every other method: the RPC chain's MalformedRequests link (rpc_chain.py) does it.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -20,8 +18,6 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
-
-from .errors import MalformedRequest, abort, lenient, refuse_malformed
 
 DESCRIPTOR_SET = "zopilot_v1.binpb"
 METHOD = "ServerReflectionInfo"
@@ -49,15 +45,6 @@ class DocumentedReflectionServicer(ReflectionServicer):
                 files[index] = self._documented[name]
         return response
 
-    async def ServerReflectionInfo(
-        self, request_iterator: AsyncIterable[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        """The standard stream; a request that did not parse ends it with INVALID_ARGUMENT."""
-        async for response in super().ServerReflectionInfo(
-            _parsed(request_iterator, context), context
-        ):
-            yield response
-
     def _file_by_filename(self, request: Any, filename: str) -> Any:
         return self._with_comments(super()._file_by_filename(request, filename))
 
@@ -65,24 +52,15 @@ class DocumentedReflectionServicer(ReflectionServicer):
         return self._with_comments(super()._file_containing_symbol(request, fully_qualified_name))
 
 
-async def _parsed(
-    requests: AsyncIterable[Any], context: grpc.aio.ServicerContext
-) -> AsyncIterator[Any]:
-    async for request in requests:
-        if isinstance(request, MalformedRequest):
-            await abort(context, refuse_malformed(request))
-        yield request
-
-
 def enable(server: Any, service_names: tuple[str, ...]) -> None:
     """Register v1alpha reflection (the only version grpcio-reflection serves) for
-    ``service_names``, with the lenient request deserializer."""
+    ``service_names``."""
     names = (*service_names, reflection.SERVICE_NAME)
     servicer = DocumentedReflectionServicer(names)
     handlers = {
         METHOD: grpc.stream_stream_rpc_method_handler(
             servicer.ServerReflectionInfo,
-            request_deserializer=lenient(reflection_pb2.ServerReflectionRequest.FromString),
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
             response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
         )
     }

@@ -7,6 +7,7 @@ start with an error naming the flag, never a silent fallback to plaintext or no 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -48,3 +49,14 @@ def api_key(config: ServerConfig) -> str:
     if not key:
         raise ValueError(f"--api-key-file {config.api_key_file}: the file is empty")
     return key
+
+
+KEY_ON_COMMAND_LINE = (
+    "--api-key on the command line is visible to every local user (ps, /proc/<pid>/cmdline); "
+    "use --api-key-file (or ZOPILOT_API_KEY) instead"
+)
+
+
+def key_on_command_line(argv: Sequence[str]) -> bool:
+    """True when ``argv`` carries the key itself (``--api-key K`` or ``--api-key=K``)."""
+    return any(arg == "--api-key" or arg.startswith("--api-key=") for arg in argv)

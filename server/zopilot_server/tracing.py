@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from typing import Any
 
 import grpc
+
+from .rpc_chain import Behavior, Call, Link
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +66,20 @@ def _span(tracer: Any, method: str, traceparent: str | None) -> Any:
     return tracer.start_as_current_span(method.rsplit("/", 1)[-1], context=parent)
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
+class Tracing(Link):
     """Logs ``traceparent`` with the request id; with a tracer, wraps calls in spans."""
 
     def __init__(self, tracer: Any | None = None) -> None:
         self._tracer = tracer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method or ""
-        if handler is None or method not in _TRACED:
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        traceparent = parse_traceparent(metadata.get("traceparent"))
-        if traceparent is None and self._tracer is None:
-            return handler
+    def wrap(self, call: Call, inner: Behavior) -> Behavior:
+        if not call.found or call.method not in _TRACED:
+            return inner
+        traceparent = parse_traceparent(call.value("traceparent"))
         tracer = self._tracer
+        if traceparent is None and tracer is None:
+            return inner
+        method = call.method
 
         def note(message: Any) -> None:
             """One line tying the trace to our request id (the response carries the id
@@ -95,55 +92,21 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                     traceparent,
                 )
 
-        async def run_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            span = _span(tracer, method, traceparent) if tracer is not None else nullcontext()
             first = True
-            try:
-                async for response in handler.unary_stream(request, context):
-                    if first:
-                        note(response)
-                        first = False
-                    yield response
-            finally:
-                if first:
-                    note(request)
-
-        async def run_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                response = await handler.unary_unary(request, context)
-            except BaseException:
-                note(request)
-                raise
-            note(response)
-            return response
-
-        if handler.response_streaming:
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if tracer is None:
-                    async for response in run_stream(request, context):
+            with span:
+                try:
+                    async for response in inner(request, context):
+                        if first:
+                            note(response)
+                            first = False
                         yield response
-                    return
-                with _span(tracer, method, traceparent):
-                    async for response in run_stream(request, context):
-                        yield response
+                finally:
+                    if first:  # no response: the request still names the caller's id
+                        note(request)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if tracer is None:
-                return await run_unary(request, context)
-            with _span(tracer, method, traceparent):
-                return await run_unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return traced
 
 
 def _safe_id(value: object) -> str:

@@ -53,7 +53,7 @@ def check_xlsx_cells(workbook: Any, max_cells: int) -> int:
             _refuse(sheet.title, max_cells)
         # The same part openpyxl reads rows from (a private method, stable since 2.x).
         with sheet._get_source() as source:
-            total += _sheet_cells(source, declared, max_cells - total)
+            total += sheet_cells(source, declared, max_cells - total)
         if total > max_cells:
             _refuse(sheet.title, max_cells)
     return total
@@ -66,7 +66,7 @@ def _refuse(title: str, max_cells: int) -> None:
     )
 
 
-def _sheet_cells(source: IO[bytes], declared: int, budget: int) -> int:
+def sheet_cells(source: IO[bytes], declared: int, budget: int) -> int:
     """This sheet's cell count (see the module docstring); stops reading once the count
     is past ``budget`` (the caller then refuses)."""
     state = _Extent()

@@ -20,18 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from zopilot_client.pb import generation_pb2 as gen_pb
-
 from ..config import ServerConfig
-from ..errors import FailedPrecondition, Unavailable
 from ..generation.domain import (
+    ConstraintKind,
+    ConstraintUnavailable,
     EngineClosed,
     GenerationFailed,
+    GenerationRequest,
     InvalidConstraint,
+    ModelLoading,
+    PromptTooLong,
     QueueFull,
 )
 from ..generation.engine import GenerationEngine, complete_generation
-from ..generation.validation import CHARS_PER_TOKEN_BOUND, encode, to_generation_request
+from ..generation.requests import FIT_MARK, ChatTurn, RequestLimits, build_request
 from .domain import LABEL_MATCH_WARNING, FieldExtraction, OutputFormat, ParseOutcome
 from .validation import DocumentRequest
 
@@ -44,7 +46,6 @@ SYSTEM = (
 )
 # Room for the JSON answer; also bounds the time a fill can take.
 MAX_ANSWER_TOKENS = 512
-_MARGIN_TOKENS = 16  # decoding a cut document and encoding it again can shift a few
 _FIELD_MAX_CHARS = 500
 EngineSource = Callable[[], GenerationEngine | None]
 
@@ -77,9 +78,9 @@ class ModelFieldFiller:
         usable = engine is not None and engine.constraints.available
         if not usable:
             if mode is FieldExtraction.MODEL and engine is None:
-                raise Unavailable("the model is still loading; retry shortly")
+                raise ModelLoading
             if mode is FieldExtraction.MODEL:
-                raise FailedPrecondition(
+                raise ConstraintUnavailable(
                     "field_extraction MODEL needs constrained decoding, which this server "
                     "lacks (GetModelInfo.constrained_decoding is false)"
                 )
@@ -152,44 +153,47 @@ class ModelFieldFiller:
         markdown: str,
         schema: dict[str, Any],
         time_remaining: float | None,
-    ) -> tuple[Any, list[str]]:
-        """The GenerateRequest for the fill, the document cut to the model's context."""
+    ) -> tuple[GenerationRequest, list[str]]:
+        """The request for the fill: the document cut to what the model's context leaves
+        (tokenized once, by generation/requests.py)."""
         loaded = engine.loaded
         schema_text = json.dumps(schema, ensure_ascii=False)
-        answer = min(MAX_ANSWER_TOKENS, self._config.max_new_tokens_limit)
-        room = loaded.max_context_length - answer - _MARGIN_TOKENS
-        tokenizer = loaded.tokenizer
-        room -= len(encode(tokenizer, _render(loaded, "", schema_text), add_special_tokens=False))
-        if room <= 0:
+        size, limit = len(schema_text.encode()), self._config.max_constraint_bytes
+        if size > limit:  # json_fields can make a schema grow past what the client sent
+            raise InvalidConstraint(
+                "json_schema", f"is {size} bytes; the limit is {limit} (--max-constraint-bytes)"
+            )
+        limits = RequestLimits(
+            max_new_tokens=min(MAX_ANSWER_TOKENS, self._config.max_new_tokens_limit),
+            time_remaining_s=time_remaining,
+            deadline_margin_s=self._config.deadline_margin_ms / 1000,
+        )
+        system, task = _turns(FIT_MARK, schema_text)
+        prompt: str | list[ChatTurn] = (
+            [ChatTurn("system", system), ChatTurn("user", task)]
+            if loaded.has_chat_template
+            else f"{system}\n\n{task}\nJSON: "
+        )
+        try:
+            request, fitted = build_request(
+                loaded,
+                prompt,
+                limits,
+                fit=markdown,
+                constraint=(ConstraintKind.JSON_SCHEMA, schema_text),
+                constraints=engine.constraints,
+                request_id=document.request_id,
+            )
+        except PromptTooLong as exc:
             raise InvalidConstraint(
                 "json_schema", "the schema leaves no room for the document in the context"
-            )
+            ) from exc
         notes: list[str] = []
-        # Characters first: tokenizing a 30 MiB text to keep its first 2000 tokens is waste.
-        head = markdown[: room * CHARS_PER_TOKEN_BOUND]
-        ids = encode(tokenizer, head, add_special_tokens=False)
-        if len(ids) > room or len(head) < len(markdown):
-            head = tokenizer.decode(ids[:room], skip_special_tokens=True)
+        if fitted.cut:
             notes.append(
-                f"json: the model read the first {len(head)} of {len(markdown)} characters "
-                f"of the document (its context is {loaded.max_context_length} tokens)"
+                f"json: the model read the first {fitted.kept_chars} of {fitted.total_chars} "
+                f"characters of the document (its context is {loaded.max_context_length} tokens)"
             )
-        message = gen_pb.GenerateRequest(
-            max_new_tokens=answer, json_schema=schema_text, request_id=document.request_id
-        )
-        if loaded.has_chat_template:
-            system, task = _turns(head, schema_text)
-            message.messages.add(role="system", content=system)
-            message.messages.add(role="user", content=task)
-        else:
-            message.prompt = _render(loaded, head, schema_text)
-        request = to_generation_request(
-            message,
-            loaded=loaded,
-            config=self._config,
-            constraints=engine.constraints,
-            grpc_time_remaining=time_remaining,
-        )
         return request, notes
 
 
@@ -226,18 +230,6 @@ def _turns(markdown: str, schema_text: str) -> tuple[str, str]:
         "Extract the data from the document as JSON."
     )
     return SYSTEM, task
-
-
-def _render(loaded: Any, markdown: str, schema_text: str) -> str:
-    """The prompt text: the chat turns through the template, or plain text without one."""
-    system, task = _turns(markdown, schema_text)
-    if not loaded.has_chat_template:
-        return f"{system}\n\n{task}\nJSON: "
-    return loaded.tokenizer.apply_chat_template(
-        [{"role": "system", "content": system}, {"role": "user", "content": task}],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
 
 
 def _body(document: DocumentRequest, data: Any, model_id: str) -> dict[str, Any]:

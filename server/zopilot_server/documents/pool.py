@@ -19,6 +19,7 @@ import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -115,6 +116,17 @@ class _Worker:
         self.conn.close()
 
 
+@dataclass(frozen=True)
+class PoolStats:
+    """A read-only view of the pool now (metrics gauges, health, tests)."""
+
+    size: int  # most workers the pool runs
+    live: int  # worker processes running or starting
+    idle: int  # live workers waiting for a job
+    busy: int  # workers parsing now
+    waiting: int  # calls waiting for a free worker
+
+
 class WorkerPool:
     """At most ``size`` worker processes; idle ones wait in a queue for the next job."""
 
@@ -155,6 +167,19 @@ class WorkerPool:
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.pid is not None]
+
+    def worker_processes(self) -> list[BaseProcess]:
+        """The live workers' processes (for tests that watch them die)."""
+        return [w.process for w in self._workers]
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            size=self._size,
+            live=self.live,
+            idle=self.idle_count,
+            busy=self._busy,
+            waiting=self._waiting,
+        )
 
     def prestart(self) -> None:
         """Start every worker in the background (first requests then find them warm)."""

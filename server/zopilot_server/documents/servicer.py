@@ -1,8 +1,8 @@
 """The zopilot.v1.Documents servicer: protobuf in, DocumentParser, protobuf out.
 
 All logic lives below (validation, detection, parser, pool, worker, extract); this
-module only translates and logs one line per request; errors.STATUS_TABLE says what
-our domain errors mean as gRPC statuses.
+module only translates and logs one line per request; error_table.STATUS_TABLE says what
+our domain errors mean as gRPC statuses (the RPC chain's ErrorMapping link applies it).
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 
 from ..config import ServerConfig
-from ..errors import (
-    loggable,
-    rpc_errors,
-)
-from .domain import (
-    ParseOutcome,
-)
+from ..errors import loggable
+from .domain import ParseOutcome
 from .model_fields import EngineSource, ModelFieldFiller
 from .parser import DocumentParser
 from .validation import DocumentRequest, to_document_request
@@ -43,7 +38,6 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
     async def close(self) -> None:
         await self.parser.close()
 
-    @rpc_errors
     async def DocumentParse(
         self, request: pb.DocumentParseRequest, context: grpc.aio.ServicerContext
     ) -> pb.DocumentParseResponse:

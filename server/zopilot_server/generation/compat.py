@@ -13,9 +13,11 @@ scattered through the loader:
   loaded it. ``save_jinja_files=False`` keeps the template inside
   ``tokenizer_config.json``, which every version reads.
 
-Everything else the engine uses (generate() keywords, the streamer, logits processor and
-stopping criteria, GGUF loading) behaves the same: the main suite's generation and client
-tests pass under 4.57 too (run with .venv-quant).
+One difference is bridged where it is used instead, because it is part of how the runner
+builds its KV cache: since 4.56 a ``Cache`` is made of per-layer objects (the runner's
+cache code checks for them). The rest the engine uses (the model's forward with a
+``Cache``, the ``TextIteratorStreamer`` base, GGUF loading) behaves the same: the main
+suite's generation and client tests pass under 4.57 too (run with .venv-quant).
 """
 
 from __future__ import annotations

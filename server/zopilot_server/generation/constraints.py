@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import enum
 import importlib.metadata
 import json
 import threading
@@ -24,22 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .domain import ConstraintUnavailable, InvalidConstraint
+from .domain import ConstraintKind, ConstraintUnavailable, InvalidConstraint
 
 # JSON output on one line with a space after ',' and ':' (what a small model writes most
 # readily), and no free whitespace: flexible whitespace lets a model pad a document with
 # newlines until max_new_tokens instead of closing it.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _CACHE_SIZE = 64
-
-
-class ConstraintKind(enum.Enum):
-    """The GenerateRequest ``constraint`` oneof's fields."""
-
-    JSON_SCHEMA = "json_schema"
-    REGEX = "regex"
-    CHOICE = "choice"
-    JSON_OBJECT = "json_object"
 
 
 class ConstraintState:

@@ -1,7 +1,9 @@
 """Domain objects of the generation path, free of protobuf and torch.
 
-The servicer converts protobuf to these (validation.py) and back (servicer.py); the
-engine only ever sees these, so it can be tested and later batched without gRPC.
+The servicer converts protobuf to these (validation.py) and back (servicer.py); other
+in-process callers build them with requests.py. The engine and its batching scheduler
+only ever see these, so they can be tested without gRPC. This module imports nothing of
+ours but oom.py: every other generation module may import it.
 """
 
 from __future__ import annotations
@@ -9,12 +11,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .oom import is_out_of_memory
-
-if TYPE_CHECKING:
-    from .constraints import Constraint
 
 # Where a request's Chunks (or the exception that ends it) go, from the scheduler thread.
 Sink = Callable[[object], None]
@@ -30,6 +29,39 @@ class FinishReason(enum.Enum):
     TIME_LIMIT = 5
     SHUTDOWN = 6
     CONSTRAINT = 7
+
+
+class ConstraintKind(enum.Enum):
+    """Kinds of structured-output constraint: the GenerateRequest ``constraint`` oneof."""
+
+    JSON_SCHEMA = "json_schema"
+    REGEX = "regex"
+    CHOICE = "choice"
+    JSON_OBJECT = "json_object"
+
+
+class ConstraintCursor(Protocol):
+    """One request's position in its grammar (constraints.ConstraintState)."""
+
+    kind: ConstraintKind
+
+    def allowed(self) -> bytes: ...
+    def advance(self, token_id: int) -> None: ...
+    @property
+    def accepting(self) -> bool: ...
+    @property
+    def finished(self) -> bool: ...
+    @property
+    def error(self) -> str: ...
+
+
+class CompiledConstraint(Protocol):
+    """A compiled constraint (constraints.Constraint): what a request carries. Declared
+    here so that this module need not import the grammar engine's module."""
+
+    @property
+    def kind(self) -> ConstraintKind: ...
+    def start(self) -> ConstraintCursor: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +100,7 @@ class GenerationRequest:
     # time.monotonic() when the request arrived, for queue and TTFT timings.
     arrival: float = 0.0
     # Structured output: the compiled grammar the output must follow; None = free text.
-    constraint: Constraint | None = None
+    constraint: CompiledConstraint | None = None
     # Neither reuse another request's cached prompt KV nor leave ours for others.
     private: bool = False
 
@@ -163,6 +195,13 @@ class RequestTooLong(ValueError):
         self.limit = limit
 
 
+class ModelLoading(Exception):
+    """The model is not loaded yet: nothing can generate; retry shortly."""
+
+    def __init__(self) -> None:
+        super().__init__("the model is still loading; retry shortly (health: NOT_SERVING)")
+
+
 class EngineClosed(Exception):
     """The engine is draining or stopped and accepts no new work; retry elsewhere."""
 
@@ -202,6 +241,17 @@ class InvalidConstraint(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class PromptTooLong(ValueError):
+    """The prompt and the answer's room exceed the model's context."""
+
+    def __init__(self, tokens: int, max_new_tokens: int, context: int) -> None:
+        super().__init__(
+            f"prompt has {tokens} tokens; with max_new_tokens {max_new_tokens} that exceeds "
+            f"the model context of {context} tokens"
+        )
+        self.tokens = tokens
 
 
 class ConstraintUnavailable(Exception):

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from ..config import ServerConfig
 from .chunk_channel import ChunkChannel, ResultCollector
 from .constraints import ConstraintCompiler
 from .domain import Chunk, EngineLoad, GenerationRequest
@@ -42,11 +43,32 @@ __all__ = [
     "Job",
     "QueueFull",
     "Sink",
+    "batch_limits",
     "complete_generation",
     "stream_chunks",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def batch_limits(config: ServerConfig) -> BatchLimits:
+    """The batching limits of ``config``: ServerConfig holds the defaults (BatchLimits'
+    own serve the scheduler's unit tests only)."""
+    return BatchLimits(
+        max_batch_size=config.max_batch_size,
+        max_batch_tokens=config.max_batch_tokens,
+        max_prefill_tokens=config.max_prefill_tokens,
+        max_queue=config.max_queue,
+    )
+
+
+def arena_budget(config: ServerConfig) -> ArenaBudget:
+    """How much memory the KV arena of ``config`` may take."""
+    return ArenaBudget(
+        memory_mib=config.kv_cache_memory_mib,
+        memory_fraction=config.kv_cache_memory_fraction,
+        tokens_per_slot=config.kv_slot_tokens,
+    )
 
 
 class GenerationEngine:
@@ -62,8 +84,9 @@ class GenerationEngine:
         prefix_cache: bool = True,
         stream_interval_s: float = 0.0,
     ) -> None:
-        limits = limits or BatchLimits()
-        size = _arena_size(loaded, limits, budget or ArenaBudget())
+        limits = limits or batch_limits(ServerConfig())
+        budget = budget or arena_budget(ServerConfig())
+        size = _arena_size(loaded, limits, budget)
         runner = build_runner(loaded, size, prefix_cache=prefix_cache)
         self.arena: ArenaInfo = runner.info
         # A request may use what one slot holds: validation and ModelInfo see that.

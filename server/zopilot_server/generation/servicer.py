@@ -1,4 +1,8 @@
-"""The zopilot.v1.Generation servicer: protobuf in, engine, protobuf out. Nothing else."""
+"""The zopilot.v1.Generation servicer: protobuf in, engine, protobuf out. Nothing else.
+
+Errors need no handling here: the RPC chain's ErrorMapping link (rpc_chain.py) turns
+whatever a method raises into its status.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,17 @@ from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 
 from ..config import ServerConfig
-from ..errors import Unavailable, rpc_errors
-from .domain import Chunk, Completion, GenerationRequest, TokenDetail
+from .domain import Chunk, Completion, GenerationRequest, ModelLoading, TokenDetail
 from .engine import (
     GenerationEngine,
     complete_generation,
     stream_chunks,
 )
+from .requests import truncate_left
 from .validation import (
     check_tokenize_request,
     input_chars_limit,
     to_generation_request,
-    truncate_left,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     def _ready_engine(self) -> GenerationEngine:
         if self.engine is None:
-            raise Unavailable("the model is still loading; retry shortly (health: NOT_SERVING)")
+            raise ModelLoading
         return self.engine
 
     async def _domain_request(
@@ -57,7 +60,6 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         log.debug("request %s: %d input tokens", domain.request_id, len(domain.input_ids))
         return engine, domain
 
-    @rpc_errors
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
@@ -65,14 +67,12 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         async for chunk in stream_chunks(engine, domain):
             yield chunk_to_pb(chunk, domain.request_id)
 
-    @rpc_errors
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         engine, domain = await self._domain_request(request, context)
         return chunk_to_pb(await complete_generation(engine, domain), domain.request_id)
 
-    @rpc_errors
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
@@ -80,7 +80,6 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         check_tokenize_request(request, input_chars_limit(self._config, engine.loaded))
         return await asyncio.to_thread(tokenize, engine, request)
 
-    @rpc_errors
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:

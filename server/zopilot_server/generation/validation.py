@@ -10,8 +10,6 @@ import json
 import math
 import secrets
 import time
-import uuid
-from typing import Any
 
 from zopilot_client.pb import generation_pb2 as pb
 
@@ -21,6 +19,15 @@ from ..json_schema_text import SchemaTextProblem, parse_schema
 from .constraints import ConstraintCompiler, ConstraintKind
 from .domain import ConstraintUnavailable, GenerationRequest, SamplingParams
 from .model_loader import LoadedModel
+from .requests import (
+    CHARS_PER_TOKEN_BOUND,
+    ChatTurn,
+    deadline,
+    encode,
+    new_request_id,
+    render_chat,
+    truncate_left,
+)
 
 MAX_TEMPERATURE = 100.0
 # Below this, dividing the logits by the temperature overflows to inf (and sampling fails
@@ -59,10 +66,6 @@ class _Violations:
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidArgument(self.items)
-
-
-def new_request_id(client_id: str) -> str:
-    return client_id or uuid.uuid4().hex
 
 
 def to_generation_request(
@@ -233,9 +236,6 @@ def input_chars_limit(config: ServerConfig, loaded: LoadedModel) -> int:
     return max(loaded.max_context_length, 1) * CHARS_PER_TOKEN_BOUND
 
 
-CHARS_PER_TOKEN_BOUND = 16
-
-
 def _check_input_chars(message: pb.GenerateRequest, limit: int, v: _Violations) -> None:
     if message.prompt:
         if len(message.prompt) > limit:
@@ -264,11 +264,7 @@ def _render_input(message: pb.GenerateRequest, loaded: LoadedModel, v: _Violatio
     if v.items:
         return ""
     try:
-        return loaded.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in message.messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        return render_chat(loaded, [ChatTurn(m.role, m.content) for m in message.messages])
     except Exception as exc:  # noqa: BLE001 - jinja errors are the client's input problem
         v.add("messages", f"the chat template rejected the messages: {exc}")
         return ""
@@ -283,18 +279,6 @@ def check_tokenize_request(message: pb.TokenizeRequest, max_chars: int) -> None:
         v.add("text", Message.TOO_MANY_CHARS, value=len(message.text), limit=max_chars)
     v.check_not_negative("truncate_input_tokens", message.truncate_input_tokens)
     v.raise_if_any()
-
-
-def encode(tokenizer: Any, text: str, *, add_special_tokens: bool) -> list[int]:
-    """Token ids of ``text``. Never passes truncation options: they mutate the (shared)
-    Rust tokenizer and make concurrent use fail with 'Already borrowed'."""
-    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-
-def truncate_left(ids: list[int], keep_last: int) -> tuple[list[int], bool]:
-    if keep_last > 0 and len(ids) > keep_last:
-        return ids[-keep_last:], True
-    return ids, False
 
 
 def _sampling(message: pb.GenerateRequest) -> SamplingParams:
@@ -319,9 +303,9 @@ def _deadline(
     grpc_time_remaining: float | None,
 ) -> float | None:
     """The earlier of time_limit_ms and the gRPC deadline less the delivery margin."""
-    candidates = []
-    if message.time_limit_ms > 0:
-        candidates.append(arrival + message.time_limit_ms / 1000)
-    if grpc_time_remaining is not None:
-        candidates.append(arrival + grpc_time_remaining - config.deadline_margin_ms / 1000)
-    return min(candidates) if candidates else None
+    return deadline(
+        arrival,
+        time_limit_s=message.time_limit_ms / 1000 if message.time_limit_ms > 0 else None,
+        time_remaining_s=grpc_time_remaining,
+        margin_s=config.deadline_margin_ms / 1000,
+    )
