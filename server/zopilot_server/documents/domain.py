@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class OutputFormat(str, enum.Enum):
@@ -69,6 +70,20 @@ class ParseOutcome:
     parser_version: str = ""
     warnings: list[str] = field(default_factory=list)
     field_extraction: str = ""  # "model", "labels", or "" when no fields were asked for
+
+
+@dataclass
+class Extraction:
+    """A reader's markdown for one document, and what it learnt on the way (formats.py:
+    every reader returns one; extract.parse renders the outputs from it)."""
+
+    markdown: str
+    method: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    page_count: int = 0
+    sheet_count: int = 0
+    slide_count: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 class DocumentError(Exception):

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fields, ocr, ocr_models, office, outputs
+from . import fields, formats, ocr, ocr_models, office, outputs
 from .domain import (
     LABEL_MATCH_WARNING,
     DocumentRejected,
+    Extraction,
     OcrModelsMissing,
     OutputFormat,
     ParseJob,
@@ -40,7 +41,6 @@ PROCESSORS = {
     "html": "HTMLProcessor",
     "txt": "TXTProcessor",
 }
-OCR_TYPES = frozenset({"png", "jpg", "gif", "bmp", "tiff", "webp"})
 # metadata["page_methods"] entries: how each page's text was obtained.
 TEXT_METHOD = "pymupdf-text"
 OCR_METHOD = f"{ocr.ENGINE}-ocr"
@@ -52,19 +52,6 @@ _SPLIT_HEADING = re.compile(r"^(#+)\n## ", re.MULTILINE)
 _HASH_LINE = re.compile(r"^([ \t]*)#", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n{3,}")
 _DOCX_MERGED = "*Warning: Table contains merged cells which may not render correctly"
-
-
-@dataclass
-class Extraction:
-    """docstrange's markdown for one document, and what we learnt on the way."""
-
-    markdown: str
-    method: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    page_count: int = 0
-    sheet_count: int = 0
-    slide_count: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,13 +136,15 @@ def parse(job: ParseJob, model_dir: str) -> ParseOutcome:
 
 
 def _extract(job: ParseJob, model_dir: Path) -> Extraction:
-    if job.doc_type == "pdf":
-        return _pdf(job, model_dir)
-    if job.doc_type in OCR_TYPES:
-        if ocr_models.missing(model_dir):
-            return _bundled_image(job)
-        return _ocr(job, model_dir, "ImageProcessor")
-    return _office(job)
+    """The registry's reader for the job's type (formats.py)."""
+    return formats.reader(job.doc_type)(job, model_dir)  # type: ignore[no-any-return]
+
+
+def read_image(job: ParseJob, model_dir: Path) -> Extraction:
+    """An image: docstrange's OCR when its models are installed, else the bundled one."""
+    if ocr_models.missing(model_dir):
+        return _bundled_image(job)
+    return _ocr(job, model_dir, "ImageProcessor")
 
 
 # Our own walkers (office.py) for the formats whose docstrange processor loses content.
@@ -181,7 +170,8 @@ def _ocr_markdown(pages: list[ocr.OcrPage]) -> str:
     )
 
 
-def _office(job: ParseJob) -> Extraction:
+def read_office(job: ParseJob, model_dir: Path) -> Extraction:
+    """docx / pptx / xlsx / csv through our walkers, html / txt through docstrange."""
     if job.doc_type in OWN_WALKERS and job.path.endswith(f".{job.doc_type}"):
         return _own_office(job)
     return _docstrange_office(job)
@@ -505,7 +495,8 @@ def escape_hash_lines(text: str) -> str:
     return _HASH_LINE.sub(r"\1\\#", text)
 
 
-def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
+def read_pdf(job: ParseJob, model_dir: Path) -> Extraction:
+    """A PDF: its text layer page by page, OCR for the pages that have none."""
     read_pdf = _pdf_pages(job)
     pages, repaired = read_pdf.pages, read_pdf.repaired
     empty = [n for n, text in enumerate(pages) if not text.strip()]
