@@ -70,6 +70,10 @@ class ParseOutcome:
     parser_version: str = ""
     warnings: list[str] = field(default_factory=list)
     field_extraction: str = ""  # "model", "labels", or "" when no fields were asked for
+    # (offset, number) where each page, slide or sheet starts in the markdown (chunking.py).
+    page_marks: list[tuple[int, int]] = field(default_factory=list)
+    chunks: list[Any] = field(default_factory=list)  # chunking.Chunk, set in the server
+    chunk_tokenizer: str = ""
 
 
 @dataclass

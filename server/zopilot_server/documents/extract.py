@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fields, formats, ocr, ocr_models, office, outputs
+from . import chunking, fields, formats, ocr, ocr_models, office, outputs
 from .domain import (
     LABEL_MATCH_WARNING,
     DocumentRejected,
@@ -132,6 +132,9 @@ def parse(job: ParseJob, model_dir: str) -> ParseOutcome:
         processing_ms=(time.perf_counter() - started) * 1000,
         parser_version=parser_version(),
         warnings=warnings,
+        page_marks=chunking.page_marks(
+            job.doc_type, extraction.markdown, extraction.metadata.get("sheet_names", ())
+        ),
     )
 
 
