@@ -136,6 +136,8 @@ def _check_content(doc_type: DocType, content: bytes) -> Detected:
         raise DocumentRejected("content", "is empty")
     if doc_type.family is Family.TEXT:
         return _check_text(doc_type, content)
+    if doc_type.family is Family.RAW_TEXT:
+        return _check_raw_text(doc_type, content)
     if doc_type.family is Family.ZIP:
         _check_zip(doc_type, content)
     elif sniff(content) is not doc_type:
@@ -190,6 +192,20 @@ def _check_text(doc_type: DocType, content: bytes) -> Detected:
         return Detected(doc_type, content)
     warning = f"content is not UTF-8; decoded as {encoding}"
     return Detected(doc_type, text.encode("utf-8"), [warning])
+
+
+def _check_raw_text(doc_type: DocType, content: bytes) -> Detected:
+    """Text that names its own encodings: not binary, starting with its magic if it
+    has one; the bytes go to the reader as sent."""
+    binary = sniff(content)
+    if binary is not None and binary.family not in (Family.TEXT, Family.RAW_TEXT):
+        _mismatch(doc_type, content)
+    utf16 = content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if not utf16 and b"\x00" in content[:TEXT_SNIFF_BYTES]:
+        raise DocumentRejected("content", f"is binary (NUL bytes), not {doc_type.name} text")
+    if doc_type.magic and not content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(doc_type.magic):
+        _mismatch(doc_type, content)
+    return Detected(doc_type, content)
 
 
 def _decode(content: bytes) -> tuple[str, str]:

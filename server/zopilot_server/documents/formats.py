@@ -25,6 +25,9 @@ class Family(enum.Enum):
     """How a type's bytes are checked before a worker sees them."""
 
     TEXT = "text"  # decoded (charset detection), re-encoded as UTF-8; must not be binary
+    # Text that declares its own encodings (XML declaration, RTF \ansicpg, MIME
+    # charsets): kept as sent, only checked not to be binary.
+    RAW_TEXT = "raw text"
     PDF = "pdf"
     ZIP = "zip"  # a zip container: marker member, central directory, expansion limit
     IMAGE = "image"
@@ -93,6 +96,24 @@ TYPES: tuple[DocType, ...] = (
     DocType("tiff", Family.IMAGE, (".tiff", ".tif"), ("image/tiff",), "extract:read_image",
             (b"II*\x00", b"MM\x00*"), limits=_OCR),
     DocType("webp", Family.IMAGE, (".webp",), ("image/webp",), "extract:read_image", limits=_OCR),
+    DocType("md", Family.TEXT, (".md", ".markdown"), ("text/markdown", "text/x-markdown"),
+            "readers.markdown:read"),
+    DocType("json", Family.TEXT, (".json",), ("application/json",), "readers.json_data:read"),
+    DocType("xml", Family.RAW_TEXT, (".xml",), ("application/xml", "text/xml"),
+            "readers.xml_data:read", limits=frozenset({Limit.XML})),
+    DocType("odt", Family.ZIP, (".odt",), (_ODF + "text",), "readers.odf:read_odt",
+            zip_mimetype=_ODF + "text", limits=_ZIP | {Limit.CELLS}),
+    DocType("ods", Family.ZIP, (".ods",), (_ODF + "spreadsheet",), "readers.odf:read_ods",
+            zip_mimetype=_ODF + "spreadsheet", limits=_ZIP | {Limit.CELLS}),
+    DocType("odp", Family.ZIP, (".odp",), (_ODF + "presentation",), "readers.odf:read_odp",
+            zip_mimetype=_ODF + "presentation", limits=_ZIP | {Limit.CELLS}),
+    DocType("rtf", Family.RAW_TEXT, (".rtf",), ("application/rtf", "text/rtf"),
+            "readers.rtf:read", (b"{\\rtf",)),
+    DocType("epub", Family.ZIP, (".epub",), ("application/epub+zip",), "readers.epub:read",
+            zip_mimetype="application/epub+zip", limits=_ZIP),
+    DocType("eml", Family.RAW_TEXT, (".eml",), ("message/rfc822",), "readers.eml:read"),
+    DocType("xls", Family.BINARY, (".xls",), ("application/vnd.ms-excel",), "readers.xls:read",
+            (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",), limits=frozenset({Limit.CELLS})),
 )  # fmt: skip
 # Refused with a hint: the formats people save these as.
 LEGACY_OFFICE = {".doc": ".docx", ".ppt": ".pptx"}
