@@ -157,7 +157,7 @@ OWN_WALKERS = {"docx": "python-docx", "pptx": "python-pptx", "xlsx": "openpyxl",
 def _bundled_image(job: ParseJob) -> Extraction:
     """An image (every page of a multi-page TIFF) through the bundled engine."""
     images, warnings = ocr.image_pages(job)
-    pages = [ocr.read(image) for image in images]
+    pages = [ocr.read_image(image, job.ocr_max_pixels) for image in images]
     markdown = _ocr_markdown(pages) if len(pages) > 1 else pages[0].text
     methods = [OCR_METHOD] * len(pages)
     extraction = Extraction(
