@@ -530,3 +530,40 @@ def json_records() -> bytes:
 
     header, *rows = TABLE_ROWS
     return json.dumps([dict(zip(header, row, strict=True)) for row in rows]).encode()
+
+
+# --- PDF structure: headings drawn by font size and weight, two columns --------------
+
+PDF_HEADINGS = [("Annual Orchard Review", 22, 3), ("Growing Season", 15, 4),
+                ("Key findings", 10, 5), ("Two Column Notes", 15, 4)]  # fmt: skip
+LEFT_COLUMN = " ".join(f"left{n} column words flow down first." for n in range(12))
+RIGHT_COLUMN = " ".join(f"right{n} column words come after." for n in range(12))
+
+
+def pdf_structured() -> bytes:
+    """Page 1: a title, a section heading and a bold run-in heading over body text.
+    Page 2: a heading, then two columns written line by line across the page (the
+    content stream interleaves them), then a full-width closing line."""
+    import textwrap
+
+    document = pymupdf.open()
+    page = document.new_page()
+    (title, title_size, _), (section, section_size, _), (bold, _, _), _ = PDF_HEADINGS
+    page.insert_text((72, 72), title, fontsize=title_size, fontname="hebo")
+    page.insert_text((72, 110), section, fontsize=section_size, fontname="hebo")
+    page.insert_textbox(pymupdf.Rect(72, 125, 520, 200), FORMAT_WORDS * 3, fontsize=10)
+    page.insert_text((72, 220), bold, fontsize=10, fontname="hebo")
+    page.insert_textbox(pymupdf.Rect(72, 232, 520, 300), FORMAT_WORDS * 2, fontsize=10)
+    page = document.new_page()
+    page.insert_text((72, 72), PDF_HEADINGS[3][0], fontsize=PDF_HEADINGS[3][1], fontname="hebo")
+    left, right = textwrap.wrap(LEFT_COLUMN, 38), textwrap.wrap(RIGHT_COLUMN, 38)
+    for n in range(max(len(left), len(right))):
+        if n < len(left):
+            page.insert_text((72, 110 + n * 13), left[n], fontsize=10)
+        if n < len(right):
+            page.insert_text((320, 110 + n * 13), right[n], fontsize=10)
+    page.insert_text((72, 700), "The closing line runs across the whole width of the page.",
+                     fontsize=10)  # fmt: skip
+    data = document.tobytes()
+    document.close()
+    return data

@@ -19,7 +19,7 @@ import zopilot_client as zc
 from support import InProcessServer, violated_fields
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
-from zopilot_server.documents.chunk_tokenizers import counter
+from zopilot_server.documents.chunk_tokenizers import counter, token_starts
 from zopilot_server.documents.chunking import (
     ChunkingRefused,
     ChunkingRequest,
@@ -41,10 +41,15 @@ MARKDOWN = (
 
 
 @pytest.fixture(scope="module")
-def count(smollm2_dir: Path) -> Any:
+def tokenizer(smollm2_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return counter(AutoTokenizer.from_pretrained(str(smollm2_dir)))
+    return AutoTokenizer.from_pretrained(str(smollm2_dir))
+
+
+@pytest.fixture(scope="module")
+def count(tokenizer: Any) -> Any:
+    return counter(tokenizer)
 
 
 def _assert_sound(markdown: str, chunks: list[Any], max_tokens: int, count: Any) -> None:
@@ -63,10 +68,15 @@ def _assert_sound(markdown: str, chunks: list[Any], max_tokens: int, count: Any)
                 assert line.rstrip().endswith("|"), f"a table row was cut: {line!r}"
 
 
+@pytest.mark.parametrize("indexed", [True, False], ids=["offsets", "piece-counts"])
 @pytest.mark.parametrize(("max_tokens", "overlap"), [(64, 0), (64, 16), (200, 40), (4096, 0)])
-def test_chunks_reassemble_the_markdown_within_the_limit(count, max_tokens, overlap):
+def test_chunks_reassemble_the_markdown_within_the_limit(
+    tokenizer, count, max_tokens, overlap, indexed
+):
     warnings: list[str] = []
-    chunks = chunk_markdown(MARKDOWN, ChunkingRequest(max_tokens, overlap), count, [], warnings)
+    starts = token_starts(tokenizer) if indexed else None
+    request = ChunkingRequest(max_tokens, overlap)
+    chunks = chunk_markdown(MARKDOWN, request, count, [], warnings, starts)
     _assert_sound(MARKDOWN, chunks, max_tokens, count)
     assert warnings == []
     if max_tokens == 4096:

@@ -431,3 +431,35 @@ def test_pdf_table_text_is_neither_lost_nor_repeated() -> None:
     ) == Counter(layer.split())
     assert "| Item | Qty | Price |" in text.splitlines()
     assert text.splitlines()[-3].endswith("w21")  # past the rule (x=432): a line after the table
+
+
+def test_pdf_headings_come_from_font_size_and_weight(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_JSON]
+    reply = parse(build.pdf_structured(), "review.pdf", formats=formats)
+    lines = reply.markdown.splitlines()
+    for text, _size, level in build.PDF_HEADINGS:
+        assert f"{'#' * level} {text}" in lines, (text, reply.markdown)
+    assert sum(line.startswith("###") for line in lines) == len(build.PDF_HEADINGS)
+    assert json.loads(reply.json)["heading_count"] == len(build.PDF_HEADINGS)
+
+
+def test_pdf_two_columns_read_in_column_order(parse: Parse) -> None:
+    from collections import Counter
+
+    import pymupdf
+
+    markdown = parse(build.pdf_structured(), "review.pdf").markdown
+    page = markdown.split("## Page 2", 1)[1]
+    assert page.index("left11") < page.index("right0")  # the whole left column first
+    assert page.index("right11") < page.index("closing line")
+    with pymupdf.open(stream=build.pdf_structured()) as source:
+        layer = source[1].get_text()
+    assert Counter(page.replace("#", " ").split()) == Counter(layer.split())
+
+
+def test_pdf_chunks_carry_the_heading_path(parse: Parse) -> None:
+    request = {"chunking": pb.ChunkingOptions(max_tokens=40)}
+    chunks = parse(build.pdf_structured(), "review.pdf", **request).chunks
+    paths = {tuple(c.heading_path) for c in chunks}
+    assert ("Page 1", "Annual Orchard Review", "Growing Season", "Key findings") in paths
+    assert ("Page 2", "Two Column Notes") in paths

@@ -78,6 +78,19 @@ def counter(tokenizer: Any) -> Any:
     return count
 
 
+def token_starts(tokenizer: Any) -> Any:
+    """Token start offsets of a batch of texts, or None for a tokenizer without
+    offsets (a slow one): chunking then counts each piece it considers."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+
+    def starts(texts: list[str]) -> list[list[int]]:
+        found = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return [[start for start, _end in offsets] for offsets in found["offset_mapping"]]
+
+    return starts
+
+
 async def chunk_outcome(
     outcome: ParseOutcome,
     request: ChunkingRequest,
@@ -97,6 +110,7 @@ async def chunk_outcome(
             counter(tokenizer),
             outcome.page_marks,
             outcome.warnings,
+            token_starts(tokenizer),
         )
     except ChunkingRefused as exc:
         raise InvalidArgument.single("chunking", str(exc)) from exc

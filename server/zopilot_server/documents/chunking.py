@@ -39,6 +39,9 @@ MAX_CHUNKS = 100_000
 REPACK_ATTEMPTS = 4
 
 Counter = Callable[[list[str]], list[int]]
+# Token start offsets (characters) of each text: one tokenization of the document then
+# counts any span by bisection (fast tokenizers have offsets; None: count every piece).
+Starts = Callable[[list[str]], list[list[int]]]
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
@@ -124,6 +127,7 @@ def chunk_markdown(
     count: Counter,
     marks: Sequence[tuple[int, int]] = (),
     warnings: list[str] | None = None,
+    starts: Starts | None = None,
 ) -> list[Chunk]:
     """The markdown's chunks (see the module docstring); ``count`` gives each text's
     token count; notes about forced cuts are appended to ``warnings``."""
@@ -137,9 +141,10 @@ def chunk_markdown(
         return []
     blocks = _blocks(markdown)
     cache: dict[tuple[int, int], int] = {}
+    index = _token_index(markdown, blocks, starts) if starts is not None else None
     limit = request.max_tokens
     for _attempt in range(REPACK_ATTEMPTS):
-        packer = _Packer(markdown, blocks, limit, request.overlap_tokens, count, cache)
+        packer = _Packer(markdown, blocks, limit, request.overlap_tokens, count, cache, index)
         spans = packer.pack()
         texts = [
             markdown[o:e] if header is None else header + markdown[s:e] for o, s, e, header in spans
@@ -173,6 +178,16 @@ def chunk_markdown(
             )
         )
     return chunks
+
+
+def _token_index(markdown: str, blocks: list[_Block], starts: Starts) -> list[int]:
+    """Where every token of the markdown starts, tokenized section by section (a batch
+    the tokenizer runs in parallel; sections never share a token)."""
+    edges = [b.start for b in blocks if b.kind == HEADING]
+    edges = sorted({0, *edges, len(markdown)})
+    spans = [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+    found = starts([markdown[a:b] for a, b in spans])
+    return [a + offset for (a, _b), offsets in zip(spans, found, strict=True) for offset in offsets]
 
 
 def _page_at(marks: Sequence[tuple[int, int]], offsets: list[int], position: int) -> int:
@@ -265,8 +280,10 @@ class _Packer:
         overlap: int,
         count: Counter,
         cache: dict[tuple[int, int], int],
+        index: list[int] | None = None,
     ) -> None:
         self.md = markdown
+        self.index = index
         self.blocks = blocks
         self.limit = limit
         self.overlap = min(overlap, limit - 1)  # a repack may lower the limit below it
@@ -301,6 +318,8 @@ class _Packer:
         return pieces
 
     def _counts(self, pieces: list[_Piece]) -> list[int]:
+        if self.index is not None:
+            return [self._indexed(p.start, p.end) for p in pieces]
         todo = [p for p in pieces if (p.start, p.end) not in self.cache]
         if todo:
             found = self._count([self.md[p.start : p.end] for p in todo])
@@ -363,13 +382,31 @@ class _Packer:
         elif self.overlap and self.last_kind in _PROSE:
             self.origin = self._overlap_start(*previous)
             if self.origin < previous[1]:
-                self.used = self._counts_text(self.md[self.origin : previous[1]])
+                if self.index is not None:
+                    self.used = self._indexed(self.origin, previous[1])
+                else:
+                    self.used = self._counts_text(self.md[self.origin : previous[1]])
+
+    def _indexed(self, start: int, end: int) -> int:
+        assert self.index is not None
+        return bisect.bisect_left(self.index, end) - bisect.bisect_left(self.index, start)
 
     def _counts_text(self, text: str) -> int:
-        return self._count([text])[0]
+        key = (-1, hash(text))
+        if key not in self.cache:
+            self.cache[key] = self._count([text])[0]
+        return self.cache[key]
 
     def _overlap_start(self, start: int, end: int) -> int:
         """Where the previous chunk's last words within ``overlap`` tokens begin."""
+        if self.index is not None:
+            first = bisect.bisect_left(self.index, start)
+            last = bisect.bisect_left(self.index, end)
+            at = self.index[max(first, last - self.overlap)] if last > first else end
+            if at > start and not self.md[at - 1].isspace():
+                found = _WORD_END.search(self.md, at, end)  # the next word's start
+                at = found.end() if found else end
+            return min(max(at, start), end)
         cuts = [m.end() for m in _WORD_END.finditer(self.md, start, end) if m.end() < end]
         cuts.insert(0, start)
         low, high = 0, len(cuts)  # cuts[low:] are candidates; fewer words from higher

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import chunking, fields, formats, ocr, ocr_models, office, outputs
+from . import chunking, fields, formats, ocr, ocr_models, office, outputs, pdf_structure
 from .domain import (
     LABEL_MATCH_WARNING,
     DocumentRejected,
@@ -292,6 +292,15 @@ class PdfText:
     repaired: bool
     table_count: int = 0
     warnings: list[str] = field(default_factory=list)
+    headings: int = 0  # found from font sizes and weights (pdf_structure.py)
+    column_pages: int = 0  # pages read column by column
+
+
+def _page_structure(page: Any) -> pdf_structure.PageStructure | None:
+    """Headings and column order of a page without tables (None: plain text as is)."""
+    import pymupdf
+
+    return pdf_structure.structure(page.get_text("dict", flags=pymupdf.TEXTFLAGS_TEXT))
 
 
 def _pdf_pages(job: ParseJob) -> PdfText:
@@ -313,6 +322,13 @@ def _pdf_pages(job: ParseJob) -> PdfText:
             result = PdfText([], bool(getattr(document, "is_repaired", False)))
             for number, page in enumerate(document, start=1):
                 text, tables = pdf_page_text(page, number, result.warnings)
+                found = None if tables or not text.strip() else _page_structure(page)
+                if found is None:
+                    text = escape_hash_lines(text)
+                else:
+                    text = found.markdown
+                    result.headings += found.headings
+                    result.column_pages += found.columns > 1
                 result.pages.append(text)
                 result.table_count += tables
             return result
@@ -509,15 +525,22 @@ def read_pdf(job: ParseJob, model_dir: Path) -> Extraction:
         return extraction
     ocr.check_pages(len(empty), job.ocr_max_pages)
     read = _ocr_pdf_pages(job, empty)
-    texts = [read[n][0].text if n in read else text.strip() for n, text in enumerate(pages)]
+    texts = [
+        escape_hash_lines(read[n][0].text) if n in read else text.strip()
+        for n, text in enumerate(pages)
+    ]
     markdown = "\n\n".join(
-        f"## Page {number}\n\n{escape_hash_lines(text)}"
-        for number, text in enumerate(texts, start=1)
-        if text
+        f"## Page {number}\n\n{text}" for number, text in enumerate(texts, start=1) if text
     )
     methods = [OCR_METHOD if n in read else TEXT_METHOD for n in range(len(pages))]
     method = "+".join(m for m in (TEXT_METHOD, OCR_METHOD) if m in methods)
-    metadata = {"pages": len(pages), "page_methods": methods, "table_count": read_pdf.table_count}
+    metadata = {
+        "pages": len(pages),
+        "page_methods": methods,
+        "table_count": read_pdf.table_count,
+        "heading_count": read_pdf.headings,
+        "multi_column_pages": read_pdf.column_pages,
+    }
     extraction = Extraction(markdown, method, metadata, len(pages))
     extraction.warnings += read_pdf.warnings
     extraction.warnings += [ocr.describe(n + 1, page, dpi) for n, (page, dpi) in read.items()]
