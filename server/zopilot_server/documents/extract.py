@@ -296,11 +296,9 @@ class PdfText:
     column_pages: int = 0  # pages read column by column
 
 
-def _page_structure(page: Any) -> pdf_structure.PageStructure | None:
+def _page_structure(page: Any, textpage: Any) -> pdf_structure.PageStructure | None:
     """Headings and column order of a page without tables (None: plain text as is)."""
-    import pymupdf
-
-    return pdf_structure.structure(page.get_text("dict", flags=pymupdf.TEXTFLAGS_TEXT))
+    return pdf_structure.structure(page.get_text("dict", textpage=textpage))
 
 
 def _pdf_pages(job: ParseJob) -> PdfText:
@@ -321,8 +319,10 @@ def _pdf_pages(job: ParseJob) -> PdfText:
                 raise DocumentRejected("content", "the PDF has no pages (corrupt?)")
             result = PdfText([], bool(getattr(document, "is_repaired", False)))
             for number, page in enumerate(document, start=1):
-                text, tables = pdf_page_text(page, number, result.warnings)
-                found = None if tables or not text.strip() else _page_structure(page)
+                # One text extraction serves the text, the tables and the structure.
+                textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+                text, tables = pdf_page_text(page, number, result.warnings, textpage)
+                found = None if tables or not text.strip() else _page_structure(page, textpage)
                 if found is None:
                     text = escape_hash_lines(text)
                 else:
@@ -346,7 +346,9 @@ def _pdf_pages(job: ParseJob) -> PdfText:
 PDF_TABLE_MAX_GRID = 3000
 
 
-def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int]:
+def pdf_page_text(
+    page: Any, number: int, warnings: list[str], textpage: Any = None
+) -> tuple[str, int]:
     """A page's text in reading order, each ruled table in it as a markdown table.
 
     Tables are PyMuPDF's ``find_tables`` with its line strategy (the table's drawn
@@ -361,23 +363,24 @@ def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int
     drawings = [] if page.rotation else page.get_cdrawings()
     grid = _rule_grid(drawings)
     if not grid:  # no horizontal or no vertical rule: nothing the line strategy could find
-        return page.get_text(), 0
+        return page.get_text(textpage=textpage), 0
     if grid > PDF_TABLE_MAX_GRID:
         warnings.append(
             f"pdf page {number}: its rules could form {grid} table cells (over "
             f"{PDF_TABLE_MAX_GRID}); tables were not looked for, their text is given as lines"
         )
-        return page.get_text(), 0
+        return page.get_text(textpage=textpage), 0
     try:
         tables = _pdf_tables(page, drawings)
     except Exception:  # noqa: BLE001 - a table-finder failure must not lose the text
         warnings.append(f"pdf page {number}: table detection failed; its text is given as lines")
-        return page.get_text(), 0
+        return page.get_text(textpage=textpage), 0
     if not tables:
-        return page.get_text(), 0
-    import pymupdf
+        return page.get_text(textpage=textpage), 0
+    if textpage is None:
+        import pymupdf
 
-    textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+        textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
     # Each text line either stays a line (None) or belongs to the table holding its centre.
     owner: dict[tuple[int, int], int | None] = {}
     stream: list[tuple[str, int | None]] = []
