@@ -337,13 +337,24 @@ def pdf_ruled_table(rows: list[list[str]] | None = None) -> bytes:
     return data
 
 
-def pdf_plain_columns() -> bytes:
-    """Text laid out in columns, like a table, but with no ruled lines (no drawings)."""
+PLAIN_INTRO = "The prices below were agreed for the spring market in the town square."
+PLAIN_OUTRO = "Prices include the market fee and are valid until the end of May."
+
+
+def pdf_plain_columns(*, prose: bool = False, aligned: bool = True) -> bytes:
+    """Text laid out in columns, like a table, but with no ruled lines (no drawings);
+    with ``prose``, a paragraph above and below it; not ``aligned``: every value at its
+    own height (no rows)."""
     document = pymupdf.open()
     page = document.new_page()
+    if prose:
+        page.insert_text((72, 70), PLAIN_INTRO, fontsize=10)
     for r, row in enumerate(PDF_TABLE_ROWS):
         for c, value in enumerate(row):
-            page.insert_text((72 + c * 120, 100 + r * 24), value)
+            y = 100 + r * 24 + (0 if aligned else c * 8)
+            page.insert_text((72 + c * 120, y), value)
+    if prose:
+        page.insert_text((72, 200), PLAIN_OUTRO, fontsize=10)
     data = document.tobytes()
     document.close()
     return data

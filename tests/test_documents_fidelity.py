@@ -362,16 +362,20 @@ def test_pdf_ruled_table_becomes_a_markdown_table_in_place(parse: Parse) -> None
     assert tables[0]["headers"] == ["Item", "Qty", "Price"]
 
 
-def test_pdf_without_rules_gives_no_table(parse: Parse) -> None:
-    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV]
-    reply = parse(build.pdf_plain_columns(), "columns.pdf", formats=formats)
-    assert reply.markdown.splitlines() == [
-        "## Page 1",
-        "",
-        *[value for row in build.PDF_TABLE_ROWS for value in row],
-    ]
-    assert reply.csv == ""
-    assert "csv: the document has no tables; csv is empty" in reply.warnings
+def test_pdf_cells_aligned_without_rules_become_a_table(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV, pb.OUTPUT_FORMAT_JSON]
+    reply = parse(build.pdf_plain_columns(prose=True), "columns.pdf", formats=formats)
+    table = office.table(build.PDF_TABLE_ROWS)
+    assert reply.markdown == f"## Page 1\n\n{build.PLAIN_INTRO}\n\n{table}\n\n{build.PLAIN_OUTRO}"
+    assert list(csv.reader(io.StringIO(reply.csv))) == build.PDF_TABLE_ROWS
+    assert json.loads(reply.json)["table_count"] == 1
+
+
+def test_pdf_short_lines_that_do_not_align_stay_lines(parse: Parse) -> None:
+    reply = parse(build.pdf_plain_columns(aligned=False), "loose.pdf")
+    assert "|" not in reply.markdown
+    values = [value for row in build.PDF_TABLE_ROWS for value in row]
+    assert sorted(reply.markdown.split()[3:]) == sorted(values)
 
 
 def test_pdf_frame_around_a_paragraph_is_not_a_table() -> None:

@@ -329,6 +329,7 @@ def _pdf_pages(job: ParseJob) -> PdfText:
                     text = found.markdown
                     result.headings += found.headings
                     result.column_pages += found.columns > 1
+                    tables += found.tables
                 result.pages.append(text)
                 result.table_count += tables
             return result

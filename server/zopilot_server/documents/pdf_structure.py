@@ -1,4 +1,4 @@
-"""Structure a PDF's text layer does not state: headings and multi-column reading order.
+"""Structure a PDF's text layer does not state: headings, columns, tables without rules.
 
 A PDF draws glyphs; that a line is a heading, or that the page has two columns, is only
 visible in the fonts and the geometry. For a page without ruled tables (extract.py
@@ -18,7 +18,13 @@ span with its font size and flags) and:
   table and keeps its row order), the page is read column by column, left to right,
   between the full-width blocks (a title, an abstract, a footer), which keep their place.
 
-When neither is found the page reads exactly as before (``page.get_text()``), so plain
+- **tables without rules**: when the side-by-side groups are all short lines (no
+  running text), they are a grid: the groups are its columns and lines at the same
+  height its rows; with 2 rows and 2 columns at least, 60% of the cells filled and 2
+  cells in every row, it becomes a markdown table (the first row its header) at the
+  place of its first block. Anything less regular keeps its lines.
+
+When none is found the page reads exactly as before (``page.get_text()``), so plain
 pages cost one extra ``get_text("dict")`` and nothing else changes for them.
 """
 
@@ -30,12 +36,16 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from . import office
+
 HEADING_MIN_RATIO = 1.15
 HEADING_MAX_LINES = 3
 HEADING_MAX_CHARS = 200
 NARROW_SHARE = 0.55
 COLUMN_MIN_SHARE = 0.25
 COLUMN_MIN_LINE_CHARS = 20
+GRID_MIN_FILLED = 0.6
+GRID_MAX_LINES = 2000  # a page with more short lines than this is not searched for a grid
 BOLD_FLAG = 16  # PyMuPDF span flags: bit 4 is bold
 _HASH_LINE = re.compile(r"^([ \t]*)#", re.MULTILINE)
 _LETTER = re.compile(r"[^\W\d_]")
@@ -50,6 +60,7 @@ class Block:
     x1: float
     y1: float
     lines: list[str]
+    boxes: list[tuple[float, float, float, float]]  # each line's box
     size: float  # the largest span size
     bold: bool  # every non-blank span is bold
     chars: Counter[float]  # characters per (rounded) size
@@ -66,6 +77,7 @@ class PageStructure:
     markdown: str
     headings: int
     columns: int
+    tables: int = 0  # grids of short cells read as tables (no ruling lines)
 
 
 def blocks_of(page_dict: dict[str, Any]) -> list[Block]:
@@ -125,6 +137,7 @@ def _block(lines: list[dict[str, Any]]) -> Block:
         max(b[2] for b in boxes),
         max(b[3] for b in boxes),
         texts,
+        [tuple(box) for box in boxes],
         max(sizes, default=0.0),
         bold,
         chars,
@@ -139,19 +152,25 @@ def structure(page_dict: dict[str, Any]) -> PageStructure | None:
         return None
     body = _body_size(blocks)
     levels = [_heading_level(b, body, len(blocks)) for b in blocks]
-    order, columns = _reading_order(blocks)
-    headings = sum(1 for level in levels if level)
-    if not headings and columns < 2:
+    order, columns, grid = _reading_order(blocks)
+    rows = _grid_rows(blocks, grid) if grid else None
+    table = {i for group in grid for i in group} if rows else set()
+    headings = sum(1 for i, level in enumerate(levels) if level and i not in table)
+    if not headings and columns < 2 and not rows:
         return None
     parts = []
     for index in order:
         block, level = blocks[index], levels[index]
+        if index in table:
+            if index == min(table):
+                parts.append(office.table(rows or []))
+            continue
         if level:
             parts.append(f"{'#' * level} {block.text}")
         else:
             text = "\n".join(line.rstrip() for line in block.lines if line.strip())
             parts.append(_HASH_LINE.sub(r"\1\\#", text))
-    return PageStructure("\n\n".join(parts), headings, columns)
+    return PageStructure("\n\n".join(parts), headings, columns, 1 if rows else 0)
 
 
 def _body_size(blocks: list[Block]) -> float:
@@ -184,20 +203,24 @@ def _heading_level(block: Block, body: float, count: int) -> int:
     return 0
 
 
-def _reading_order(blocks: list[Block]) -> tuple[list[int], int]:
-    """Block indexes in reading order, and the number of columns found (1: none)."""
+def _reading_order(blocks: list[Block]) -> tuple[list[int], int, list[list[int]]]:
+    """Block indexes in reading order, the number of columns found (1: none), and the
+    groups of a grid of short cells (a table without rules) when the page has one."""
     left = min(b.x0 for b in blocks)
     right = max(b.x1 for b in blocks)
     width = right - left
     stream = list(range(len(blocks)))
     if width <= 0:
-        return stream, 1
+        return stream, 1, []
     narrow = [i for i in stream if (blocks[i].x1 - blocks[i].x0) < NARROW_SHARE * width]
     groups = _column_groups(blocks, narrow)
     if len(groups) < 2 or not _side_by_side(blocks, groups):
-        return stream, 1
-    if not all(_is_text_column(blocks, group, width) for group in groups):
-        return stream, 1  # a grid of short cells (an unruled table) keeps its rows
+        return stream, 1, []
+    texts = [_is_text_column(blocks, group, width) for group in groups]
+    if not any(texts):
+        return stream, 1, groups  # a grid of short cells: perhaps a table
+    if not all(texts):
+        return stream, 1, []
     column_of = {i: n for n, group in enumerate(groups) for i in group}
     wide = sorted((i for i in stream if i not in column_of), key=lambda i: blocks[i].y0)
     order: list[int] = []
@@ -210,7 +233,41 @@ def _reading_order(blocks: list[Block]) -> tuple[list[int], int]:
         if separator is not None:
             order.append(separator)
             top = _middle(blocks[separator])
-    return order, len(groups)
+    return order, len(groups), []
+
+
+def _grid_rows(blocks: list[Block], groups: list[list[int]]) -> list[list[str]] | None:
+    """The rows of a table drawn without rules: the groups are its columns, lines at
+    the same height its rows. None unless it looks like one: 2 rows and 2 columns at
+    least, ``GRID_MIN_FILLED`` of the cells filled, every row with 2 cells or more."""
+    cells = [
+        (column, (box[1] + box[3]) / 2, box[3] - box[1], text.strip())
+        for column, group in enumerate(groups)
+        for i in group
+        for text, box in zip(blocks[i].lines, blocks[i].boxes, strict=True)
+        if text.strip()
+    ]
+    if len(cells) > GRID_MAX_LINES:
+        return None
+    cells.sort(key=lambda cell: cell[1])
+    heights = sorted(cell[2] for cell in cells)
+    tolerance = heights[len(heights) // 2] / 2
+    rows: list[dict[int, str]] = []
+    row_middle = float("-inf")
+    for column, middle, _height, text in cells:
+        if middle - row_middle > tolerance:
+            rows.append({})
+            row_middle = middle
+        row = rows[-1]
+        row[column] = f"{row[column]} {text}" if column in row else text
+    filled = sum(len(row) for row in rows)
+    if (
+        len(rows) < 2
+        or filled < GRID_MIN_FILLED * len(rows) * len(groups)
+        or any(len(row) < 2 for row in rows)
+    ):
+        return None
+    return [[row.get(column, "") for column in range(len(groups))] for row in rows]
 
 
 def _column_groups(blocks: list[Block], narrow: list[int]) -> list[list[int]]:
