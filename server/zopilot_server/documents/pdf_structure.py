@@ -11,18 +11,20 @@ span with its font size and flags) and:
   its own, is a heading. Its level comes from the ratio, the same on every page: ``###``
   from 1.6x, ``####`` from 1.3x, ``#####`` below (and for bold body-size lines); ``#``
   and ``##`` stay free because each page is a ``## Page N`` section.
-- **columns**: blocks narrower than ``NARROW_SHARE`` of the text's width are grouped by
-  their horizontal extent; when two or more groups stand side by side (some of their
-  blocks share a height) and each is a column of running text (a quarter of the width
-  at least, lines of 20 characters on average: a grid of short cells is an unruled
-  table and keeps its row order), the page is read column by column, left to right,
-  between the full-width blocks (a title, an abstract, a footer), which keep their place.
-
-- **tables without rules**: when the side-by-side groups are all short lines (no
-  running text), they are a grid: the groups are its columns and lines at the same
-  height its rows; with 2 rows and 2 columns at least, 60% of the cells filled and 2
-  cells in every row, it becomes a markdown table (the first row its header) at the
-  place of its first block. Anything less regular keeps its lines.
+- **columns**: gutters are x ranges, 8 pt wide at least and inside the middle 70% of
+  the text, that few lines of the page's paragraphs cover (5%, else 15%, of the lines
+  at the busiest x; a paragraph is a block narrower than ``NARROW_SHARE`` of the text's
+  width, of two lines or more, 20 characters a line on average). When they cut the page
+  into columns a quarter of the width at least whose paragraphs stand side by side, the
+  page is read column by column, left to right; the blocks that fit in a column go with
+  it, and those that cross a gutter or span the page (a title, a centred author line, a
+  footer) keep their place between the bands of columns.
+- **tables without rules**: when the page has no paragraph and its narrow blocks stand
+  side by side in groups of short lines, they are a grid: the groups are its columns
+  and lines at the same height its rows; with 2 rows and 2 columns at least, 60% of
+  the cells filled and 2 cells in every row, it becomes a markdown table (the first
+  row its header) at the place of its first block; anything less regular keeps its
+  lines.
 
 When none is found the page reads exactly as before (``page.get_text()``), so plain
 pages cost one extra ``get_text("dict")`` and nothing else changes for them.
@@ -30,6 +32,7 @@ pages cost one extra ``get_text("dict")`` and nothing else changes for them.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections import Counter
@@ -44,6 +47,11 @@ HEADING_MAX_CHARS = 200
 NARROW_SHARE = 0.55
 COLUMN_MIN_SHARE = 0.25
 COLUMN_MIN_LINE_CHARS = 20
+GUTTER_BIN = 2.0  # points
+GUTTER_MIN_WIDTH = 8.0
+# A gutter is covered by at most this share of the lines covering the busiest x: the
+# strict value first, then the lenient one (a centred block bridging two columns).
+GUTTER_MAX_COVER = (0.05, 0.15)
 GRID_MIN_FILLED = 0.6
 GRID_MAX_LINES = 2000  # a page with more short lines than this is not searched for a grid
 BOLD_FLAG = 16  # PyMuPDF span flags: bit 4 is bold
@@ -61,7 +69,7 @@ class Block:
     y1: float
     lines: list[str]
     boxes: list[tuple[float, float, float, float]]  # each line's box
-    size: float  # the largest span size
+    size: float  # the largest span size (the heading test uses the dominant one)
     bold: bool  # every non-blank span is bold
     chars: Counter[float]  # characters per (rounded) size
 
@@ -190,7 +198,7 @@ def _heading_level(block: Block, body: float, count: int) -> int:
         or not _LETTER.search(text)
     ):
         return 0
-    ratio = block.size / body if body > 0 else 1.0
+    ratio = block.chars.most_common(1)[0][0] / body if body > 0 and block.chars else 1.0
     if ratio >= 1.6:
         return 3
     if ratio >= 1.3:
@@ -205,7 +213,13 @@ def _heading_level(block: Block, body: float, count: int) -> int:
 
 def _reading_order(blocks: list[Block]) -> tuple[list[int], int, list[list[int]]]:
     """Block indexes in reading order, the number of columns found (1: none), and the
-    groups of a grid of short cells (a table without rules) when the page has one."""
+    groups of a grid of short cells (a table without rules) when the page has one.
+
+    Columns are found from the paragraphs (narrow blocks of running text): their
+    horizontal extents are the columns. Every other block lying within one column's
+    extent belongs to it (a figure label, a short line); a block that crosses a gutter
+    (a centred author line) or spans the page (a title) stays where it is, between the
+    bands of columns above and below it."""
     left = min(b.x0 for b in blocks)
     right = max(b.x1 for b in blocks)
     width = right - left
@@ -213,27 +227,81 @@ def _reading_order(blocks: list[Block]) -> tuple[list[int], int, list[list[int]]
     if width <= 0:
         return stream, 1, []
     narrow = [i for i in stream if (blocks[i].x1 - blocks[i].x0) < NARROW_SHARE * width]
-    groups = _column_groups(blocks, narrow)
-    if len(groups) < 2 or not _side_by_side(blocks, groups):
+    paragraphs = [i for i in narrow if _is_paragraph(blocks[i])]
+    for extents in _columns(blocks, paragraphs, left, right):
+        groups = [[i for i in paragraphs if _within(blocks[i], extent)] for extent in extents]
+        if len(extents) >= 2 and all(groups) and _side_by_side(blocks, groups):
+            break
+    else:
+        cells = _column_groups(blocks, narrow)
+        if not paragraphs and len(cells) >= 2 and _side_by_side(blocks, cells):
+            return stream, 1, cells  # short lines side by side: perhaps a table
         return stream, 1, []
-    texts = [_is_text_column(blocks, group, width) for group in groups]
-    if not any(texts):
-        return stream, 1, groups  # a grid of short cells: perhaps a table
-    if not all(texts):
-        return stream, 1, []
-    column_of = {i: n for n, group in enumerate(groups) for i in group}
-    wide = sorted((i for i in stream if i not in column_of), key=lambda i: blocks[i].y0)
+    column_of = {}
+    for i in narrow:
+        inside = [n for n, extent in enumerate(extents) if _within(blocks[i], extent)]
+        if inside:
+            column_of[i] = inside[0]
+    wide = sorted((i for i in stream if i not in column_of), key=lambda i: _middle(blocks[i]))
+    middles = [_middle(blocks[i]) for i in wide]
+    # Each column block belongs to the band after the last full-width block above it.
+    bands: list[list[int]] = [[] for _ in range(len(wide) + 1)]
+    for i in column_of:
+        bands[bisect.bisect_right(middles, _middle(blocks[i]))].append(i)
     order: list[int] = []
-    top = float("-inf")
-    for separator in [*wide, None]:
-        bottom = blocks[separator].y0 if separator is not None else float("inf")
-        band = [i for i in column_of if top <= _middle(blocks[i]) < bottom]
-        band.sort(key=lambda i: (column_of[i], blocks[i].y0))
-        order.extend(band)
-        if separator is not None:
-            order.append(separator)
-            top = _middle(blocks[separator])
+    for number, band in enumerate(bands):
+        order.extend(sorted(band, key=lambda i: (column_of[i], blocks[i].y0)))
+        if number < len(wide):
+            order.append(wide[number])
     return order, len(groups), []
+
+
+def _columns(
+    blocks: list[Block], paragraphs: list[int], left: float, right: float
+) -> list[list[tuple[float, float]]]:
+    """Candidate column extents, strict first: the page cut at its gutters, x ranges at least
+    ``GUTTER_MIN_WIDTH`` wide that (almost) no paragraph line covers. A centred block
+    that bridges two columns covers a gutter with a few lines only, so it does not hide
+    it."""
+    bins = max(int((right - left) / GUTTER_BIN) + 1, 1)
+    cover = [0] * bins
+    for i in paragraphs:
+        for x0, _y0, x1, _y1 in blocks[i].boxes:
+            for b in range(int((x0 - left) / GUTTER_BIN), int((x1 - left) / GUTTER_BIN) + 1):
+                cover[min(b, bins - 1)] += 1
+    if not paragraphs or max(cover) == 0:
+        return []
+    return [_cut(cover, max(cover) * share, left, right) for share in GUTTER_MAX_COVER]
+
+
+def _cut(cover: list[int], quiet: float, left: float, right: float) -> list[tuple[float, float]]:
+    """The extents between the gutters of a coverage histogram ([] when none, or when
+    a column would be narrower than a quarter of the width)."""
+    bins = len(cover)
+    edges, run = [], 0
+    for b, count in enumerate(cover):
+        run = run + 1 if count <= quiet else 0
+        inner = 0.15 * bins < b < 0.85 * bins
+        ends = cover[min(b + 1, bins - 1)] > quiet  # the next x is covered again
+        if run * GUTTER_BIN >= GUTTER_MIN_WIDTH and inner and count <= quiet and ends:
+            edges.append((left + (b - run + 1) * GUTTER_BIN, left + (b + 1) * GUTTER_BIN))
+    cuts = [left, *(x for gap in edges for x in gap), right]
+    extents = [(cuts[n], cuts[n + 1]) for n in range(0, len(cuts), 2)]
+    width = right - left
+    if any(x1 - x0 < COLUMN_MIN_SHARE * width for x0, x1 in extents):
+        return []
+    return extents
+
+
+def _within(block: Block, extent: tuple[float, float]) -> bool:
+    return block.x0 >= extent[0] - GUTTER_BIN and block.x1 <= extent[1] + GUTTER_BIN
+
+
+def _is_paragraph(block: Block) -> bool:
+    """Running text: two lines at least, of ``COLUMN_MIN_LINE_CHARS`` on average."""
+    lines = [line.strip() for line in block.lines if line.strip()]
+    average = sum(len(line) for line in lines) / max(len(lines), 1)
+    return len(lines) >= 2 and average >= COLUMN_MIN_LINE_CHARS
 
 
 def _grid_rows(blocks: list[Block], groups: list[list[int]]) -> list[list[str]] | None:
@@ -283,16 +351,6 @@ def _column_groups(blocks: list[Block], narrow: list[int]) -> list[list[int]]:
             groups.append([i])
             extent.append((block.x0, block.x1))
     return groups
-
-
-def _is_text_column(blocks: list[Block], group: list[int], width: float) -> bool:
-    """Whether a group is a column of running text: a quarter of the text's width at
-    least, with lines of ``COLUMN_MIN_LINE_CHARS`` characters on average."""
-    left = min(blocks[i].x0 for i in group)
-    right = max(blocks[i].x1 for i in group)
-    lines = [line for i in group for line in blocks[i].lines if line.strip()]
-    average = sum(len(line.strip()) for line in lines) / max(len(lines), 1)
-    return right - left >= COLUMN_MIN_SHARE * width and average >= COLUMN_MIN_LINE_CHARS
 
 
 def _side_by_side(blocks: list[Block], groups: list[list[int]]) -> bool:
