@@ -233,3 +233,23 @@ def test_client_and_cli_return_the_same_chunks(tiny_server, tmp_path):
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     assert [line["text"] for line in lines] == [c.text for c in document.chunks]
     assert lines[0]["token_count"] == document.chunks[0].token_count
+
+
+def test_too_many_chunks_is_refused_not_built(count, monkeypatch):
+    from zopilot_server.documents import chunking
+
+    monkeypatch.setattr(chunking, "MAX_CHUNKS", 5)
+    with pytest.raises(ChunkingRefused, match="more than 5 chunks"):
+        chunk_markdown("word " * 400, ChunkingRequest(2), count)
+
+
+def test_concurrent_chunked_parses_share_the_served_tokenizer(stub):
+    import concurrent.futures
+
+    texts = [(f"Sentence {n} of document {d}. " * 40).encode() for d in range(6) for n in (1,)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda t: _parse(stub, t, "c.txt", max_tokens=20), texts))
+    for text, reply in zip(texts, replies, strict=True):
+        assert "".join(c.text[c.prefix_chars :] for c in reply.chunks) == reply.markdown
+        assert reply.markdown.strip() == text.decode().strip()
+        assert max(c.token_count for c in reply.chunks) <= 20

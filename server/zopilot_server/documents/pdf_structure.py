@@ -55,6 +55,7 @@ GUTTER_MAX_COVER = (0.05, 0.15)
 GRID_MIN_FILLED = 0.6
 GRID_MAX_LINES = 2000  # a page with more short lines than this is not searched for a grid
 BOLD_FLAG = 16  # PyMuPDF span flags: bit 4 is bold
+BOLD_MIN_RATIO = 0.95
 _HASH_LINE = re.compile(r"^([ \t]*)#", re.MULTILINE)
 _LETTER = re.compile(r"[^\W\d_]")
 
@@ -205,8 +206,10 @@ def _heading_level(block: Block, body: float, count: int) -> int:
         return 4
     if ratio >= HEADING_MIN_RATIO:
         return 5
-    # Bold at body size: a heading only when short and not a sentence.
-    if block.bold and len(block.lines) == 1 and len(text) <= 80 and not text.endswith("."):
+    # Bold at body size (not smaller: figure labels): a heading only when short and not
+    # a sentence.
+    short = len(block.lines) == 1 and len(text) <= 80 and not text.endswith(".")
+    if block.bold and short and ratio >= BOLD_MIN_RATIO:
         return 5
     return 0
 
