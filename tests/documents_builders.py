@@ -313,15 +313,24 @@ def docx_merged_table() -> bytes:
 PDF_TABLE_ROWS = [["Item", "Qty", "Price"], ["apple", "3", "1.50"], ["pear", "10", "0.75"]]
 
 
-def pdf_ruled_table(rows: list[list[str]] | None = None) -> bytes:
+def pdf_ruled_table(
+    rows: list[list[str]] | None = None, *, header_above: list[str] | None = None,
+    caption: str = "",
+) -> bytes:  # fmt: skip
     """A text-layer page: a line of text, a table drawn as ruled lines with a word per
-    cell (the default: ``PDF_TABLE_ROWS``), then a closing line and "2 of 3" prose."""
+    cell (the default: ``PDF_TABLE_ROWS``), then a closing line and "2 of 3" prose.
+    ``header_above``: a header row drawn above the top rule, each over its column;
+    ``caption``: a sentence just above the top rule."""
     rows = rows or PDF_TABLE_ROWS
     document = pymupdf.open()
     page = document.new_page()
     page.insert_text((72, 72), "Intro line before the table")
     columns = len(rows[0])
     left, top, width, height = 72, 100, min(120, 450 // columns), 24
+    for c, value in enumerate(header_above or ()):
+        page.insert_text((left + c * width + 4, top - 6), value)
+    if caption:
+        page.insert_text((left + 4, top - 6), caption)
     for r in range(len(rows) + 1):
         page.draw_line((left, top + r * height), (left + columns * width, top + r * height))
     for c in range(columns + 1):

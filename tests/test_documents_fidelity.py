@@ -467,3 +467,16 @@ def test_pdf_chunks_carry_the_heading_path(parse: Parse) -> None:
     paths = {tuple(c.heading_path) for c in chunks}
     assert ("Page 1", "Annual Orchard Review", "Growing Season", "Key findings") in paths
     assert ("Page 2", "Two Column Notes") in paths
+
+
+def test_pdf_header_row_drawn_above_the_rules_joins_its_table(parse: Parse) -> None:
+    header = ["Name", "Count", "Unit price"]
+    reply = parse(build.pdf_ruled_table(header_above=header), "above.pdf")
+    assert office.table([header, *build.PDF_TABLE_ROWS]) in reply.markdown
+    assert "Unit price\n" not in reply.markdown  # not also a line
+
+
+def test_pdf_caption_above_the_rules_stays_a_line(parse: Parse) -> None:
+    caption = "Table 1 lists what the stall sold on Saturday morning"
+    reply = parse(build.pdf_ruled_table(caption=caption), "caption.pdf")
+    assert f"{caption}\n\n{office.table(build.PDF_TABLE_ROWS)}" in reply.markdown

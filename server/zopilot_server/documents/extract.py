@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import itertools
 import json
 import os
 import re
@@ -345,6 +346,10 @@ def _pdf_pages(job: ParseJob) -> PdfText:
 # graph paper or a vector chart is no table. A real table page stays far below (70
 # rows x 20 columns is 1400); the page's text is kept as lines, with a warning.
 PDF_TABLE_MAX_GRID = 3000
+# A header row drawn above a table's top rule lies at most this many of its own line
+# heights above the rule.
+HEADER_GAP_LINES = 1.5
+HEADER_MIN_GAP = 6.0  # points between the words of neighbouring header cells
 
 
 def pdf_page_text(
@@ -384,17 +389,24 @@ def pdf_page_text(
         textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
     # Each text line either stays a line (None) or belongs to the table holding its centre.
     owner: dict[tuple[int, int], int | None] = {}
-    stream: list[tuple[str, int | None]] = []
+    stream: list[tuple[str, tuple[int, int]]] = []
+    boxes: dict[tuple[int, int], _Box] = {}
     for block in page.get_text("dict", textpage=textpage)["blocks"]:
         for index, line in enumerate(block.get("lines", ())):
             x0, y0, x1, y1 = line["bbox"]
-            inside = _containing(tables, (x0 + x1) / 2, (y0 + y1) / 2)
-            owner[(block["number"], index)] = inside
-            stream.append(("".join(span["text"] for span in line["spans"]), inside))
-    rows, stray = _fill_cells(tables, owner, page.get_text("words", textpage=textpage))
+            key = (block["number"], index)
+            owner[key] = _containing(tables, (x0 + x1) / 2, (y0 + y1) / 2)
+            boxes[key] = (x0, y0, x1, y1)
+            stream.append(("".join(span["text"] for span in line["spans"]), key))
+    words = page.get_text("words", textpage=textpage)
+    rows, stray = _fill_cells(tables, owner, words)
+    for inside, keys, header in _headers_above(tables, owner, boxes, words):
+        owner.update(dict.fromkeys(keys, inside))
+        rows[inside].insert(0, header)
     pieces: list[str] = []
     placed: set[int] = set()
-    for text, inside in stream:
+    for text, key in stream:
+        inside = owner[key]
         if inside is None:
             pieces.append(text)
         elif inside not in placed:
@@ -457,7 +469,7 @@ def _pdf_tables(page: Any, drawings: list[dict[str, Any]]) -> list[tuple[_Box, _
     )
     found = page.find_tables(clip=clip, **_find_tables_options())
     # ``candidate.header`` would also look for a header row above the rules, at a
-    # third of the whole cost: such a row stays a text line just above the table.
+    # third of the whole cost: _headers_above does it from the words already read.
     return [
         (tuple(candidate.bbox), [list(row.cells) for row in candidate.rows])
         for candidate in found.tables
@@ -490,6 +502,81 @@ def _fill_cells(
     for (inside, r, c, _block, _line), found in lines.items():  # insertion: stream order
         rows[inside][r][c] = "\n".join(filter(None, [rows[inside][r][c], " ".join(found)]))
     return rows, stray
+
+
+def _headers_above(
+    tables: list[tuple[_Box, _Grid]],
+    owner: dict[tuple[int, int], int | None],
+    boxes: dict[tuple[int, int], _Box],
+    words: list[tuple[Any, ...]],
+) -> list[tuple[int, list[tuple[int, int]], list[str]]]:
+    """Header rows drawn above a table's top rule: for each table, the text lines right
+    above it (their bottom within ``HEADER_GAP_LINES`` line heights of the rule, inside
+    the table's width, at the height of the closest one) whose every word lies over one
+    of the table's columns, in two columns at least. Returns each such row's table, its
+    lines and its cells."""
+    by_line: dict[tuple[int, int], list[tuple[float, float, str]]] = {}
+    for x0, _y0, x1, _y1, word, block, line, _number in words:
+        by_line.setdefault((block, line), []).append((x0, x1, word))
+    taken: set[tuple[int, int]] = set()
+    found = []
+    for number, ((tx0, ty0, tx1, _ty1), grid) in enumerate(tables):
+        columns = _column_spans(grid)
+        above = [
+            key
+            for key, (x0, y0, x1, y1) in boxes.items()
+            if owner.get(key) is None
+            and key not in taken
+            and ty0 - HEADER_GAP_LINES * (y1 - y0) <= y1 <= ty0 + 2
+            and x0 >= tx0 - 2
+            and x1 <= tx1 + 2
+        ]
+        if not above or not columns:
+            continue
+        closest = boxes[max(above, key=lambda k: boxes[k][3])]
+        row = [k for k in above if abs(boxes[k][3] - closest[3]) <= (closest[3] - closest[1]) / 2]
+        cells = _header_cells(sorted(w for k in row for w in by_line.get(k, ())), columns)
+        if cells is not None:
+            taken.update(row)
+            found.append((number, row, cells))
+    return found
+
+
+def _header_cells(
+    line: list[tuple[float, float, str]], columns: list[tuple[float, float]]
+) -> list[str] | None:
+    """A line's words as one cell per column, or None unless it reads as a header row:
+    every word over a column, two columns used, and a wide gap (``HEADER_MIN_GAP``
+    points and twice the widest gap inside a cell) wherever the words pass from one
+    column to the next (a caption or a sentence flows across with ordinary spaces)."""
+    cells: list[list[str]] = [[] for _ in columns]
+    placed: list[tuple[int, float, float]] = []
+    for x0, x1, word in line:
+        middle = (x0 + x1) / 2
+        column = next((c for c, (a, b) in enumerate(columns) if a <= middle <= b), None)
+        if column is None:
+            return None
+        cells[column].append(word)
+        placed.append((column, x0, x1))
+    inner = [b[1] - a[2] for a, b in itertools.pairwise(placed) if a[0] == b[0]]
+    across = [b[1] - a[2] for a, b in itertools.pairwise(placed) if a[0] != b[0]]
+    if sum(1 for c in cells if c) < 2:
+        return None
+    if min(across) < max(HEADER_MIN_GAP, 2 * max(inner, default=0.0)):
+        return None
+    return [" ".join(c) for c in cells]
+
+
+def _column_spans(grid: _Grid) -> list[tuple[float, float]]:
+    """Each grid column's horizontal extent, from the cells that have a box."""
+    width = max((len(row) for row in grid), default=0)
+    spans = []
+    for c in range(width):
+        cells = [row[c] for row in grid if c < len(row) and row[c] is not None]
+        if not cells:
+            return []
+        spans.append((min(b[0] for b in cells), max(b[2] for b in cells)))  # type: ignore[index]
+    return spans
 
 
 def _holds(box: _Box, x: float, y: float) -> bool:
