@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -178,8 +179,6 @@ def test_pdf_chunks_carry_their_pages_and_only_markdown_was_asked_implicitly(stu
 
 
 def _page_numbers(text: str) -> list[str]:
-    import re
-
     return re.findall(r"Page (\d+) marker", text)
 
 
@@ -189,6 +188,14 @@ def test_workbook_chunks_number_sheets_in_workbook_order(stub):
     assert (1, 1) in sheets and (2, 2) in sheets
     costs = [c for c in response.chunks if "Rent" in c.text]
     assert costs and all(c.page_start == 2 and c.heading_path == ["Sheet: Costs"] for c in costs)
+
+
+def test_presentation_chunks_carry_their_slides(stub):
+    response = _parse(stub, build.pptx_deck(3), "deck.pptx", max_tokens=10)
+    for chunk in response.chunks:
+        numbers = {int(n) for n in re.findall(r"Slide title (\d)", chunk.text)}
+        assert numbers <= set(range(chunk.page_start, chunk.page_end + 1)), chunk
+    assert {c.page_start for c in response.chunks} == {1, 2, 3}
 
 
 @pytest.mark.parametrize(
