@@ -235,3 +235,27 @@ def test_deeply_nested_rtf_and_mime_do_not_crash_the_server(stub):
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _parse(stub, build.eml_message(), "ok.eml").markdown  # still serving
+
+
+def test_attachments_are_parsed_when_asked(stub):
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["Subject"] = "With attachments"
+    message.set_content("See the attached files.")
+    sub = "vnd.openxmlformats-officedocument.wordprocessingml.document"
+    message.add_attachment(build.docx_report(), maintype="application", subtype=sub,
+                           filename="report.docx")  # fmt: skip
+    message.add_attachment(b"%PDF-1.4 broken", maintype="application", subtype="pdf",
+                           filename="broken.pdf")  # fmt: skip
+    message.add_attachment(build.eml_message(), maintype="message", subtype="rfc822")
+    content = message.as_bytes()
+    listed = _parse(stub, content, "m.eml")
+    assert "## Attachment" not in listed.markdown
+    parsed = _parse(stub, content, "m.eml", parse_attachments=True)
+    assert "## Attachment: report.docx\n\n# Quarterly Report" in parsed.markdown
+    assert "Invoice Number: INV-2024-007" in parsed.markdown
+    broken = [w for w in parsed.warnings if "'broken.pdf' was not parsed" in w]
+    assert broken and "could not parse the pdf" in broken[0]
+    assert any("an attached e-mail is listed, not parsed" in w for w in parsed.warnings)
+    assert "Harvest numbers" not in parsed.markdown  # the attached e-mail's subject

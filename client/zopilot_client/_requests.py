@@ -121,6 +121,8 @@ class ParseOptions(CallOptions, total=False):
     #: The tokenizer that counts: a model id installed on the server; default the
     #: served model's.
     chunk_tokenizer: str
+    #: E-mail only: also parse the attachments (else they are only listed).
+    parse_attachments: bool
 
 
 CALL_OPTIONS = frozenset(CallOptions.__annotations__)

@@ -254,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how --schema / --json-field are filled (default: the model when it can)",
     )
     parse.add_argument("--request-id", help="an id for the server's logs")
+    parse.add_argument(
+        "--attachments",
+        dest="parse_attachments",
+        action="store_true",
+        help="e-mail: also parse the attachments (default: list them)",
+    )
     chunks = parse.add_argument_group("chunks for retrieval")
     chunks.add_argument(
         "--chunks",

@@ -32,7 +32,7 @@ FIELD_EXTRACTION_MODEL: FieldExtraction
 FIELD_EXTRACTION_LABELS: FieldExtraction
 
 class DocumentParseRequest(_message.Message):
-    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id", "field_extraction", "chunking")
+    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id", "field_extraction", "chunking", "parse_attachments")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class DocumentParseRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FIELD_EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    PARSE_ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     filename: str
     mime_type: str
@@ -51,7 +52,8 @@ class DocumentParseRequest(_message.Message):
     request_id: str
     field_extraction: FieldExtraction
     chunking: ChunkingOptions
-    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ..., field_extraction: _Optional[_Union[FieldExtraction, str]] = ..., chunking: _Optional[_Union[ChunkingOptions, _Mapping]] = ...) -> None: ...
+    parse_attachments: bool
+    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ..., field_extraction: _Optional[_Union[FieldExtraction, str]] = ..., chunking: _Optional[_Union[ChunkingOptions, _Mapping]] = ..., parse_attachments: _Optional[bool] = ...) -> None: ...
 
 class ChunkingOptions(_message.Message):
     __slots__ = ("max_tokens", "overlap_tokens", "tokenizer")

@@ -52,6 +52,7 @@ class ParseJob:
     ocr_max_pages: int = 50
     ocr_max_pixels: int = 40_000_000
     xlsx_max_cells: int = 2_000_000  # --doc-max-cells (limits.py); 0 = no limit
+    parse_attachments: bool = False  # e-mail: parse attachments too (readers/eml.py)
     # Test-only fault to act out (see faults.py); empty unless --doc-fault-injection.
     fault: str = ""
 

@@ -51,6 +51,7 @@ class DocumentRequest:
     request_id: str
     field_extraction: FieldExtraction = FieldExtraction.AUTO
     chunking: ChunkingRequest | None = None
+    parse_attachments: bool = False
 
     @property
     def wants_fields(self) -> bool:
@@ -91,6 +92,7 @@ def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) 
         request_id=message.request_id or uuid.uuid4().hex,
         field_extraction=extraction,
         chunking=chunking,
+        parse_attachments=message.parse_attachments,
     )
 
 
