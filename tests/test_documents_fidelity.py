@@ -362,16 +362,20 @@ def test_pdf_ruled_table_becomes_a_markdown_table_in_place(parse: Parse) -> None
     assert tables[0]["headers"] == ["Item", "Qty", "Price"]
 
 
-def test_pdf_without_rules_gives_no_table(parse: Parse) -> None:
-    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV]
-    reply = parse(build.pdf_plain_columns(), "columns.pdf", formats=formats)
-    assert reply.markdown.splitlines() == [
-        "## Page 1",
-        "",
-        *[value for row in build.PDF_TABLE_ROWS for value in row],
-    ]
-    assert reply.csv == ""
-    assert "csv: the document has no tables; csv is empty" in reply.warnings
+def test_pdf_cells_aligned_without_rules_become_a_table(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV, pb.OUTPUT_FORMAT_JSON]
+    reply = parse(build.pdf_plain_columns(prose=True), "columns.pdf", formats=formats)
+    table = office.table(build.PDF_TABLE_ROWS)
+    assert reply.markdown == f"## Page 1\n\n{build.PLAIN_INTRO}\n\n{table}\n\n{build.PLAIN_OUTRO}"
+    assert list(csv.reader(io.StringIO(reply.csv))) == build.PDF_TABLE_ROWS
+    assert json.loads(reply.json)["table_count"] == 1
+
+
+def test_pdf_short_lines_that_do_not_align_stay_lines(parse: Parse) -> None:
+    reply = parse(build.pdf_plain_columns(aligned=False), "loose.pdf")
+    assert "|" not in reply.markdown
+    values = [value for row in build.PDF_TABLE_ROWS for value in row]
+    assert sorted(reply.markdown.split()[3:]) == sorted(values)
 
 
 def test_pdf_frame_around_a_paragraph_is_not_a_table() -> None:
@@ -431,3 +435,48 @@ def test_pdf_table_text_is_neither_lost_nor_repeated() -> None:
     ) == Counter(layer.split())
     assert "| Item | Qty | Price |" in text.splitlines()
     assert text.splitlines()[-3].endswith("w21")  # past the rule (x=432): a line after the table
+
+
+def test_pdf_headings_come_from_font_size_and_weight(parse: Parse) -> None:
+    formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_JSON]
+    reply = parse(build.pdf_structured(), "review.pdf", formats=formats)
+    lines = reply.markdown.splitlines()
+    for text, _size, level in build.PDF_HEADINGS:
+        assert f"{'#' * level} {text}" in lines, (text, reply.markdown)
+    assert sum(line.startswith("###") for line in lines) == len(build.PDF_HEADINGS)
+    assert json.loads(reply.json)["heading_count"] == len(build.PDF_HEADINGS)
+
+
+def test_pdf_two_columns_read_in_column_order(parse: Parse) -> None:
+    from collections import Counter
+
+    import pymupdf
+
+    markdown = parse(build.pdf_structured(), "review.pdf").markdown
+    page = markdown.split("## Page 2", 1)[1]
+    assert page.index("left11") < page.index("right0")  # the whole left column first
+    assert page.index("right11") < page.index("closing line")
+    with pymupdf.open(stream=build.pdf_structured()) as source:
+        layer = source[1].get_text()
+    assert Counter(page.replace("#", " ").split()) == Counter(layer.split())
+
+
+def test_pdf_chunks_carry_the_heading_path(parse: Parse) -> None:
+    request = {"chunking": pb.ChunkingOptions(max_tokens=40)}
+    chunks = parse(build.pdf_structured(), "review.pdf", **request).chunks
+    paths = {tuple(c.heading_path) for c in chunks}
+    assert ("Page 1", "Annual Orchard Review", "Growing Season", "Key findings") in paths
+    assert ("Page 2", "Two Column Notes") in paths
+
+
+def test_pdf_header_row_drawn_above_the_rules_joins_its_table(parse: Parse) -> None:
+    header = ["Name", "Count", "Unit price"]
+    reply = parse(build.pdf_ruled_table(header_above=header), "above.pdf")
+    assert office.table([header, *build.PDF_TABLE_ROWS]) in reply.markdown
+    assert "Unit price\n" not in reply.markdown  # not also a line
+
+
+def test_pdf_caption_above_the_rules_stays_a_line(parse: Parse) -> None:
+    caption = "Table 1 lists what the stall sold on Saturday morning"
+    reply = parse(build.pdf_ruled_table(caption=caption), "caption.pdf")
+    assert f"{caption}\n\n{office.table(build.PDF_TABLE_ROWS)}" in reply.markdown

@@ -277,3 +277,31 @@ def test_broken_ocr_models_are_failed_precondition(
         assert "ocr_models fetch --dir" in error.details()
     # With the broken files gone the bundled engine reads the page again.
     assert "committee" in parse(stub, image, "photo.png").markdown
+
+
+def test_a_small_image_is_enlarged_before_it_is_read(stub: pb_grpc.DocumentsStub) -> None:
+    # 10 pt text at 60 dpi: letters about 6 px tall, which Tesseract reads as noise
+    # (recall 0.19) unless the image is enlarged first.
+    image = render(text_pdf(PARAGRAPHS[:1])[0], 60)
+    assert image.size == (249, 350)
+    reply = parse(stub, encoded(image, "PNG"), "small.png")
+    assert recall(PARAGRAPHS[0], reply.markdown) >= RECALL
+    assert any("upscaled 4x" in warning for warning in reply.warnings), reply.warnings
+
+
+@pytest.mark.parametrize(
+    ("size", "factor"),
+    [
+        ((150, 214), 4.0),  # the poster: as much as allowed
+        ((311, 438), 3.0),  # to about 1000 px on the short side, in half steps
+        ((600, 800), 1.5),
+        ((700, 900), 1.0),  # under 1.5x is not worth a second size
+        ((3000, 4000), 1.0),
+        ((1000, 10), 4.0),
+        ((500, 5000), 1.5),  # 2x would pass the pixel limit (8M): the largest half step under
+    ],
+)
+def test_the_upscale_factor(size: tuple[int, int], factor: float) -> None:
+    from zopilot_server.documents.ocr import upscale_factor
+
+    assert upscale_factor(*size, max_pixels=MAX_PIXELS) == factor

@@ -35,6 +35,7 @@ from ._exceptions import (
 from ._requests import CallOptions, GenerateOptions, GenerateParams, ParseOptions, TokenizeOptions
 from ._results import (
     ChatMessage,
+    DocumentChunk,
     DocumentMetadata,
     FinishReason,
     GenerateChunk,
@@ -63,6 +64,7 @@ __all__ = [
     "ChatMessage",
     "Client",
     "DeadlineExceeded",
+    "DocumentChunk",
     "DocumentMetadata",
     "FailedPrecondition",
     "FieldViolation",

@@ -212,13 +212,25 @@ def parse(client: Client, args: argparse.Namespace) -> int:
     if isinstance(source, Path) and not source.is_file():
         raise ValueError(f"no such file: {args.file}")
     options: dict[str, Any] = {"formats": [args.format], "json_fields": args.json_field}
-    for name in ("filename", "mime_type", "json_schema", "field_extraction", "request_id"):
+    names = ("filename", "mime_type", "json_schema", "field_extraction", "request_id")
+    for name in (*names, "parse_attachments"):
         if getattr(args, name):
             options[name] = getattr(args, name)
+    for name, flag in (
+        ("chunk_tokens", "chunks"),
+        ("chunk_overlap_tokens", "chunk_overlap"),
+        ("chunk_tokenizer", "chunk_tokenizer"),
+    ):
+        if getattr(args, flag) is not None:
+            options[name] = getattr(args, flag)
     document = client.parse_document(source, **options)
     for warning in document.warnings:
         report(f"warning: {warning}")
     output = json.dumps(document.to_dict(), ensure_ascii=False) if args.json else None
+    if output is None and args.chunks is not None:
+        output = "".join(
+            json.dumps(chunk.to_dict(), ensure_ascii=False) + "\n" for chunk in document.chunks
+        )
     output = output if output is not None else document.get(args.format) or ""
     if args.output:
         Path(args.output).write_text(output, encoding="utf-8")

@@ -117,6 +117,15 @@ class ParseOptions(CallOptions, total=False):
     field_extraction: str
     #: Echoed in the response and in the server's logs.
     request_id: str
+    #: Also cut the markdown into chunks of at most this many tokens (``chunks``).
+    chunk_tokens: int
+    #: Tokens of the previous chunk's last words repeated at the start of the next.
+    chunk_overlap_tokens: int
+    #: The tokenizer that counts: a model id installed on the server; default the
+    #: served model's.
+    chunk_tokenizer: str
+    #: E-mail only: also parse the attachments (else they are only listed).
+    parse_attachments: bool
 
 
 CALL_OPTIONS = frozenset(CallOptions.__annotations__)
@@ -188,6 +197,7 @@ def parse_request(
     if isinstance(formats, (str, OutputFormat)):
         formats = [formats]
     schema = fields.pop("json_schema", None)
+    chunking = _chunking(fields)
     extraction = fields.pop("field_extraction", None)
     if extraction:
         if extraction not in ("model", "labels"):
@@ -200,7 +210,22 @@ def parse_request(
         filename=fields.pop("filename", None) or source_name,
         formats=[OutputFormat.coerce(f).to_pb() for f in formats],
         json_schema="" if schema is None else schema_json(schema),
+        chunking=chunking,
         **fields,
+    )
+
+
+def _chunking(fields: dict[str, Any]) -> documents_pb2.ChunkingOptions | None:
+    """ChunkingOptions from the chunk_* keywords (popped); None when none is given."""
+    tokens = fields.pop("chunk_tokens", None)
+    overlap = fields.pop("chunk_overlap_tokens", None)
+    tokenizer = fields.pop("chunk_tokenizer", None)
+    if tokens is None:
+        if overlap is not None or tokenizer is not None:
+            raise TypeError("chunk_overlap_tokens and chunk_tokenizer need chunk_tokens")
+        return None
+    return documents_pb2.ChunkingOptions(
+        max_tokens=tokens, overlap_tokens=overlap or 0, tokenizer=tokenizer or ""
     )
 
 

@@ -379,6 +379,37 @@ class DocumentMetadata(_Result):
     parser_version: str
     #: How json_fields / json_schema were filled: "model", "labels" or "".
     field_extraction: str = ""
+    #: The tokenizer that counted the chunks' tokens ("" without chunking).
+    chunk_tokenizer: str = ""
+
+
+@dataclass(frozen=True)
+class DocumentChunk(_Result):
+    """One chunk of the markdown (``chunk_tokens``) and where it came from.
+
+    ``text`` is ``prefix_chars`` characters of repeated context (the overlap, or a
+    table's header row) and then ``markdown[char_start:char_end]``; joined without
+    their prefixes, the chunks are the markdown exactly.
+    """
+
+    text: str
+    token_count: int
+    heading_path: tuple[str, ...]
+    #: First and last page (PDF), slide (PPTX) or sheet (XLSX), 1-based; 0 without pages.
+    page_start: int
+    page_end: int
+    char_start: int
+    char_end: int
+    prefix_chars: int
+
+    @property
+    def body(self) -> str:
+        """The chunk's own span of the markdown, without the repeated prefix."""
+        return self.text[self.prefix_chars :]
+
+    @classmethod
+    def from_pb(cls, message: documents_pb2.DocumentChunk) -> DocumentChunk:
+        return _copy(cls, message, heading_path=tuple(message.heading_path))
 
 
 @dataclass(frozen=True)
@@ -393,6 +424,8 @@ class ParsedDocument(_Result):
     metadata: DocumentMetadata
     warnings: tuple[str, ...]
     request_id: str
+    #: The markdown's chunks when ``chunk_tokens`` was given, else empty.
+    chunks: tuple[DocumentChunk, ...] = ()
     raw: documents_pb2.DocumentParseResponse | None = field(default=None, compare=False, repr=False)
 
     def get(self, output: OutputFormat | str) -> str | None:
@@ -410,6 +443,7 @@ class ParsedDocument(_Result):
             metadata=DocumentMetadata.from_pb(message.metadata),
             warnings=tuple(message.warnings),
             request_id=message.request_id,
+            chunks=tuple(DocumentChunk.from_pb(c) for c in message.chunks),
             raw=message,
         )
 

@@ -255,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="how --schema / --json-field are filled (default: the model when it can)",
     )
     parse.add_argument("--request-id", help="an id for the server's logs")
+    parse.add_argument(
+        "--attachments",
+        dest="parse_attachments",
+        action="store_true",
+        help="e-mail: also parse the attachments (default: list them)",
+    )
+    chunks = parse.add_argument_group("chunks for retrieval")
+    chunks.add_argument(
+        "--chunks",
+        type=int,
+        metavar="N",
+        help="print the markdown's chunks of at most N tokens, one JSON object a line",
+    )
+    chunks.add_argument(
+        "--chunk-overlap", type=int, metavar="M", help="repeat M tokens of the previous chunk"
+    )
+    chunks.add_argument(
+        "--chunk-tokenizer",
+        metavar="MODEL",
+        help="count with this installed model's tokenizer (default: the served model's)",
+    )
     _output_modes(parse, jsonl=False, what="the whole response with metadata")
 
     info = command("info", commands.info, "describe the served model and limits")

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class DocumentsStub:
-    """Parses documents (PDF, Office, HTML, CSV, text, images) into text formats.
+    """Parses documents (PDF, Office, OpenDocument, EPUB, e-mail, RTF, HTML, Markdown, JSON,
+    XML, CSV, text, images) into text formats, optionally cut into chunks for retrieval.
     """
 
     def __init__(self, channel):
@@ -43,7 +44,8 @@ class DocumentsStub:
 
 
 class DocumentsServicer:
-    """Parses documents (PDF, Office, HTML, CSV, text, images) into text formats.
+    """Parses documents (PDF, Office, OpenDocument, EPUB, e-mail, RTF, HTML, Markdown, JSON,
+    XML, CSV, text, images) into text formats, optionally cut into chunks for retrieval.
     """
 
     def DocumentParse(self, request, context):
@@ -70,7 +72,8 @@ def add_DocumentsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Documents:
-    """Parses documents (PDF, Office, HTML, CSV, text, images) into text formats.
+    """Parses documents (PDF, Office, OpenDocument, EPUB, e-mail, RTF, HTML, Markdown, JSON,
+    XML, CSV, text, images) into text formats, optionally cut into chunks for retrieval.
     """
 
     @staticmethod

@@ -10,13 +10,23 @@ is cheap) so that truncated zips and zip bombs never reach a worker.
 from __future__ import annotations
 
 import codecs
-import enum
 import io
 import os
 import zipfile
 from dataclasses import dataclass, field
 
 from .domain import DocumentRejected
+from .formats import (
+    BY_EXTENSION,
+    BY_MIME,
+    BY_NAME,
+    LEGACY_OFFICE,
+    SUPPORTED_EXTENSIONS,
+    TYPES,
+    DocType,
+    Family,
+    Limit,
+)
 
 MIB = 1024 * 1024
 # An OOXML file may expand to at most this much XML, and to at most MAX_EXPANSION_RATIO
@@ -25,65 +35,16 @@ MIB = 1024 * 1024
 MAX_EXPANDED_BYTES = 256 * MIB
 MAX_EXPANSION_RATIO = 100
 EXPANSION_FREE_BYTES = 16 * MIB
+# An ODF / EPUB "mimetype" member is one short line; a larger one is no such container.
+MAX_MIMETYPE_BYTES = 256
 # How far into a text document we look for NUL bytes (binary content).
 TEXT_SNIFF_BYTES = 64 * 1024
 # charset-normalizer's names for the code pages a Western European text is usually in.
 WESTERN_ENCODINGS = frozenset({"cp1252", "latin_1", "iso8859_15"})
 # Bytes a PDF may carry before its "%PDF-" header (a BOM, whitespace).
 PDF_LEADING_JUNK = b"\x00\t\n\r\f \xef\xbb\xbf"
-LEGACY_OFFICE = {".doc": ".docx", ".xls": ".xlsx", ".ppt": ".pptx"}
 
 
-class Family(enum.Enum):
-    """How a type's content is checked (and, for IMAGE / PDF, whether OCR may be needed)."""
-
-    TEXT = "text"
-    PDF = "pdf"
-    OOXML = "ooxml"
-    IMAGE = "image"
-
-
-@dataclass(frozen=True)
-class DocType:
-    """A supported document type. ``name`` is what metadata.detected_type reports."""
-
-    name: str
-    family: Family
-    extensions: tuple[str, ...]
-    mime_types: tuple[str, ...]
-    magic: tuple[bytes, ...] = ()
-    zip_marker: str = ""  # the member that identifies an OOXML type
-
-    @property
-    def extension(self) -> str:
-        """The extension the temp file gets (docstrange picks its processor by it)."""
-        return self.extensions[0]
-
-
-_OOXML = "application/vnd.openxmlformats-officedocument."
-TYPES: tuple[DocType, ...] = (
-    DocType("pdf", Family.PDF, (".pdf",), ("application/pdf",), (b"%PDF-",)),
-    DocType("docx", Family.OOXML, (".docx",), (_OOXML + "wordprocessingml.document",),
-            zip_marker="word/document.xml"),
-    DocType("xlsx", Family.OOXML, (".xlsx",), (_OOXML + "spreadsheetml.sheet",),
-            zip_marker="xl/workbook.xml"),
-    DocType("pptx", Family.OOXML, (".pptx",), (_OOXML + "presentationml.presentation",),
-            zip_marker="ppt/presentation.xml"),
-    DocType("csv", Family.TEXT, (".csv",), ("text/csv", "application/csv")),
-    DocType("html", Family.TEXT, (".html", ".htm"), ("text/html", "application/xhtml+xml")),
-    DocType("txt", Family.TEXT, (".txt", ".text"), ("text/plain",)),
-    DocType("png", Family.IMAGE, (".png",), ("image/png",), (b"\x89PNG\r\n\x1a\n",)),
-    DocType("jpg", Family.IMAGE, (".jpg", ".jpeg"), ("image/jpeg",), (b"\xff\xd8\xff",)),
-    DocType("gif", Family.IMAGE, (".gif",), ("image/gif",), (b"GIF87a", b"GIF89a")),
-    DocType("bmp", Family.IMAGE, (".bmp",), ("image/bmp",)),
-    DocType("tiff", Family.IMAGE, (".tiff", ".tif"), ("image/tiff",),
-            (b"II*\x00", b"MM\x00*")),
-    DocType("webp", Family.IMAGE, (".webp",), ("image/webp",)),
-)  # fmt: skip
-BY_EXTENSION = {ext: t for t in TYPES for ext in t.extensions}
-BY_MIME = {mime: t for t in TYPES for mime in t.mime_types}
-BY_NAME = {t.name: t for t in TYPES}
-SUPPORTED_EXTENSIONS = ", ".join(sorted(BY_EXTENSION))
 GENERIC_MIME_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
 
@@ -135,11 +96,11 @@ def _sniff_or_reject(content: bytes) -> DocType:
 
 
 def sniff(content: bytes) -> DocType | None:
-    """The binary type the bytes announce (PDF, an OOXML type, an image), if any."""
+    """The binary type the bytes announce (PDF, a zip type, an image, ...), if any."""
     if content[:1024].lstrip(PDF_LEADING_JUNK).startswith(b"%PDF-"):
         return BY_NAME["pdf"]
     if content.startswith(b"PK\x03\x04"):
-        return _ooxml_type(content)
+        return _zip_type(content)
     if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
         return BY_NAME["webp"]
     # "BM" alone starts plenty of text; a real BMP header has four reserved zero bytes.
@@ -148,13 +109,26 @@ def sniff(content: bytes) -> DocType | None:
     return next((t for t in TYPES if t.magic and content.startswith(t.magic)), None)
 
 
-def _ooxml_type(content: bytes) -> DocType | None:
+def _zip_type(content: bytes) -> DocType | None:
+    """The zip type an archive is: by its marker member (OOXML) or by what its
+    ``mimetype`` member says (ODF, EPUB)."""
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, ValueError, OSError):
+            return _zip_type_of(archive)
+    except (zipfile.BadZipFile, ValueError, OSError, RuntimeError, EOFError):
         return None
-    return next((t for t in TYPES if t.zip_marker and t.zip_marker in names), None)
+
+
+def _zip_type_of(archive: zipfile.ZipFile) -> DocType | None:
+    names = set(archive.namelist())
+    marked = next((t for t in TYPES if t.zip_marker and t.zip_marker in names), None)
+    if marked is not None or "mimetype" not in names:
+        return marked
+    info = archive.getinfo("mimetype")
+    if info.file_size > MAX_MIMETYPE_BYTES:
+        return None
+    declared = archive.read(info).decode("ascii", "replace").strip()
+    return next((t for t in TYPES if t.zip_mimetype and t.zip_mimetype == declared), None)
 
 
 def _check_content(doc_type: DocType, content: bytes) -> Detected:
@@ -162,8 +136,10 @@ def _check_content(doc_type: DocType, content: bytes) -> Detected:
         raise DocumentRejected("content", "is empty")
     if doc_type.family is Family.TEXT:
         return _check_text(doc_type, content)
-    if doc_type.family is Family.OOXML:
-        _check_ooxml(doc_type, content)
+    if doc_type.family is Family.RAW_TEXT:
+        return _check_raw_text(doc_type, content)
+    if doc_type.family is Family.ZIP:
+        _check_zip(doc_type, content)
     elif sniff(content) is not doc_type:
         _mismatch(doc_type, content)
     return Detected(doc_type, content)
@@ -177,19 +153,21 @@ def _mismatch(doc_type: DocType, content: bytes) -> None:
     )
 
 
-def _check_ooxml(doc_type: DocType, content: bytes) -> None:
+def _check_zip(doc_type: DocType, content: bytes) -> None:
     if not content.startswith(b"PK\x03\x04"):
         _mismatch(doc_type, content)
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+            found = _zip_type_of(archive)
+    except (zipfile.BadZipFile, ValueError, OSError, RuntimeError, EOFError) as exc:
         raise DocumentRejected(
             "content", f"is not a valid {doc_type.name} file: corrupt or truncated zip ({exc})"
         ) from exc
-    names = {info.filename for info in infos}
-    if doc_type.zip_marker not in names:
+    if found is not doc_type:
         _mismatch(doc_type, content)
+    if Limit.EXPANSION not in doc_type.limits:
+        return
     expanded = sum(info.file_size for info in infos)
     limit = min(MAX_EXPANDED_BYTES, max(EXPANSION_FREE_BYTES, MAX_EXPANSION_RATIO * len(content)))
     if expanded > limit:
@@ -203,15 +181,31 @@ def _check_ooxml(doc_type: DocType, content: bytes) -> None:
 
 def _check_text(doc_type: DocType, content: bytes) -> Detected:
     binary = sniff(content)
-    if binary is not None:
+    if binary is not None and binary.family is not Family.TEXT:
         _mismatch(doc_type, content)
     text, encoding = _decode(content)
+    if doc_type.magic and not text.lstrip("\ufeff \t\r\n").encode().startswith(doc_type.magic):
+        _mismatch(doc_type, content)
     if "\x00" in text[:TEXT_SNIFF_BYTES]:
         raise DocumentRejected("content", f"is binary (NUL bytes), not {doc_type.name} text")
     if encoding == "utf-8":
         return Detected(doc_type, content)
     warning = f"content is not UTF-8; decoded as {encoding}"
     return Detected(doc_type, text.encode("utf-8"), [warning])
+
+
+def _check_raw_text(doc_type: DocType, content: bytes) -> Detected:
+    """Text that names its own encodings: not binary, starting with its magic if it
+    has one; the bytes go to the reader as sent."""
+    binary = sniff(content)
+    if binary is not None and binary.family not in (Family.TEXT, Family.RAW_TEXT):
+        _mismatch(doc_type, content)
+    utf16 = content.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if not utf16 and b"\x00" in content[:TEXT_SNIFF_BYTES]:
+        raise DocumentRejected("content", f"is binary (NUL bytes), not {doc_type.name} text")
+    if doc_type.magic and not content.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(doc_type.magic):
+        _mismatch(doc_type, content)
+    return Detected(doc_type, content)
 
 
 def _decode(content: bytes) -> tuple[str, str]:

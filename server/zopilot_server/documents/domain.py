@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class OutputFormat(str, enum.Enum):
@@ -51,6 +52,7 @@ class ParseJob:
     ocr_max_pages: int = 50
     ocr_max_pixels: int = 40_000_000
     xlsx_max_cells: int = 2_000_000  # --doc-max-cells (limits.py); 0 = no limit
+    parse_attachments: bool = False  # e-mail: parse attachments too (readers/eml.py)
     # Test-only fault to act out (see faults.py); empty unless --doc-fault-injection.
     fault: str = ""
 
@@ -69,6 +71,24 @@ class ParseOutcome:
     parser_version: str = ""
     warnings: list[str] = field(default_factory=list)
     field_extraction: str = ""  # "model", "labels", or "" when no fields were asked for
+    # (offset, number) where each page, slide or sheet starts in the markdown (chunking.py).
+    page_marks: list[tuple[int, int]] = field(default_factory=list)
+    chunks: list[Any] = field(default_factory=list)  # chunking.Chunk, set in the server
+    chunk_tokenizer: str = ""
+
+
+@dataclass
+class Extraction:
+    """A reader's markdown for one document, and what it learnt on the way (formats.py:
+    every reader returns one; extract.parse renders the outputs from it)."""
+
+    markdown: str
+    method: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    page_count: int = 0
+    sheet_count: int = 0
+    slide_count: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 class DocumentError(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import itertools
 import json
 import os
 import re
@@ -21,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fields, ocr, ocr_models, office, outputs
+from . import chunking, fields, formats, ocr, ocr_models, office, outputs, pdf_structure
 from .domain import (
     LABEL_MATCH_WARNING,
     DocumentRejected,
+    Extraction,
     OcrModelsMissing,
     OutputFormat,
     ParseJob,
@@ -40,7 +42,6 @@ PROCESSORS = {
     "html": "HTMLProcessor",
     "txt": "TXTProcessor",
 }
-OCR_TYPES = frozenset({"png", "jpg", "gif", "bmp", "tiff", "webp"})
 # metadata["page_methods"] entries: how each page's text was obtained.
 TEXT_METHOD = "pymupdf-text"
 OCR_METHOD = f"{ocr.ENGINE}-ocr"
@@ -52,19 +53,6 @@ _SPLIT_HEADING = re.compile(r"^(#+)\n## ", re.MULTILINE)
 _HASH_LINE = re.compile(r"^([ \t]*)#", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n{3,}")
 _DOCX_MERGED = "*Warning: Table contains merged cells which may not render correctly"
-
-
-@dataclass
-class Extraction:
-    """docstrange's markdown for one document, and what we learnt on the way."""
-
-    markdown: str
-    method: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    page_count: int = 0
-    sheet_count: int = 0
-    slide_count: int = 0
-    warnings: list[str] = field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=1)
@@ -145,17 +133,22 @@ def parse(job: ParseJob, model_dir: str) -> ParseOutcome:
         processing_ms=(time.perf_counter() - started) * 1000,
         parser_version=parser_version(),
         warnings=warnings,
+        page_marks=chunking.page_marks(
+            job.doc_type, extraction.markdown, extraction.metadata.get("sheet_names", ())
+        ),
     )
 
 
 def _extract(job: ParseJob, model_dir: Path) -> Extraction:
-    if job.doc_type == "pdf":
-        return _pdf(job, model_dir)
-    if job.doc_type in OCR_TYPES:
-        if ocr_models.missing(model_dir):
-            return _bundled_image(job)
-        return _ocr(job, model_dir, "ImageProcessor")
-    return _office(job)
+    """The registry's reader for the job's type (formats.py)."""
+    return formats.reader(job.doc_type)(job, model_dir)  # type: ignore[no-any-return]
+
+
+def read_image(job: ParseJob, model_dir: Path) -> Extraction:
+    """An image: docstrange's OCR when its models are installed, else the bundled one."""
+    if ocr_models.missing(model_dir):
+        return _bundled_image(job)
+    return _ocr(job, model_dir, "ImageProcessor")
 
 
 # Our own walkers (office.py) for the formats whose docstrange processor loses content.
@@ -165,7 +158,7 @@ OWN_WALKERS = {"docx": "python-docx", "pptx": "python-pptx", "xlsx": "openpyxl",
 def _bundled_image(job: ParseJob) -> Extraction:
     """An image (every page of a multi-page TIFF) through the bundled engine."""
     images, warnings = ocr.image_pages(job)
-    pages = [ocr.read(image) for image in images]
+    pages = [ocr.read_image(image, job.ocr_max_pixels) for image in images]
     markdown = _ocr_markdown(pages) if len(pages) > 1 else pages[0].text
     methods = [OCR_METHOD] * len(pages)
     extraction = Extraction(
@@ -181,7 +174,8 @@ def _ocr_markdown(pages: list[ocr.OcrPage]) -> str:
     )
 
 
-def _office(job: ParseJob) -> Extraction:
+def read_office(job: ParseJob, model_dir: Path) -> Extraction:
+    """docx / pptx / xlsx / csv through our walkers, html / txt through docstrange."""
     if job.doc_type in OWN_WALKERS and job.path.endswith(f".{job.doc_type}"):
         return _own_office(job)
     return _docstrange_office(job)
@@ -299,6 +293,13 @@ class PdfText:
     repaired: bool
     table_count: int = 0
     warnings: list[str] = field(default_factory=list)
+    headings: int = 0  # found from font sizes and weights (pdf_structure.py)
+    column_pages: int = 0  # pages read column by column
+
+
+def _page_structure(page: Any, textpage: Any) -> pdf_structure.PageStructure | None:
+    """Headings and column order of a page without tables (None: plain text as is)."""
+    return pdf_structure.structure(page.get_text("dict", textpage=textpage))
 
 
 def _pdf_pages(job: ParseJob) -> PdfText:
@@ -319,7 +320,17 @@ def _pdf_pages(job: ParseJob) -> PdfText:
                 raise DocumentRejected("content", "the PDF has no pages (corrupt?)")
             result = PdfText([], bool(getattr(document, "is_repaired", False)))
             for number, page in enumerate(document, start=1):
-                text, tables = pdf_page_text(page, number, result.warnings)
+                # One text extraction serves the text, the tables and the structure.
+                textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+                text, tables = pdf_page_text(page, number, result.warnings, textpage)
+                found = None if tables or not text.strip() else _page_structure(page, textpage)
+                if found is None:
+                    text = escape_hash_lines(text)
+                else:
+                    text = found.markdown
+                    result.headings += found.headings
+                    result.column_pages += found.columns > 1
+                    tables += found.tables
                 result.pages.append(text)
                 result.table_count += tables
             return result
@@ -335,9 +346,15 @@ def _pdf_pages(job: ParseJob) -> PdfText:
 # graph paper or a vector chart is no table. A real table page stays far below (70
 # rows x 20 columns is 1400); the page's text is kept as lines, with a warning.
 PDF_TABLE_MAX_GRID = 3000
+# A header row drawn above a table's top rule lies at most this many of its own line
+# heights above the rule.
+HEADER_GAP_LINES = 1.5
+HEADER_MIN_GAP = 6.0  # points between the words of neighbouring header cells
 
 
-def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int]:
+def pdf_page_text(
+    page: Any, number: int, warnings: list[str], textpage: Any = None
+) -> tuple[str, int]:
     """A page's text in reading order, each ruled table in it as a markdown table.
 
     Tables are PyMuPDF's ``find_tables`` with its line strategy (the table's drawn
@@ -352,36 +369,44 @@ def pdf_page_text(page: Any, number: int, warnings: list[str]) -> tuple[str, int
     drawings = [] if page.rotation else page.get_cdrawings()
     grid = _rule_grid(drawings)
     if not grid:  # no horizontal or no vertical rule: nothing the line strategy could find
-        return page.get_text(), 0
+        return page.get_text(textpage=textpage), 0
     if grid > PDF_TABLE_MAX_GRID:
         warnings.append(
             f"pdf page {number}: its rules could form {grid} table cells (over "
             f"{PDF_TABLE_MAX_GRID}); tables were not looked for, their text is given as lines"
         )
-        return page.get_text(), 0
+        return page.get_text(textpage=textpage), 0
     try:
         tables = _pdf_tables(page, drawings)
     except Exception:  # noqa: BLE001 - a table-finder failure must not lose the text
         warnings.append(f"pdf page {number}: table detection failed; its text is given as lines")
-        return page.get_text(), 0
+        return page.get_text(textpage=textpage), 0
     if not tables:
-        return page.get_text(), 0
-    import pymupdf
+        return page.get_text(textpage=textpage), 0
+    if textpage is None:
+        import pymupdf
 
-    textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
+        textpage = page.get_textpage(flags=pymupdf.TEXTFLAGS_TEXT)
     # Each text line either stays a line (None) or belongs to the table holding its centre.
     owner: dict[tuple[int, int], int | None] = {}
-    stream: list[tuple[str, int | None]] = []
+    stream: list[tuple[str, tuple[int, int]]] = []
+    boxes: dict[tuple[int, int], _Box] = {}
     for block in page.get_text("dict", textpage=textpage)["blocks"]:
         for index, line in enumerate(block.get("lines", ())):
             x0, y0, x1, y1 = line["bbox"]
-            inside = _containing(tables, (x0 + x1) / 2, (y0 + y1) / 2)
-            owner[(block["number"], index)] = inside
-            stream.append(("".join(span["text"] for span in line["spans"]), inside))
-    rows, stray = _fill_cells(tables, owner, page.get_text("words", textpage=textpage))
+            key = (block["number"], index)
+            owner[key] = _containing(tables, (x0 + x1) / 2, (y0 + y1) / 2)
+            boxes[key] = (x0, y0, x1, y1)
+            stream.append(("".join(span["text"] for span in line["spans"]), key))
+    words = page.get_text("words", textpage=textpage)
+    rows, stray = _fill_cells(tables, owner, words)
+    for inside, keys, header in _headers_above(tables, owner, boxes, words):
+        owner.update(dict.fromkeys(keys, inside))
+        rows[inside].insert(0, header)
     pieces: list[str] = []
     placed: set[int] = set()
-    for text, inside in stream:
+    for text, key in stream:
+        inside = owner[key]
         if inside is None:
             pieces.append(text)
         elif inside not in placed:
@@ -444,7 +469,7 @@ def _pdf_tables(page: Any, drawings: list[dict[str, Any]]) -> list[tuple[_Box, _
     )
     found = page.find_tables(clip=clip, **_find_tables_options())
     # ``candidate.header`` would also look for a header row above the rules, at a
-    # third of the whole cost: such a row stays a text line just above the table.
+    # third of the whole cost: _headers_above does it from the words already read.
     return [
         (tuple(candidate.bbox), [list(row.cells) for row in candidate.rows])
         for candidate in found.tables
@@ -479,6 +504,81 @@ def _fill_cells(
     return rows, stray
 
 
+def _headers_above(
+    tables: list[tuple[_Box, _Grid]],
+    owner: dict[tuple[int, int], int | None],
+    boxes: dict[tuple[int, int], _Box],
+    words: list[tuple[Any, ...]],
+) -> list[tuple[int, list[tuple[int, int]], list[str]]]:
+    """Header rows drawn above a table's top rule: for each table, the text lines right
+    above it (their bottom within ``HEADER_GAP_LINES`` line heights of the rule, inside
+    the table's width, at the height of the closest one) whose every word lies over one
+    of the table's columns, in two columns at least. Returns each such row's table, its
+    lines and its cells."""
+    by_line: dict[tuple[int, int], list[tuple[float, float, str]]] = {}
+    for x0, _y0, x1, _y1, word, block, line, _number in words:
+        by_line.setdefault((block, line), []).append((x0, x1, word))
+    taken: set[tuple[int, int]] = set()
+    found = []
+    for number, ((tx0, ty0, tx1, _ty1), grid) in enumerate(tables):
+        columns = _column_spans(grid)
+        above = [
+            key
+            for key, (x0, y0, x1, y1) in boxes.items()
+            if owner.get(key) is None
+            and key not in taken
+            and ty0 - HEADER_GAP_LINES * (y1 - y0) <= y1 <= ty0 + 2
+            and x0 >= tx0 - 2
+            and x1 <= tx1 + 2
+        ]
+        if not above or not columns:
+            continue
+        closest = boxes[max(above, key=lambda k: boxes[k][3])]
+        row = [k for k in above if abs(boxes[k][3] - closest[3]) <= (closest[3] - closest[1]) / 2]
+        cells = _header_cells(sorted(w for k in row for w in by_line.get(k, ())), columns)
+        if cells is not None:
+            taken.update(row)
+            found.append((number, row, cells))
+    return found
+
+
+def _header_cells(
+    line: list[tuple[float, float, str]], columns: list[tuple[float, float]]
+) -> list[str] | None:
+    """A line's words as one cell per column, or None unless it reads as a header row:
+    every word over a column, two columns used, and a wide gap (``HEADER_MIN_GAP``
+    points and twice the widest gap inside a cell) wherever the words pass from one
+    column to the next (a caption or a sentence flows across with ordinary spaces)."""
+    cells: list[list[str]] = [[] for _ in columns]
+    placed: list[tuple[int, float, float]] = []
+    for x0, x1, word in line:
+        middle = (x0 + x1) / 2
+        column = next((c for c, (a, b) in enumerate(columns) if a <= middle <= b), None)
+        if column is None:
+            return None
+        cells[column].append(word)
+        placed.append((column, x0, x1))
+    inner = [b[1] - a[2] for a, b in itertools.pairwise(placed) if a[0] == b[0]]
+    across = [b[1] - a[2] for a, b in itertools.pairwise(placed) if a[0] != b[0]]
+    if sum(1 for c in cells if c) < 2:
+        return None
+    if min(across) < max(HEADER_MIN_GAP, 2 * max(inner, default=0.0)):
+        return None
+    return [" ".join(c) for c in cells]
+
+
+def _column_spans(grid: _Grid) -> list[tuple[float, float]]:
+    """Each grid column's horizontal extent, from the cells that have a box."""
+    width = max((len(row) for row in grid), default=0)
+    spans = []
+    for c in range(width):
+        cells = [row[c] for row in grid if c < len(row) and row[c] is not None]
+        if not cells:
+            return []
+        spans.append((min(b[0] for b in cells), max(b[2] for b in cells)))  # type: ignore[index]
+    return spans
+
+
 def _holds(box: _Box, x: float, y: float) -> bool:
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
@@ -505,7 +605,8 @@ def escape_hash_lines(text: str) -> str:
     return _HASH_LINE.sub(r"\1\\#", text)
 
 
-def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
+def read_pdf(job: ParseJob, model_dir: Path) -> Extraction:
+    """A PDF: its text layer page by page, OCR for the pages that have none."""
     read_pdf = _pdf_pages(job)
     pages, repaired = read_pdf.pages, read_pdf.repaired
     empty = [n for n, text in enumerate(pages) if not text.strip()]
@@ -515,15 +616,22 @@ def _pdf(job: ParseJob, model_dir: Path) -> Extraction:
         return extraction
     ocr.check_pages(len(empty), job.ocr_max_pages)
     read = _ocr_pdf_pages(job, empty)
-    texts = [read[n][0].text if n in read else text.strip() for n, text in enumerate(pages)]
+    texts = [
+        escape_hash_lines(read[n][0].text) if n in read else text.strip()
+        for n, text in enumerate(pages)
+    ]
     markdown = "\n\n".join(
-        f"## Page {number}\n\n{escape_hash_lines(text)}"
-        for number, text in enumerate(texts, start=1)
-        if text
+        f"## Page {number}\n\n{text}" for number, text in enumerate(texts, start=1) if text
     )
     methods = [OCR_METHOD if n in read else TEXT_METHOD for n in range(len(pages))]
     method = "+".join(m for m in (TEXT_METHOD, OCR_METHOD) if m in methods)
-    metadata = {"pages": len(pages), "page_methods": methods, "table_count": read_pdf.table_count}
+    metadata = {
+        "pages": len(pages),
+        "page_methods": methods,
+        "table_count": read_pdf.table_count,
+        "heading_count": read_pdf.headings,
+        "multi_column_pages": read_pdf.column_pages,
+    }
     extraction = Extraction(markdown, method, metadata, len(pages))
     extraction.warnings += read_pdf.warnings
     extraction.warnings += [ocr.describe(n + 1, page, dpi) for n, (page, dpi) in read.items()]

@@ -444,7 +444,7 @@ def xlsx_markdown(path: str, max_cells: int = 0) -> Office:
         for name in names:
             sheet = workbook[name]
             values = sheet.iter_rows(values_only=True)
-            rows = _trimmed([[_xlsx_value(v) for v in row] for row in values])
+            rows = trimmed([[sheet_value(v) for v in row] for row in values])
             if not rows:
                 warnings.append(f"sheet {name!r} is empty and was skipped")
                 continue
@@ -456,7 +456,7 @@ def xlsx_markdown(path: str, max_cells: int = 0) -> Office:
     return Office("\n\n".join(parts), metadata, sheet_count=len(names), warnings=warnings)
 
 
-def _xlsx_value(value: Any) -> str:
+def sheet_value(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -470,7 +470,7 @@ def _xlsx_value(value: Any) -> str:
     return str(value)
 
 
-def _trimmed(rows: list[list[str]]) -> list[list[str]]:
+def trimmed(rows: list[list[str]]) -> list[list[str]]:
     """Rows without the empty rows and columns around the used range."""
     rows = [row for row in rows if any(v.strip() for v in row)]
     width = max((i + 1 for row in rows for i, v in enumerate(row) if v.strip()), default=0)
@@ -485,7 +485,7 @@ def csv_markdown(path: str, display_name: str) -> Office:
         dialect: Any = csv.Sniffer().sniff(text[:CSV_SNIFF_BYTES], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
-    rows = _trimmed(list(csv.reader(io.StringIO(text), dialect)))
+    rows = trimmed(list(csv.reader(io.StringIO(text), dialect)))
     columns = rows[0] if rows else []
     metadata = {
         "row_count": max(len(rows) - 1, 0),

@@ -131,6 +131,7 @@ class DocumentParser:
             ocr_max_pages=self._config.doc_ocr_max_pages,
             ocr_max_pixels=self._config.doc_ocr_max_pixels,
             xlsx_max_cells=self._config.doc_max_cells,
+            parse_attachments=request.parse_attachments,
             fault=faults.requested(request.filename, self._config.doc_fault_injection),
         )
 

@@ -7,6 +7,7 @@ our domain errors mean as gRPC statuses (the RPC chain's ErrorMapping link appli
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -16,7 +17,8 @@ from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 
 from ..config import ServerConfig
 from ..errors import loggable
-from .domain import ParseOutcome
+from .chunk_tokenizers import ChunkTokenizers, chunk_outcome
+from .domain import OutputFormat, ParseOutcome
 from .model_fields import EngineSource, ModelFieldFiller
 from .parser import DocumentParser
 from .validation import DocumentRequest, to_document_request
@@ -31,6 +33,7 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         self._config = config
         self.parser = DocumentParser(config)
         self.fields = ModelFieldFiller(config, engine)
+        self.tokenizers = ChunkTokenizers(engine or (lambda: None))
 
     async def start(self) -> None:
         await self.parser.start()
@@ -44,9 +47,17 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         started = time.perf_counter()
         document = to_document_request(request, self._config)
         try:
+            chunking = document.chunking
+            wanted = document
+            if chunking is not None:
+                tokenizer, tokenizer_name = await self.tokenizers.resolve(chunking)
+                document = _with_markdown(document)
             plan = self.fields.plan(document)
             outcome = await self.parser.parse(plan.parse_request, context.time_remaining())
             outcome = await self.fields.fill(plan, outcome, context.time_remaining())
+            if chunking is not None:
+                keep = OutputFormat.MARKDOWN in wanted.formats
+                outcome = await chunk_outcome(outcome, chunking, tokenizer, tokenizer_name, keep)
         except Exception as exc:
             log.info(
                 "document %s (%s, %d bytes): %s",
@@ -67,6 +78,13 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         return to_pb(outcome, document)
 
 
+def _with_markdown(document: DocumentRequest) -> DocumentRequest:
+    """The request with markdown among its formats: chunks are cut from it."""
+    if OutputFormat.MARKDOWN in document.formats:
+        return document
+    return dataclasses.replace(document, formats=(*document.formats, OutputFormat.MARKDOWN))
+
+
 def to_pb(outcome: ParseOutcome, document: DocumentRequest) -> pb.DocumentParseResponse:
     response = pb.DocumentParseResponse(
         metadata=pb.DocumentMetadata(
@@ -79,9 +97,23 @@ def to_pb(outcome: ParseOutcome, document: DocumentRequest) -> pb.DocumentParseR
             processing_ms=outcome.processing_ms,
             parser_version=outcome.parser_version,
             field_extraction=outcome.field_extraction,
+            chunk_tokenizer=outcome.chunk_tokenizer,
         ),
         warnings=outcome.warnings,
         request_id=document.request_id,
+        chunks=[
+            pb.DocumentChunk(
+                text=chunk.text,
+                token_count=chunk.token_count,
+                heading_path=chunk.heading_path,
+                page_start=chunk.page_start,
+                page_end=chunk.page_end,
+                char_start=chunk.char_start,
+                char_end=chunk.char_end,
+                prefix_chars=chunk.prefix_chars,
+            )
+            for chunk in outcome.chunks
+        ],
     )
     for fmt, text in outcome.outputs.items():
         setattr(response, fmt.value, text)

@@ -17,6 +17,7 @@ from zopilot_client.pb import documents_pb2 as pb
 from ..config import ServerConfig
 from ..errors import MAX_ID_CHARS, FieldViolation, InvalidArgument, Message, request_id_problem
 from ..json_schema_text import MAX_SCHEMA_DEPTH, SchemaTextProblem, parse_schema
+from .chunking import MAX_CHUNK_TOKENS, ChunkingRequest
 from .domain import FieldExtraction, OutputFormat
 
 MAX_FILENAME_CHARS = 1024
@@ -26,6 +27,7 @@ MAX_JSON_FIELDS = 64
 MAX_JSON_FIELD_CHARS = 256
 MAX_JSON_SCHEMA_BYTES = 64 * 1024
 MAX_JSON_SCHEMA_DEPTH = MAX_SCHEMA_DEPTH
+MAX_TOKENIZER_CHARS = 256
 
 FORMATS = {
     pb.OUTPUT_FORMAT_MARKDOWN: OutputFormat.MARKDOWN,
@@ -48,6 +50,8 @@ class DocumentRequest:
     json_schema: dict[str, Any] | None
     request_id: str
     field_extraction: FieldExtraction = FieldExtraction.AUTO
+    chunking: ChunkingRequest | None = None
+    parse_attachments: bool = False
 
     @property
     def wants_fields(self) -> bool:
@@ -75,6 +79,7 @@ def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) 
         violations.append(
             FieldViolation("field_extraction", f"unknown value {message.field_extraction}")
         )
+    chunking = _chunking(message, violations)
     if violations:
         raise InvalidArgument(violations)
     return DocumentRequest(
@@ -86,7 +91,40 @@ def to_document_request(message: pb.DocumentParseRequest, config: ServerConfig) 
         json_schema=json_schema,
         request_id=message.request_id or uuid.uuid4().hex,
         field_extraction=extraction,
+        chunking=chunking,
+        parse_attachments=message.parse_attachments,
     )
+
+
+def _chunking(
+    message: pb.DocumentParseRequest, violations: list[FieldViolation]
+) -> ChunkingRequest | None:
+    if not message.HasField("chunking"):
+        return None
+    options = message.chunking
+    before = len(violations)
+    if not 1 <= options.max_tokens <= MAX_CHUNK_TOKENS:
+        violations.append(
+            FieldViolation(
+                "chunking.max_tokens",
+                f"is {options.max_tokens}; it must be 1..{MAX_CHUNK_TOKENS}",
+            )
+        )
+    elif not 0 <= options.overlap_tokens < options.max_tokens:
+        violations.append(
+            FieldViolation(
+                "chunking.overlap_tokens",
+                f"is {options.overlap_tokens}; it must be at least 0 and less than "
+                f"max_tokens ({options.max_tokens})",
+            )
+        )
+    if len(options.tokenizer) > MAX_TOKENIZER_CHARS:
+        violations.append(
+            FieldViolation("chunking.tokenizer", f"is longer than {MAX_TOKENIZER_CHARS} characters")
+        )
+    if len(violations) > before:
+        return None
+    return ChunkingRequest(options.max_tokens, options.overlap_tokens, options.tokenizer)
 
 
 def _check_content(content: bytes, limit: int, violations: list[FieldViolation]) -> None:
