@@ -1,0 +1,271 @@
+"""End to end on a GPU: the KV arena serving bf16, 8-bit and 4-bit against in-process generate.
+
+Prepared for the sessions that are lent a GPU (run it once and paste the JSON into the
+README's Benchmarks table). For each mode (none = bf16, 8bit, 4bit) on a random-weight
+model of Llama-3-8B's shape (bench/gpu_quant.py builds and saves it once):
+
+1. in process: the model loaded as the server loads it, ``generate`` over N prompts of
+   different lengths as one left-padded batch (greedy, fixed new tokens): tokens/s;
+2. the real server in this process: N concurrent streams of the same prompts through the
+   continuous-batching scheduler and the arena: aggregate tokens/s, median TTFT, the
+   arena's size (GetModelInfo.kv_cache) and the GPU memory peak;
+3. the ratio of the two per N (issue "KV arena": >= 1.0 at N = 8 and 16+).
+
+Then the out-of-memory drill (bf16 only): a server whose arena takes 0.99 of the free
+memory, so activations have almost no room, gets long prompts together with short ones;
+every call must end OK or RESOURCE_EXHAUSTED (never INTERNAL or a hang), the next request
+must succeed and health must still say SERVING.
+
+    python bench/gpu_e2e.py                       # the GPU run (about 5-10 minutes)
+    python bench/gpu_e2e.py --device cpu --tiny   # the CPU smoke of the same code path
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import grpc  # noqa: E402
+from gpu_quant import (  # noqa: E402
+    LLAMA3_8B,
+    MODES,
+    PROMPT,
+    TINY,
+    _gpu,
+    build_model,
+    estimated_bytes,
+    release_memory,
+    versions,
+    work_dir,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
+from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
+from zopilot_server.app import start_server  # noqa: E402
+from zopilot_server.config import ServerConfig  # noqa: E402
+from zopilot_server.generation import default_model  # noqa: E402
+from zopilot_server.generation.model_loader import load_model  # noqa: E402
+
+
+def prompts(n: int, scale: int) -> list[str]:
+    """N prompts of different lengths: the base prompt repeated 1..4 (x scale) times."""
+    return [" ".join([PROMPT] * (1 + (i % 4) * scale)) for i in range(n)]
+
+
+def config_for(args: argparse.Namespace, model_dir: Path, mode: str, **extra: Any) -> ServerConfig:
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        model=str(model_dir),
+        device=args.device,
+        dtype="bfloat16" if args.device == "cuda" else "float32",
+        quantize=mode,
+        doc_workers=1,
+        max_batch_size=max(args.streams),
+        max_queue=4 * max(args.streams),
+        **extra,
+    )
+
+
+def in_process(args: argparse.Namespace, model_dir: Path, mode: str) -> dict[int, float]:
+    """tokens/s of ``generate`` over each N's prompts as one left-padded batch."""
+    import torch
+
+    loaded = load_model(config_for(args, model_dir, mode))
+    tokenizer, model = loaded.tokenizer, loaded.model
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    out: dict[int, float] = {}
+    try:
+        for n in args.streams:
+            batch = tokenizer(prompts(n, args.scale), return_tensors="pt", padding=True)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            with torch.inference_mode():
+                model.generate(**batch, max_new_tokens=2, do_sample=False)  # warm-up
+                started = time.perf_counter()
+                model.generate(
+                    **batch,
+                    max_new_tokens=args.tokens,
+                    min_new_tokens=args.tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                if (cuda := _gpu(args.device)) is not None:
+                    cuda.synchronize()
+            out[n] = round(n * args.tokens / (time.perf_counter() - started), 2)
+    finally:
+        del model, loaded
+        release_memory(args.device)
+    return out
+
+
+async def stream(stub: Any, prompt: str, tokens: int) -> dict[str, Any]:
+    request = pb.GenerateRequest(prompt=prompt, max_new_tokens=tokens, ignore_eos=True)
+    started = time.perf_counter()
+    first = None
+    final = None
+    async for chunk in stub.GenerateStream(request, timeout=900):
+        if chunk.text and first is None:
+            first = time.perf_counter()
+        final = chunk
+    assert final is not None and first is not None
+    return {"ttft_ms": (first - started) * 1000, "tokens": final.usage.generated_tokens}
+
+
+async def served(args: argparse.Namespace, model_dir: Path, mode: str) -> dict[str, Any]:
+    cuda = _gpu(args.device)
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
+    running = await start_server(config_for(args, model_dir, mode))
+    try:
+        assert running.load_task is not None
+        await running.load_task
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+            await stream(stub, PROMPT, 4)  # warm-up
+            by_n = {}
+            for n in args.streams:
+                started = time.perf_counter()
+                runs = await asyncio.gather(
+                    *(stream(stub, p, args.tokens) for p in prompts(n, args.scale))
+                )
+                elapsed = time.perf_counter() - started
+                by_n[n] = {
+                    "tokens_per_s": round(sum(r["tokens"] for r in runs) / elapsed, 2),
+                    "ttft_median_ms": round(statistics.median(r["ttft_ms"] for r in runs), 1),
+                }
+        return {
+            "kv_cache": {
+                "mode": info.kv_cache.mode,
+                "slots": info.kv_cache.slots,
+                "tokens_per_slot": info.kv_cache.tokens_per_slot,
+                "bytes": info.kv_cache.bytes,
+            },
+            "memory_peak_bytes": cuda.max_memory_allocated() if cuda is not None else None,
+            "streams": by_n,
+        }
+    finally:
+        await running.stop(0)
+        running.generation.engine = None
+        del running
+        release_memory(args.device)
+
+
+async def oom_drill(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+    """Long prompts beside short ones with almost no memory left for activations."""
+    config = config_for(args, model_dir, "none", kv_cache_memory_fraction=0.99)
+    running = await start_server(config)
+    outcomes: dict[str, int] = {}
+    try:
+        assert running.load_task is not None
+        await running.load_task
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+            long_prompt = " ".join([PROMPT] * (info.kv_cache.tokens_per_slot // 40))
+
+            async def call(prompt: str) -> str:
+                try:
+                    await stream(stub, prompt, 16)
+                    return "OK"
+                except grpc.aio.AioRpcError as error:
+                    return error.code().name
+
+            results = await asyncio.gather(*(call(p) for p in [long_prompt] * 4 + [PROMPT] * 4))
+            for result in results:
+                outcomes[result] = outcomes.get(result, 0) + 1
+            after = await call(PROMPT)
+            health = health_pb2_grpc.HealthStub(channel)
+            status = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        return {
+            "outcomes": outcomes,
+            "next_request": after,
+            "health": health_pb2.HealthCheckResponse.ServingStatus.Name(status.status),
+            "passed": set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}
+            and after == "OK"
+            and status.status == health_pb2.HealthCheckResponse.SERVING,
+        }
+    finally:
+        await running.stop(0)
+        running.generation.engine = None
+        del running
+        release_memory(args.device)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA GPU visible: use --device cpu --tiny for the smoke mode")
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model.ensure_converted(args.cache_dir)))
+    shape = TINY if args.tiny else LLAMA3_8B
+    dtype_name = "bfloat16" if args.device == "cuda" else "float32"
+    size = estimated_bytes(shape, len(tokenizer), 2 if dtype_name == "bfloat16" else 4)
+    report: dict[str, Any] = {"device": args.device, "versions": versions()}
+    if (cuda := _gpu(args.device)) is not None:
+        report["gpu"] = cuda.get_device_name(0)
+    with work_dir(args.work_dir, size) as scratch:
+        built = build_model(shape, args.device, dtype_name, scratch / "model", tokenizer)
+        report["model"] = {"shape": "tiny" if args.tiny else "llama-3-8b", "dtype": dtype_name}
+        report["modes"] = []
+        for mode in args.modes:
+            entry: dict[str, Any] = {"mode": mode}
+            try:
+                local = in_process(args, built.directory, mode)
+                remote = await served(args, built.directory, mode)
+            except Exception as exc:  # noqa: BLE001 - a refused or failed mode; keep the others
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                entry.update(remote)
+                entry["in_process_tokens_per_s"] = local
+                entry["ratio"] = {
+                    n: round(remote["streams"][n]["tokens_per_s"] / local[n], 3) for n in local
+                }
+            report["modes"].append(entry)
+        if args.device == "cuda" and not args.skip_oom:
+            report["oom_drill"] = await oom_drill(args, built.directory)
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer model: smoke test only")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--tokens", type=int, default=None, help="new tokens per stream")
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--scale", type=int, default=8, help="prompt length spread")
+    parser.add_argument("--skip-oom", action="store_true", help="skip the out-of-memory drill")
+    parser.add_argument("--work-dir", type=Path)
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "test-models")
+    args = parser.parse_args(argv)
+    if args.tokens is None:
+        args.tokens = 8 if args.tiny else 128
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
+
+    started = time.perf_counter()
+    report = asyncio.run(main_async(parse_args(argv)))
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
