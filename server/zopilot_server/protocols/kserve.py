@@ -53,6 +53,8 @@ MODEL_VERSION = "1"
 PLATFORM = "zopilot"  # Triton's "platform"; the backend is reported as "transformers"
 FINAL = "triton_final_response"
 EMPTY_FINAL = "triton_enable_empty_final_response"
+# Triton's own request parameters (tritonclient sets them from its keyword arguments).
+TRITON_REQUEST_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout")
 
 # vLLM backend tensor names (triton-inference-server/vllm_backend src/model.py).
 INPUTS = {
@@ -318,6 +320,12 @@ def _request_options(request: kpb.ModelInferRequest) -> _Options:
             if which != "bool_param":
                 raise InvalidArgument.single(f"parameters[{EMPTY_FINAL}]", "must be a bool")
             empty_final = bool(value)
+        elif key in TRITON_REQUEST_PARAMETERS:
+            raise InvalidArgument.single(
+                f"parameters[{key}]",
+                "is not supported by this server (no sequence batching, "
+                "priorities or queue timeouts; use a gRPC deadline)",
+            )
         elif value is None:
             shown = key[:64] if key.isprintable() else "(unprintable)"
             raise InvalidArgument.single(f"parameters[{shown}]", "has no value")
