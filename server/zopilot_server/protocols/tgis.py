@@ -93,11 +93,8 @@ class TgisServicer(tpb_grpc.GenerationServiceServicer, ProtocolAdapter):
         prepared = []
         for index, item in enumerate(request.requests):
             message, options = to_generate_request(item.text, request.params)
-            try:
-                engine, domain = await self.domain_request(message, context, FIELD_NAMES)
-            except InvalidArgument as error:
-                names = {"request.text": f"requests[{index}].text"}
-                raise renamed(error, names) from None
+            names = {**FIELD_NAMES, "prompt": f"requests[{index}].text"}
+            engine, domain = await self.domain_request(message, context, names)
             prepared.append((engine, domain, options, item.text))
         tasks = [
             asyncio.ensure_future(complete_generation(engine, domain))
