@@ -56,6 +56,10 @@ def test_concurrency_bench_reports_ratios(model_cache_dir):
         "--tokens",
         "4",
         "--skip-join",
+        "--frontends",
+        "2",
+        "--frontend-runs",
+        "1",
         cache_dir=model_cache_dir,
     )
     assert [r["n"] for r in report["results"]] == [1, 2]
@@ -63,6 +67,8 @@ def test_concurrency_bench_reports_ratios(model_cache_dir):
         r["tokens_per_s_ratio"] > 0 and r["ttft_over_prefill"] > 0 for r in report["results"]
     )
     assert report["long_prompt_join"] is None
+    frontends = report["frontends"]
+    assert frontends["kserve_over_zopilot"] > 0 and frontends["tgis_over_zopilot"] > 0
 
 
 @pytest.mark.slow
