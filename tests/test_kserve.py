@@ -7,6 +7,7 @@ SmolLM2 checks the one real answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 from collections.abc import Iterator
@@ -424,6 +425,24 @@ def test_protocols_flag_and_reflection(make_server: Any) -> None:
         timeout=30,
     )
     assert "raw_input_contents" in described.stdout, described.stderr
+
+
+def test_api_key_applies_to_kserve(make_server: Any) -> None:
+    server = make_server(api_key="sekret", protocols="kserve")
+    with triton.InferenceServerClient(server.target) as anonymous:
+        with pytest.raises(InferenceServerException) as caught:
+            anonymous.is_server_ready()
+        assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
+        got: queue.Queue[Any] = queue.Queue()
+        anonymous.start_stream(callback=lambda result, error: got.put(error))
+        # The server refuses the stream at once; tritonclient may already know when the
+        # request is enqueued (then it raises), and reports the status to the callback.
+        with contextlib.suppress(InferenceServerException):
+            anonymous.async_stream_infer("any", llm_inputs("x", stream=True))
+        assert "UNAUTHENTICATED" in str(got.get(timeout=30))
+        anonymous.stop_stream(cancel_requests=True)
+    with triton.InferenceServerClient(server.target) as client:
+        assert client.is_server_ready(headers={"authorization": "Bearer sekret"})
 
 
 def test_smollm2_streams_paris(smollm2_server: InProcessServer) -> None:
