@@ -136,6 +136,9 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer, ProtocolAdapter):
     async def ModelReady(
         self, request: kpb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ModelReadyResponse:
+        if self._generation.engine is None:
+            # Loading: not ready (the name may come from the model directory, not known yet).
+            return kpb.ModelReadyResponse(ready=False)
         self._check(request.name, request.version)
         return kpb.ModelReadyResponse(ready=self._ready())
 
