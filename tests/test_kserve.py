@@ -427,6 +427,33 @@ def test_protocols_flag_and_reflection(make_server: Any) -> None:
     assert "raw_input_contents" in described.stdout, described.stderr
 
 
+def test_readiness_while_the_model_loads(tiny_config: Any) -> None:
+    import threading
+
+    from zopilot_server.generation.model_loader import load_model
+
+    release = threading.Event()
+
+    def slow_loader(config: Any) -> Any:
+        release.wait(30)
+        return load_model(config)
+
+    server = InProcessServer(tiny_config, loader=slow_loader, wait_ready=False)
+    try:
+        with triton.InferenceServerClient(server.target) as loading:
+            assert loading.is_server_live() and not loading.is_server_ready()
+            assert not loading.is_model_ready("anything")
+            with pytest.raises(InferenceServerException) as caught:
+                loading.infer("anything", llm_inputs("x"))
+            assert caught.value.status() == "StatusCode.UNAVAILABLE"
+            release.set()
+            server.wait_ready()
+            assert loading.is_server_ready()
+    finally:
+        release.set()
+        server.stop()
+
+
 def test_api_key_applies_to_kserve(make_server: Any) -> None:
     server = make_server(api_key="sekret", protocols="kserve")
     with triton.InferenceServerClient(server.target) as anonymous:
