@@ -454,6 +454,21 @@ def test_readiness_while_the_model_loads(tiny_config: Any) -> None:
         server.stop()
 
 
+def test_draining_server_is_not_ready_and_refuses(make_server: Any) -> None:
+    server = make_server()
+    name = model_name(server)
+    engine = server.running.engine
+    assert engine is not None
+    engine.drain(0.0)  # what SIGTERM starts (RunningServer.stop)
+    with triton.InferenceServerClient(server.target) as client:
+        assert client.is_server_live() and not client.is_server_ready()
+        assert not client.is_model_ready(name)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(name, llm_inputs("x", max_tokens=2))
+        assert caught.value.status() == "StatusCode.UNAVAILABLE"
+        assert "draining" in caught.value.message()
+
+
 def test_api_key_applies_to_kserve(make_server: Any) -> None:
     server = make_server(api_key="sekret", protocols="kserve")
     with triton.InferenceServerClient(server.target) as anonymous:
