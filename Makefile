@@ -46,8 +46,8 @@ test: install ## run all tests (then the quantization suite in its own venv: tes
 
 # The generated stubs are committed so the client installs without grpcio-tools;
 # tests/test_proto_stubs.py fails when they are stale (scripts/gen_proto.py says how).
-proto: install ## regenerate client/zopilot_client/pb from protos/
-	$(PY) scripts/gen_proto.py client
+proto: install ## regenerate client/zopilot_client/pb and server/zopilot_server/protocols/pb from protos/
+	$(PY) scripts/gen_proto.py client server
 
 # `buf breaking` (tests/test_buf.py, in `make test`) compares protos/ with this committed
 # image of the published contract, so a clean (even shallow) clone has it. Refresh it on

@@ -15,7 +15,12 @@ Prints JSON; targets (issue "Continuous batching"): ``tokens_per_s_ratio`` >= 0.
 N = 8 and 16 and >= 0.97 at N = 1; ``ttft_over_prefill`` <= 1.2 at N = 8;
 ``itl_join_ratio`` <= 2. Machines here are noisy: compare ratios from one run only.
 
+With ``--frontends 8``, 8 streams also go through KServe / Triton ModelStreamInfer and TGIS
+GenerateStream, alternating with zopilot.v1 GenerateStream in the same run (the same
+prompts and token counts): ``kserve_over_zopilot`` and ``tgis_over_zopilot`` (target >= 0.95).
+
     .venv/bin/python bench/concurrency.py --model smollm2 --n 1 2 4 8 16
+    .venv/bin/python bench/concurrency.py --model smollm2 --n 8 --skip-join --frontends 8
 """
 
 from __future__ import annotations
@@ -145,6 +150,11 @@ def grpc_concurrent(stub: Any, requests: list[pb.GenerateRequest]) -> dict[str, 
     threads, results = start_streams(stub, requests)
     for t in threads:
         t.join()
+    return aggregate(results)
+
+
+def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Streams' timings (began, arrivals, tokens, finish) into the report's numbers."""
     began = min(r["began"] for r in results)
     ended = max(r["arrivals"][-1] for r in results)
     ttfts = [(r["arrivals"][0] - r["began"]) * 1000 for r in results]
@@ -152,6 +162,124 @@ def grpc_concurrent(stub: Any, requests: list[pb.GenerateRequest]) -> dict[str, 
         "tokens_per_s": sum(r["tokens"] for r in results) / (ended - began),
         "ttft_median_ms": statistics.median(ttfts),
         "finish_reasons": [r["finish"] for r in results],
+    }
+
+
+# --- the other protocols' front-ends (--frontends): the same prompts, token counts and
+# engine, through KServe ModelStreamInfer and TGIS GenerateStream vs zopilot.v1. Raw
+# prompts (the chat template rendered here), since KServe's text_input takes no messages.
+
+
+def frontend_calls(target: str, prompts: list[str], tokens: int) -> dict[str, Any]:
+    """Per front-end, one callable per prompt that streams it and returns its timings."""
+    from zopilot_server.protocols.pb.fmaas import generation_pb2 as tpb
+    from zopilot_server.protocols.pb.fmaas import generation_pb2_grpc as tpb_grpc
+    from zopilot_server.protocols.pb.inference import grpc_service_pb2 as kpb
+    from zopilot_server.protocols.pb.inference import grpc_service_pb2_grpc as kpb_grpc
+
+    channel = grpc.insecure_channel(target)
+    zopilot = generation_pb2_grpc.GenerationStub(channel)
+    kserve = kpb_grpc.GRPCInferenceServiceStub(channel)
+    tgis = tpb_grpc.GenerationServiceStub(channel)
+    name = zopilot.GetModelInfo(pb.GetModelInfoRequest()).served_model_name
+
+    def kserve_request(prompt: str) -> Any:
+        request = kpb.ModelInferRequest(model_name=name, id="bench")
+        for key, datatype, value in (
+            ("text_input", "BYTES", prompt.encode()),
+            ("stream", "BOOL", True),
+            (
+                "sampling_parameters",
+                "BYTES",
+                json.dumps({"max_tokens": tokens, "ignore_eos": True}).encode(),
+            ),
+        ):
+            tensor = request.inputs.add(name=key, datatype=datatype, shape=[1])
+            if datatype == "BOOL":
+                tensor.contents.bool_contents.append(value)
+            else:
+                tensor.contents.bytes_contents.append(value)
+        return request
+
+    def texts(kind: str, prompt: str) -> Any:
+        if kind == "zopilot":
+            request = pb.GenerateRequest(prompt=prompt, max_new_tokens=tokens, ignore_eos=True)
+            return (chunk.text for chunk in zopilot.GenerateStream(request, timeout=600))
+        if kind == "kserve":
+            responses = kserve.ModelStreamInfer(iter([kserve_request(prompt)]), timeout=600)
+            return (_kserve_text(r) for r in responses)
+        params = tpb.Parameters(
+            stopping=tpb.StoppingCriteria(max_new_tokens=tokens, min_new_tokens=tokens)
+        )
+        request = tpb.SingleGenerationRequest(
+            request=tpb.GenerationRequest(text=prompt), params=params
+        )
+        return (r.text for r in tgis.GenerateStream(request, timeout=600))
+
+    def timed(kind: str, prompt: str) -> Any:
+        def run(start: threading.Barrier) -> dict[str, Any]:
+            start.wait(30)
+            began = time.perf_counter()
+            arrivals = [time.perf_counter() for text in texts(kind, prompt) if text]
+            return {"began": began, "arrivals": arrivals, "tokens": tokens, "finish": kind}
+
+        return run
+
+    return {kind: [timed(kind, p) for p in prompts] for kind in ("zopilot", "kserve", "tgis")}
+
+
+def _kserve_text(response: Any) -> str:
+    if response.error_message:
+        raise RuntimeError(response.error_message)
+    raw = response.infer_response.raw_output_contents
+    return raw[0][4:].decode() if raw else ""
+
+
+def run_together(calls: list[Any]) -> dict[str, Any]:
+    """All ``calls`` released at once, each in its own thread; their aggregate."""
+    barrier = threading.Barrier(len(calls))
+    results: list[dict[str, Any]] = [{} for _ in calls]
+
+    def run(i: int) -> None:
+        results[i] = calls[i](barrier)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return aggregate(results)
+
+
+def compare_frontends(
+    target: str, tokenizer: Any, n: int, tokens: int, runs: int
+) -> dict[str, Any]:
+    """Alternating runs of n streams per front-end; medians and ratios to zopilot.v1."""
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
+        for p in PROMPTS[:n]
+    ]
+    calls = frontend_calls(target, prompts, tokens)
+    for kind in calls:  # warm-up
+        run_together(calls[kind][:2])
+    rates: dict[str, list[float]] = {kind: [] for kind in calls}
+    for _ in range(runs):
+        for kind, kind_calls in calls.items():
+            rates[kind].append(run_together(kind_calls)["tokens_per_s"])
+    medians = {kind: statistics.median(values) for kind, values in rates.items()}
+    # Best of the runs: the least disturbed one, on a machine others share.
+    best = {kind: max(values) for kind, values in rates.items()}
+    return {
+        "n": n,
+        "runs": runs,
+        "tokens_per_s": rates,
+        "median_tokens_per_s": medians,
+        "kserve_over_zopilot": medians["kserve"] / medians["zopilot"],
+        "tgis_over_zopilot": medians["tgis"] / medians["zopilot"],
+        "best_kserve_over_zopilot": best["kserve"] / best["zopilot"],
+        "best_tgis_over_zopilot": best["tgis"] / best["zopilot"],
     }
 
 
@@ -215,6 +343,15 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=1, help="alternating runs per N; ratios of the medians"
     )
+    parser.add_argument(
+        "--frontends",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run N streams through KServe ModelStreamInfer and TGIS GenerateStream "
+        "vs zopilot.v1 (alternating, medians; 0 = off)",
+    )
+    parser.add_argument("--frontend-runs", type=int, default=3)
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -241,6 +378,13 @@ def main() -> None:
                         remote.append(grpc_concurrent(stub, requests))
                     results.append(summarise(n, local, remote))
                 join = None if args.skip_join else itl_while_long_prompt_joins(stub, tokenizer)
+            frontends = (
+                compare_frontends(
+                    target, tokenizer, args.frontends, args.tokens, args.frontend_runs
+                )
+                if args.frontends
+                else None
+            )
         finally:
             process.terminate()
             process.wait(30)
@@ -251,6 +395,7 @@ def main() -> None:
         "server_args": server_args,
         "results": results,
         "long_prompt_join": join,
+        "frontends": frontends,
     }
     print(json.dumps(report, indent=2))
 

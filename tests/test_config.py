@@ -26,6 +26,12 @@ def test_env_fallback_and_flag_precedence():
     assert (config.port, config.bnb_double_quant) == (7000, False)
 
 
+def test_protocols_and_served_model_name():
+    assert load_config([], env={}).protocol_set == {"zopilot", "kserve", "tgis"}
+    config = load_config(["--protocols", "tgis, kserve"], env={"ZOPILOT_SERVED_MODEL_NAME": "m/1"})
+    assert config.protocol_set == {"tgis", "kserve"} and config.served_model_name == "m/1"
+
+
 def test_every_setting_has_a_flag_and_env_in_help():
     help_text = " ".join(build_parser(env={}).format_help().split())
     for field in dataclasses.fields(ServerConfig):
@@ -42,6 +48,12 @@ def test_every_setting_has_a_flag_and_env_in_help():
         (["--device", "tpu"], {}, "invalid choice"),
         ([], {"ZOPILOT_PORT": "abc"}, "ZOPILOT_PORT"),
         (["--default-max-new-tokens", "9000"], {}, "must not exceed --max-new-tokens-limit"),
+        (["--protocols", "zopilot,grpc"], {}, "--protocols: a comma-separated subset"),
+        (["--protocols", " , "], {}, "--protocols: a comma-separated subset"),
+        ([], {"ZOPILOT_PROTOCOLS": "triton"}, "--protocols"),
+        (["--served-model-name", " padded "], {}, "--served-model-name"),
+        (["--served-model-name", "a\nb"], {}, "--served-model-name"),
+        (["--served-model-name", "m" * 300], {}, "--served-model-name"),
     ],
 )
 def test_bad_values_are_usage_errors(argv, env, needle, capsys):

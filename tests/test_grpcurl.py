@@ -42,6 +42,8 @@ def test_list_shows_every_service(tiny_server):
     assert set(result.stdout.split()) == {
         "zopilot.v1.Generation",
         "zopilot.v1.Documents",
+        "inference.GRPCInferenceService",  # KServe v2 / Triton (--protocols)
+        "fmaas.GenerationService",  # TGIS
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

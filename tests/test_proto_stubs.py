@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from support import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +20,30 @@ def test_generated_stubs_are_up_to_date(tmp_path):
         if not (COMMITTED / p.name).is_file() or (COMMITTED / p.name).read_bytes() != p.read_bytes()
     ]
     assert not stale, f"stale generated files {stale}: run `make proto` and commit the result"
+
+
+def test_protocol_stubs_are_up_to_date(tmp_path):
+    """The KServe / TGIS stubs (server-only, private descriptor pool) match protos/."""
+    committed = REPO / "server"
+    fresh = load_script("gen_proto").generate_protocols(tmp_path)
+    assert len(fresh) >= 7, fresh
+    stale = [
+        str(p.relative_to(tmp_path))
+        for p in fresh
+        if (committed / p.relative_to(tmp_path)).read_bytes() != p.read_bytes()
+    ]
+    assert not stale, f"stale generated files {stale}: run `make proto` and commit the result"
+
+
+def test_protocol_stubs_use_their_own_descriptor_pool():
+    from google.protobuf import descriptor_pool
+    from zopilot_server.protocols import pb
+    from zopilot_server.protocols.pb.inference import grpc_service_pb2
+
+    name = "inference.ModelInferRequest"
+    assert pb.POOL.FindMessageTypeByName(name) is grpc_service_pb2.ModelInferRequest.DESCRIPTOR
+    with pytest.raises(KeyError):
+        descriptor_pool.Default().FindFileByName(grpc_service_pb2.DESCRIPTOR.name)
 
 
 def test_every_enum_starts_with_unspecified():

@@ -55,10 +55,20 @@ def _python_blocks() -> dict[str, str]:
     blocks = re.findall(r"^```python\n(.*?)^```$", README, re.S | re.M)
     named = {}
     for block in blocks:
-        kind = "async" if "AsyncClient" in block else "errors" if "except " in block else "library"
+        kind = (
+            "triton"
+            if "tritonclient" in block
+            else "async"
+            if "AsyncClient" in block
+            else "errors"
+            if "except " in block
+            else "library"
+        )
         assert kind not in named, f"two README python blocks look like {kind!r}"
         named[kind] = block
-    assert set(named) == {"library", "async", "errors"}, "a README python block is untested"
+    assert set(named) == {"library", "async", "errors", "triton"}, (
+        "a README python block is untested"
+    )
     return named
 
 
@@ -100,3 +110,12 @@ def test_readme_async_snippet_runs(readme_snippet_run):
 def test_readme_error_snippet_prints_every_violation(readme_snippet_run):
     lines = readme_snippet_run("errors").splitlines()
     assert [line.split()[0] for line in lines] == ["max_new_tokens", "top_p"], lines
+
+
+def test_readme_tritonclient_snippet_runs(readme_snippet_run):
+    """The KServe v2 / Triton snippet: readiness, a unary infer, a stream ending final."""
+    lines = readme_snippet_run("triton").splitlines()
+    assert lines[0] == "True True", lines
+    streamed = [line for line in lines if line.startswith("1 ")]
+    assert streamed and streamed[-1].endswith(" True"), lines
+    assert all(line.endswith(" False") for line in streamed[:-1]), lines

@@ -330,6 +330,8 @@ class ModelInfo(_Result):
     constrained_decoding: bool = False
     constraint_engine: str = ""
     max_constraint_bytes: int = 0
+    #: The name KServe v2 / Triton and TGIS clients address the model by.
+    served_model_name: str = ""
     kv_cache: KvCache | None = None
     raw: generation_pb2.ModelInfo | None = field(default=None, compare=False, repr=False)
 

@@ -29,6 +29,7 @@ from .generation.engine import GenerationEngine, arena_budget, batch_limits
 from .generation.model_loader import LoadedModel, load_model
 from .generation.servicer import GenerationServicer
 from .loop_bridge import settle_threadsafe
+from .protocols.serving import SELF_PARSING_STREAMS, add_protocols
 from .rpc_chain import Chain, ErrorMapping, Link, MalformedRequests
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def rpc_links(config: ServerConfig) -> list[Link]:
         links.append(ApiKeyAuth(key))
     links += [
         HealthWatchLimit(config.max_health_watches, key),
-        MalformedRequests(),
+        MalformedRequests(answered_by_handler=SELF_PARSING_STREAMS),
         tracing.Tracing(tracer),
         ErrorMapping(),
     ]
@@ -114,6 +115,8 @@ class RunningServer:
     documents_ok: bool = True
     _health_tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     metrics_http: metrics.MetricsHttpServer | None = None
+    # KServe / TGIS service names (--protocols): their health follows the server's.
+    protocol_services: tuple[str, ...] = ()
 
     def engine_load(self) -> Any | None:
         """For the metrics gauges: the engine's load, None while the model loads."""
@@ -138,7 +141,7 @@ class RunningServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         self.serving = serving
-        for name in (OVERALL, GENERATION_SERVICE):
+        for name in (OVERALL, GENERATION_SERVICE, *self.protocol_services):
             await self.health.set(name, status)
         await self._set_documents_health()
 
@@ -194,10 +197,14 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     health_servicer = health.aio.HealthServicer()
     generation = GenerationServicer(config)
     documents = DocumentsServicer(config, engine=lambda: generation.engine)
-    generation_pb2_grpc.add_GenerationServicer_to_server(generation, server)
-    documents_pb2_grpc.add_DocumentsServicer_to_server(documents, server)
+    own: tuple[str, ...] = ()
+    if "zopilot" in config.protocol_set:
+        generation_pb2_grpc.add_GenerationServicer_to_server(generation, server)
+        documents_pb2_grpc.add_DocumentsServicer_to_server(documents, server)
+        own = (GENERATION_SERVICE, DOCUMENTS_SERVICE)
+    protocol_services = add_protocols(server, config, generation)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable(server, (GENERATION_SERVICE, DOCUMENTS_SERVICE, HEALTH_SERVICE))
+    reflection.enable(server, (*own, HEALTH_SERVICE, *protocol_services))
     address = f"{config.host}:{config.port}"
     if credentials is None:
         port = server.add_insecure_port(address)
@@ -206,6 +213,7 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     running = RunningServer(server, port, config, health_servicer, generation, documents)
+    running.protocol_services = protocol_services
     documents.parser.on_health = running.documents_health_changed
     if config.metrics_port:
         running.metrics_http = metrics.MetricsHttpServer(config.host, config.metrics_port)

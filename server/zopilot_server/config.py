@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "ZOPILOT_"
+PROTOCOLS = ("zopilot", "kserve", "tgis")
 MIB = 1024 * 1024
 
 
@@ -85,6 +86,19 @@ class ServerConfig:
     )
     bnb_double_quant: bool = _opt("4-bit: quantize the quantization constants too", False)
     bnb_int8_threshold: float = _opt("8-bit: LLM.int8() outlier threshold", 6.0)
+
+    # --- other protocols on the same port (README "Other protocols") ---
+    protocols: str = _opt(
+        "comma-separated APIs to serve besides health and reflection: zopilot (zopilot.v1), "
+        "kserve (KServe v2 / Triton inference.GRPCInferenceService), tgis "
+        "(fmaas.GenerationService)",
+        "zopilot,kserve,tgis",
+    )
+    served_model_name: str = _opt(
+        "the model name KServe / Triton and TGIS clients send (also in GetModelInfo); "
+        "empty = the model directory's name",
+        "",
+    )
 
     # --- generation limits ---
     default_max_new_tokens: int = _opt("max_new_tokens when a request leaves it unset", 256)
@@ -247,11 +261,26 @@ class ServerConfig:
             (self.max_streams_per_connection >= 1, "--max-streams-per-connection must be >= 1"),
             (self.doc_worker_memory_mib >= 0, "--doc-worker-memory-mib must be >= 0"),
             (self.doc_max_cells >= 0, "--doc-max-cells must be >= 0"),
+            (
+                bool(self.protocol_set) and self.protocol_set <= set(PROTOCOLS),
+                f"--protocols: a comma-separated subset of {','.join(PROTOCOLS)}",
+            ),
+            (
+                self.served_model_name == self.served_model_name.strip()
+                and self.served_model_name.isprintable()
+                and len(self.served_model_name) <= 256,
+                "--served-model-name: printable, at most 256 characters, no surrounding spaces",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         return self
+
+    @property
+    def protocol_set(self) -> frozenset[str]:
+        """The --protocols names, parsed."""
+        return frozenset(p.strip() for p in self.protocols.split(",") if p.strip())
 
     @property
     def max_receive_message_bytes(self) -> int:

@@ -250,6 +250,9 @@ _GENERATION_STREAM = "/zopilot.v1.Generation/GenerateStream"
 _GENERATION_UNARY = "/zopilot.v1.Generation/Generate"
 _DOCUMENT_PARSE = "/zopilot.v1.Documents/DocumentParse"
 _OBSERVED_PREFIX = "/zopilot.v1."
+# The other protocols on this port (protocols/): their calls' outcomes count too, under
+# their service-qualified method names ("fmaas.GenerationService/Generate" is not ours).
+_PROTOCOL_PREFIXES = ("/inference.GRPCInferenceService/", "/fmaas.GenerationService/")
 
 
 def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
@@ -307,7 +310,7 @@ def _record(method: str, code: str, response: Any, started: float) -> None:
         if code == "OK":
             DOCUMENT_LATENCY.labels(_model_name, doc_type).observe(time.perf_counter() - started)
     if code != "OK":
-        REQUEST_FAILURE.labels(_model_name, method.rsplit("/", 1)[-1], code).inc()
+        REQUEST_FAILURE.labels(_model_name, _method_label(method), code).inc()
     elif (
         method in (_GENERATION_STREAM, _GENERATION_UNARY)
         and response is not None
@@ -316,12 +319,20 @@ def _record(method: str, code: str, response: Any, started: float) -> None:
         _observe_generation(response, started)
 
 
+def _method_label(method: str) -> str:
+    """zopilot.v1 methods by their bare name (as always); other protocols' qualified."""
+    if method.startswith(_OBSERVED_PREFIX):
+        return method.rsplit("/", 1)[-1]
+    return method.lstrip("/")
+
+
 class Metrics(Link):
     """Observes every zopilot.v1 call's outcome (the first link of the chain, so refused
     calls count too); health, reflection and unknown methods pass untouched."""
 
     def wrap(self, call: Call, inner: Behavior) -> Behavior:
-        if not call.found or not call.method.startswith(_OBSERVED_PREFIX):
+        observed_prefixes = (_OBSERVED_PREFIX, *_PROTOCOL_PREFIXES)
+        if not call.found or not call.method.startswith(observed_prefixes):
             return inner
         if call.request_streaming:
             return inner

@@ -18,16 +18,24 @@ import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
+from grpc_reflection.v1alpha._base import BaseReflectionServicer
+
+from .protocols import pb as protocols_pb
 
 DESCRIPTOR_SET = "zopilot_v1.binpb"
+# The other protocols' stubs live in their own descriptor pool (protocols/pb/__init__.py).
+PROTOCOLS_DESCRIPTOR_SET = ("zopilot_server.protocols.pb", "protocols.binpb")
 METHOD = "ServerReflectionInfo"
 
 
 def documented_files() -> dict[str, bytes]:
     """Serialized FileDescriptorProtos with comments, by file name."""
-    data = resources.files("zopilot_client.pb").joinpath(DESCRIPTOR_SET).read_bytes()
-    descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(data)
-    return {f.name: f.SerializeToString() for f in descriptor_set.file}
+    files = {}
+    for package, name in (("zopilot_client.pb", DESCRIPTOR_SET), PROTOCOLS_DESCRIPTOR_SET):
+        data = resources.files(package).joinpath(name).read_bytes()
+        descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(data)
+        files.update({f.name: f.SerializeToString() for f in descriptor_set.file})
+    return files
 
 
 class DocumentedReflectionServicer(ReflectionServicer):
@@ -36,6 +44,7 @@ class DocumentedReflectionServicer(ReflectionServicer):
     def __init__(self, service_names: tuple[str, ...]) -> None:
         super().__init__(service_names)
         self._documented = documented_files()
+        self._protocols = BaseReflectionServicer(service_names, pool=protocols_pb.POOL)
 
     def _with_comments(self, response: Any) -> Any:
         files = response.file_descriptor_response.file_descriptor_proto
@@ -46,10 +55,18 @@ class DocumentedReflectionServicer(ReflectionServicer):
         return response
 
     def _file_by_filename(self, request: Any, filename: str) -> Any:
-        return self._with_comments(super()._file_by_filename(request, filename))
+        response = self._protocols._file_by_filename(request, filename)
+        if response.HasField("error_response"):
+            response = super()._file_by_filename(request, filename)
+        return self._with_comments(response)
 
     def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
-        return self._with_comments(super()._file_containing_symbol(request, fully_qualified_name))
+        # The protocols' pool first: a process that also imported tritonclient has its
+        # (other) inference.* files in the default pool.
+        response = self._protocols._file_containing_symbol(request, fully_qualified_name)
+        if response.HasField("error_response"):
+            response = super()._file_containing_symbol(request, fully_qualified_name)
+        return self._with_comments(response)
 
 
 def enable(server: Any, service_names: tuple[str, ...]) -> None:

@@ -89,13 +89,20 @@ class MalformedRequests(Link):
     grpc.aio parses a request before any handler runs and answers a parse failure with
     UNKNOWN plus an ERROR traceback per call. With a lenient deserializer the failure
     reaches the handler as a value, answered here; for a request stream (reflection)
-    the stream ends at the first bad message.
+    the stream ends at the first bad message, unless the method is one of
+    ``answered_by_handler``: a stream multiplexing independent requests (Triton's
+    ModelStreamInfer) answers a bad message with an error response and goes on.
     """
+
+    def __init__(self, answered_by_handler: frozenset[str] = frozenset()) -> None:
+        self._answered_by_handler = answered_by_handler
 
     def deserializer(self, call: Call, parse: Deserializer) -> Deserializer:
         return parse if parse is None else lenient(parse)
 
     def wrap(self, call: Call, inner: Behavior) -> Behavior:
+        if call.request_streaming and call.method in self._answered_by_handler:
+            return inner
         if call.request_streaming:
 
             async def parsed_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:

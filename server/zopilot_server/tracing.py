@@ -28,6 +28,9 @@ _TRACED = (
     "/zopilot.v1.Generation/GenerateStream",
     "/zopilot.v1.Generation/Generate",
     "/zopilot.v1.Documents/DocumentParse",
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/fmaas.GenerationService/Generate",
+    "/fmaas.GenerationService/GenerateStream",
 )
 
 

@@ -209,7 +209,7 @@ class Quantization(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., quant_type: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., double_quant: _Optional[bool] = ..., int8_threshold: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "architecture", "parameter_count", "dtype", "device", "quantization", "memory_footprint_bytes", "max_context_length", "has_chat_template", "eos_token", "eos_token_id", "vocab_size", "default_max_new_tokens", "max_new_tokens_limit", "max_stop_sequences", "max_top_n_tokens", "load_seconds", "constrained_decoding", "constraint_engine", "max_constraint_bytes", "kv_cache")
+    __slots__ = ("model_id", "architecture", "parameter_count", "dtype", "device", "quantization", "memory_footprint_bytes", "max_context_length", "has_chat_template", "eos_token", "eos_token_id", "vocab_size", "default_max_new_tokens", "max_new_tokens_limit", "max_stop_sequences", "max_top_n_tokens", "load_seconds", "constrained_decoding", "constraint_engine", "max_constraint_bytes", "served_model_name", "kv_cache")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +230,7 @@ class ModelInfo(_message.Message):
     CONSTRAINED_DECODING_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINT_ENGINE_FIELD_NUMBER: _ClassVar[int]
     MAX_CONSTRAINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SERVED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     architecture: str
@@ -251,8 +252,9 @@ class ModelInfo(_message.Message):
     constrained_decoding: bool
     constraint_engine: str
     max_constraint_bytes: int
+    served_model_name: str
     kv_cache: KvCache
-    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ..., constrained_decoding: _Optional[bool] = ..., constraint_engine: _Optional[str] = ..., max_constraint_bytes: _Optional[int] = ..., kv_cache: _Optional[_Union[KvCache, _Mapping]] = ...) -> None: ...
+    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ..., constrained_decoding: _Optional[bool] = ..., constraint_engine: _Optional[str] = ..., max_constraint_bytes: _Optional[int] = ..., served_model_name: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCache, _Mapping]] = ...) -> None: ...
 
 class KvCache(_message.Message):
     __slots__ = ("mode", "slots", "tokens_per_slot", "bytes", "serial_reason", "prefix_cache", "prefix_block_tokens")

@@ -138,6 +138,10 @@ class GenerationEngine:
     def queued_count(self) -> int:
         return self.scheduler.queued_count
 
+    @property
+    def draining(self) -> bool:
+        return self.scheduler.draining
+
     def _streamer_for(self, job: Job) -> TokenStreamer:
         request = job.request
         return TokenStreamer(

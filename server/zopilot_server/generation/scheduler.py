@@ -224,6 +224,11 @@ class Scheduler:
         self._step_observers.append(callback)
 
     @property
+    def draining(self) -> bool:
+        """True once drain() or close() ran: nothing new is admitted (KServe ServerReady)."""
+        return self._closed
+
+    @property
     def active_count(self) -> int:
         """Requests in the running batch (prefilling or decoding)."""
         with self._cond:

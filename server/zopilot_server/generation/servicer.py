@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import PurePath
 
 import grpc
 from zopilot_client.pb import generation_pb2 as pb
@@ -21,6 +22,7 @@ from .engine import (
     complete_generation,
     stream_chunks,
 )
+from .model_loader import LoadedModel
 from .requests import truncate_left
 from .validation import (
     check_tokenize_request,
@@ -38,15 +40,18 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self._config = config
         self.engine: GenerationEngine | None = None
 
-    def _ready_engine(self) -> GenerationEngine:
+    def ready_engine(self) -> GenerationEngine:
         if self.engine is None:
             raise ModelLoading
         return self.engine
 
-    async def _domain_request(
+    async def domain_request(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> tuple[GenerationEngine, GenerationRequest]:
-        engine = self._ready_engine()
+        """The engine and the validated GenerationRequest for ``request`` (INVALID_ARGUMENT
+        otherwise). The other protocols' adapters translate into a GenerateRequest and
+        come through here, so every rule and limit is the same for all of them."""
+        engine = self.ready_engine()
         # Template rendering and tokenizing take time in proportion to the input (about
         # 0.6 s per MiB): in a thread, so health checks and other streams keep flowing.
         domain = await asyncio.to_thread(
@@ -63,27 +68,27 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        engine, domain = await self._domain_request(request, context)
+        engine, domain = await self.domain_request(request, context)
         async for chunk in stream_chunks(engine, domain):
             yield chunk_to_pb(chunk, domain.request_id)
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        engine, domain = await self._domain_request(request, context)
+        engine, domain = await self.domain_request(request, context)
         return chunk_to_pb(await complete_generation(engine, domain), domain.request_id)
 
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
-        engine = self._ready_engine()
+        engine = self.ready_engine()
         check_tokenize_request(request, input_chars_limit(self._config, engine.loaded))
         return await asyncio.to_thread(tokenize, engine, request)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
-        return model_info(self._ready_engine(), self._config)
+        return model_info(self.ready_engine(), self._config)
 
 
 def tokenize(engine: GenerationEngine, request: pb.TokenizeRequest) -> pb.TokenizeResponse:
@@ -135,6 +140,7 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
         constrained_decoding=engine.constraints.available,
         constraint_engine=engine.constraints.engine,
         max_constraint_bytes=config.max_constraint_bytes,
+        served_model_name=served_model_name(config, loaded),
         kv_cache=pb.KvCache(
             mode=engine.arena.mode,
             slots=engine.arena.slots,
@@ -145,6 +151,15 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
             prefix_block_tokens=engine.arena.prefix_block_tokens,
         ),
     )
+
+
+def served_model_name(config: ServerConfig, loaded: LoadedModel) -> str:
+    """--served-model-name, or the model directory's name (a .gguf file's stem; the
+    embedded model's name when --model is empty)."""
+    if config.served_model_name:
+        return config.served_model_name
+    path = PurePath(loaded.model_id.rstrip("/\\") or loaded.model_id)
+    return path.stem if path.suffix == ".gguf" else path.name or loaded.model_id
 
 
 def token_to_pb(token: TokenDetail) -> pb.TokenDetail:

@@ -1,0 +1,1 @@
+"""Other gRPC inference protocols on the same port: KServe v2 / Triton and TGIS."""

@@ -1,0 +1,1 @@
+"""TGIS fmaas stubs (generated)."""
