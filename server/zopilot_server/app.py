@@ -227,6 +227,7 @@ class RunningServer:
     documents_ok: bool = True
     _health_tasks: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     metrics_http: metrics.MetricsHttpServer | None = None
+    _hurried: bool = False
 
     def engine_load(self) -> Any | None:
         """For the metrics gauges: the engine's load, None while the model loads."""
@@ -278,8 +279,9 @@ class RunningServer:
         if self.load_task is not None and not self.load_task.done():
             self.load_task.cancel()
         if self.engine is not None:
-            # Leave the last stretch of the grace for the final chunks to reach clients.
-            self.engine.drain(max(0.0, grace - min(1.0, grace * 0.2)))
+            # The engine ends what still runs by this deadline, even mid-step; the last
+            # stretch of the grace is for those final chunks to reach the clients.
+            self.engine.drain(max(0.0, grace - final_chunk_s(grace)))
         await self.server.stop(grace)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
@@ -287,11 +289,31 @@ class RunningServer:
         self.close_metrics()
         log.info("stopped")
 
+    def hurry(self) -> None:
+        """A second SIGTERM / SIGINT during the drain: end it now. Running generations end
+        with SHUTDOWN and their text at once; the calls still open get a moment for that
+        last chunk, then are cancelled (UNAVAILABLE)."""
+        if self._hurried:
+            return
+        self._hurried = True
+        log.info("second signal: ending the drain now")
+        if self.engine is not None:
+            self.engine.drain(0.0)
+        task = asyncio.get_running_loop().create_task(self.server.stop(final_chunk_s(1.0)))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
     def close_metrics(self) -> None:
         metrics.unbind(self)
         if self.metrics_http is not None:
             self.metrics_http.close()
             self.metrics_http = None
+
+
+def final_chunk_s(grace: float) -> float:
+    """The end of the grace kept for final chunks to reach clients after the engine ended
+    the generations (a second or a fifth of the grace, whichever is shorter)."""
+    return min(1.0, grace * 0.2)
 
 
 ModelLoader = Callable[[ServerConfig], LoadedModel]
@@ -417,5 +439,7 @@ async def serve(config: ServerConfig, loader: ModelLoader = load_model) -> int:
         raise running.load_task.exception()  # type: ignore[misc]
     await stop.wait()
     log.info("signal received")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, running.hurry)  # a second signal ends the drain now
     await running.stop()
     return 0
