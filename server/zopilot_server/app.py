@@ -73,7 +73,9 @@ def _connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
     """What one connection may hold: bounded streams, and a bounded life, so that calls
     a client never finishes (a half-closed call without a message gets no handler, and so
     no status) or never reads end with the connection instead of living forever."""
-    options = [("grpc.max_concurrent_streams", config.max_streams_per_connection)]
+    # Well above what admission holds, so a burst is answered (RESOURCE_EXHAUSTED with
+    # RetryInfo) rather than refused by the transport (RST_STREAM: "Stream removed").
+    options = [("grpc.max_concurrent_streams", config.streams_per_connection)]
     if config.max_connection_age_s > 0:
         # GOAWAY after this age (clients reconnect transparently); calls still open then
         # get the grace below, after which the connection is closed under them.
