@@ -117,6 +117,13 @@ class ServerConfig:
         "merging the tokens in between (0 = a chunk per token)",
         0,
     )
+    special_tokens_as_text: bool = _opt(
+        "tokenize special-token text in prompts and chat contents (a user typing a chat "
+        "control token) as plain text for every request, so user text cannot forge chat "
+        "turns; off = it is the control token (transformers, TGI and vLLM do the same), "
+        "unless a request sets special_tokens_as_text",
+        False,
+    )
     deadline_margin_ms: int = _opt(
         "stop generating this long before a call's deadline, to deliver the text", 150
     )

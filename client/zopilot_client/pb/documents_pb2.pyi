@@ -32,7 +32,7 @@ FIELD_EXTRACTION_MODEL: FieldExtraction
 FIELD_EXTRACTION_LABELS: FieldExtraction
 
 class DocumentParseRequest(_message.Message):
-    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id", "field_extraction")
+    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id", "field_extraction", "csv_neutralize_formulas")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class DocumentParseRequest(_message.Message):
     JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FIELD_EXTRACTION_FIELD_NUMBER: _ClassVar[int]
+    CSV_NEUTRALIZE_FORMULAS_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     filename: str
     mime_type: str
@@ -49,7 +50,8 @@ class DocumentParseRequest(_message.Message):
     json_schema: str
     request_id: str
     field_extraction: FieldExtraction
-    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ..., field_extraction: _Optional[_Union[FieldExtraction, str]] = ...) -> None: ...
+    csv_neutralize_formulas: bool
+    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ..., field_extraction: _Optional[_Union[FieldExtraction, str]] = ..., csv_neutralize_formulas: _Optional[bool] = ...) -> None: ...
 
 class DocumentMetadata(_message.Message):
     __slots__ = ("detected_type", "page_count", "sheet_count", "slide_count", "method", "size_bytes", "processing_ms", "parser_version", "field_extraction")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"zopilot_client/pb/generation.proto\x12\nzopilot.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8a\x05\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.zopilot.v1.ChatMessage\x12\x1b\n\x0emax_new_tokens\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x16\n\x0emin_new_tokens\x18\x0b \x01(\x05\x12\x18\n\x0btemperature\x18\x0c \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\r \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x0e \x01(\x05H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0f \x01(\x02H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x10 \x01(\x04H\x06\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x11 \x03(\t\x12\x1d\n\x15include_stop_sequence\x18\x12 \x01(\x08\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x12\x1d\n\x15truncate_input_tokens\x18\x14 \x01(\x05\x12\x15\n\rtime_limit_ms\x18\x15 \x01(\x05\x12\x1c\n\x14return_token_details\x18\x16 \x01(\x08\x12\x14\n\x0ctop_n_tokens\x18\x17 \x01(\x05\x12\x15\n\x0bjson_schema\x18\x1e \x01(\tH\x00\x12\x0f\n\x05regex\x18\x1f \x01(\tH\x00\x12$\n\x06\x63hoice\x18  \x01(\x0b\x32\x12.zopilot.v1.ChoiceH\x00\x12\x15\n\x0bjson_object\x18! \x01(\x08H\x00\x42\x0c\n\nconstraintB\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x19\n\x06\x43hoice\x12\x0f\n\x07options\x18\x01 \x03(\t\"5\n\x08TopToken\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"b\n\x0bTokenDetail\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12(\n\ntop_tokens\x18\x04 \x03(\x0b\x32\x14.zopilot.v1.TopToken\"P\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12\x17\n\x0finput_truncated\x18\x03 \x01(\x08\"\x7f\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\x8f\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\'\n\x06tokens\x18\x02 \x03(\x0b\x32\x17.zopilot.v1.TokenDetail\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.zopilot.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.zopilot.v1.Usage\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.zopilot.v1.Timings\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x12\n\nincomplete\x18\t \x01(\x08\"Z\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\x12\x1d\n\x15truncate_input_tokens\x18\x03 \x01(\x05\"$\n\x06Offset\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"|\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12#\n\x07offsets\x18\x03 \x03(\x0b\x32\x12.zopilot.v1.Offset\x12\x13\n\x0btoken_count\x18\x04 \x01(\x05\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"u\n\x0cQuantization\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x12\n\nquant_type\x18\x02 \x01(\t\x12\x15\n\rcompute_dtype\x18\x03 \x01(\t\x12\x14\n\x0c\x64ouble_quant\x18\x04 \x01(\x08\x12\x16\n\x0eint8_threshold\x18\x05 \x01(\x02\"\x90\x04\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x17\n\x0fparameter_count\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12.\n\x0cquantization\x18\x06 \x01(\x0b\x32\x18.zopilot.v1.Quantization\x12\x1e\n\x16memory_footprint_bytes\x18\x07 \x01(\x03\x12\x1a\n\x12max_context_length\x18\x08 \x01(\x05\x12\x19\n\x11has_chat_template\x18\t \x01(\x08\x12\x11\n\teos_token\x18\n \x01(\t\x12\x14\n\x0c\x65os_token_id\x18\x0b \x01(\x05\x12\x12\n\nvocab_size\x18\x0c \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_max_new_tokens\x18\r \x01(\x05\x12\x1c\n\x14max_new_tokens_limit\x18\x0e \x01(\x05\x12\x1a\n\x12max_stop_sequences\x18\x0f \x01(\x05\x12\x18\n\x10max_top_n_tokens\x18\x10 \x01(\x05\x12\x14\n\x0cload_seconds\x18\x11 \x01(\x01\x12\x1c\n\x14\x63onstrained_decoding\x18\x12 \x01(\x08\x12\x19\n\x11\x63onstraint_engine\x18\x13 \x01(\t\x12\x1c\n\x14max_constraint_bytes\x18\x14 \x01(\x05*\xfa\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x1b\n\x17\x46INISH_REASON_EOS_TOKEN\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x05\x12\x1a\n\x16\x46INISH_REASON_SHUTDOWN\x10\x06\x12\x1c\n\x18\x46INISH_REASON_CONSTRAINT\x10\x07\x32\xb1\x02\n\nGeneration\x12M\n\x0eGenerateStream\x12\x1b.zopilot.v1.GenerateRequest\x1a\x1c.zopilot.v1.GenerateResponse0\x01\x12\x45\n\x08Generate\x12\x1b.zopilot.v1.GenerateRequest\x1a\x1c.zopilot.v1.GenerateResponse\x12\x45\n\x08Tokenize\x12\x1b.zopilot.v1.TokenizeRequest\x1a\x1c.zopilot.v1.TokenizeResponse\x12\x46\n\x0cGetModelInfo\x12\x1f.zopilot.v1.GetModelInfoRequest\x1a\x15.zopilot.v1.ModelInfoBz\n\rai.zopilot.v1P\x01Z9github.com/zopilot/zopilotgpu/gen/go/zopilot/v1;zopilotv1\xa2\x02\x03ZXX\xaa\x02\nZopilot.V1\xca\x02\nZopilot\\V1\xea\x02\x0bZopilot::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"zopilot_client/pb/generation.proto\x12\nzopilot.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xaa\x05\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.zopilot.v1.ChatMessage\x12\x1b\n\x0emax_new_tokens\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x16\n\x0emin_new_tokens\x18\x0b \x01(\x05\x12\x18\n\x0btemperature\x18\x0c \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\r \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x0e \x01(\x05H\x04\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0f \x01(\x02H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\x10 \x01(\x04H\x06\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x11 \x03(\t\x12\x1d\n\x15include_stop_sequence\x18\x12 \x01(\x08\x12\x12\n\nignore_eos\x18\x13 \x01(\x08\x12\x1d\n\x15truncate_input_tokens\x18\x14 \x01(\x05\x12\x15\n\rtime_limit_ms\x18\x15 \x01(\x05\x12\x1c\n\x14return_token_details\x18\x16 \x01(\x08\x12\x14\n\x0ctop_n_tokens\x18\x17 \x01(\x05\x12\x1e\n\x16special_tokens_as_text\x18\x18 \x01(\x08\x12\x15\n\x0bjson_schema\x18\x1e \x01(\tH\x00\x12\x0f\n\x05regex\x18\x1f \x01(\tH\x00\x12$\n\x06\x63hoice\x18  \x01(\x0b\x32\x12.zopilot.v1.ChoiceH\x00\x12\x15\n\x0bjson_object\x18! \x01(\x08H\x00\x42\x0c\n\nconstraintB\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x19\n\x06\x43hoice\x12\x0f\n\x07options\x18\x01 \x03(\t\"5\n\x08TopToken\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"b\n\x0bTokenDetail\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12(\n\ntop_tokens\x18\x04 \x03(\x0b\x32\x14.zopilot.v1.TopToken\"P\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\x12\x17\n\x0finput_truncated\x18\x03 \x01(\x08\"\x7f\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x15\n\rgeneration_ms\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\x8f\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\'\n\x06tokens\x18\x02 \x03(\x0b\x32\x17.zopilot.v1.TokenDetail\x12/\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x18.zopilot.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x04 \x01(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.zopilot.v1.Usage\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.zopilot.v1.Timings\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x12\n\nincomplete\x18\t \x01(\x08\"Z\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\x12\x1d\n\x15truncate_input_tokens\x18\x03 \x01(\x05\"$\n\x06Offset\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"|\n\x10TokenizeResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x05\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12#\n\x07offsets\x18\x03 \x03(\x0b\x32\x12.zopilot.v1.Offset\x12\x13\n\x0btoken_count\x18\x04 \x01(\x05\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"\x15\n\x13GetModelInfoRequest\"u\n\x0cQuantization\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x12\n\nquant_type\x18\x02 \x01(\t\x12\x15\n\rcompute_dtype\x18\x03 \x01(\t\x12\x14\n\x0c\x64ouble_quant\x18\x04 \x01(\x08\x12\x16\n\x0eint8_threshold\x18\x05 \x01(\x02\"\x90\x04\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x17\n\x0fparameter_count\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12.\n\x0cquantization\x18\x06 \x01(\x0b\x32\x18.zopilot.v1.Quantization\x12\x1e\n\x16memory_footprint_bytes\x18\x07 \x01(\x03\x12\x1a\n\x12max_context_length\x18\x08 \x01(\x05\x12\x19\n\x11has_chat_template\x18\t \x01(\x08\x12\x11\n\teos_token\x18\n \x01(\t\x12\x14\n\x0c\x65os_token_id\x18\x0b \x01(\x05\x12\x12\n\nvocab_size\x18\x0c \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_max_new_tokens\x18\r \x01(\x05\x12\x1c\n\x14max_new_tokens_limit\x18\x0e \x01(\x05\x12\x1a\n\x12max_stop_sequences\x18\x0f \x01(\x05\x12\x18\n\x10max_top_n_tokens\x18\x10 \x01(\x05\x12\x14\n\x0cload_seconds\x18\x11 \x01(\x01\x12\x1c\n\x14\x63onstrained_decoding\x18\x12 \x01(\x08\x12\x19\n\x11\x63onstraint_engine\x18\x13 \x01(\t\x12\x1c\n\x14max_constraint_bytes\x18\x14 \x01(\x05*\xfa\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x1b\n\x17\x46INISH_REASON_EOS_TOKEN\x10\x02\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TIME_LIMIT\x10\x05\x12\x1a\n\x16\x46INISH_REASON_SHUTDOWN\x10\x06\x12\x1c\n\x18\x46INISH_REASON_CONSTRAINT\x10\x07\x32\xb1\x02\n\nGeneration\x12M\n\x0eGenerateStream\x12\x1b.zopilot.v1.GenerateRequest\x1a\x1c.zopilot.v1.GenerateResponse0\x01\x12\x45\n\x08Generate\x12\x1b.zopilot.v1.GenerateRequest\x1a\x1c.zopilot.v1.GenerateResponse\x12\x45\n\x08Tokenize\x12\x1b.zopilot.v1.TokenizeRequest\x1a\x1c.zopilot.v1.TokenizeResponse\x12\x46\n\x0cGetModelInfo\x12\x1f.zopilot.v1.GetModelInfoRequest\x1a\x15.zopilot.v1.ModelInfoBz\n\rai.zopilot.v1P\x01Z9github.com/zopilot/zopilotgpu/gen/go/zopilot/v1;zopilotv1\xa2\x02\x03ZXX\xaa\x02\nZopilot.V1\xca\x02\nZopilot\\V1\xea\x02\x0bZopilot::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,36 +32,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zopilot_client.pb.generatio
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rai.zopilot.v1P\001Z9github.com/zopilot/zopilotgpu/gen/go/zopilot/v1;zopilotv1\242\002\003ZXX\252\002\nZopilot.V1\312\002\nZopilot\\V1\352\002\013Zopilot::V1'
-  _globals['_FINISHREASON']._serialized_start=2346
-  _globals['_FINISHREASON']._serialized_end=2596
+  _globals['_FINISHREASON']._serialized_start=2378
+  _globals['_FINISHREASON']._serialized_end=2628
   _globals['_CHATMESSAGE']._serialized_start=50
   _globals['_CHATMESSAGE']._serialized_end=94
   _globals['_GENERATEREQUEST']._serialized_start=97
-  _globals['_GENERATEREQUEST']._serialized_end=747
-  _globals['_CHOICE']._serialized_start=749
-  _globals['_CHOICE']._serialized_end=774
-  _globals['_TOPTOKEN']._serialized_start=776
-  _globals['_TOPTOKEN']._serialized_end=829
-  _globals['_TOKENDETAIL']._serialized_start=831
-  _globals['_TOKENDETAIL']._serialized_end=929
-  _globals['_USAGE']._serialized_start=931
-  _globals['_USAGE']._serialized_end=1011
-  _globals['_TIMINGS']._serialized_start=1013
-  _globals['_TIMINGS']._serialized_end=1140
-  _globals['_GENERATERESPONSE']._serialized_start=1143
-  _globals['_GENERATERESPONSE']._serialized_end=1414
-  _globals['_TOKENIZEREQUEST']._serialized_start=1416
-  _globals['_TOKENIZEREQUEST']._serialized_end=1506
-  _globals['_OFFSET']._serialized_start=1508
-  _globals['_OFFSET']._serialized_end=1544
-  _globals['_TOKENIZERESPONSE']._serialized_start=1546
-  _globals['_TOKENIZERESPONSE']._serialized_end=1670
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1672
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1693
-  _globals['_QUANTIZATION']._serialized_start=1695
-  _globals['_QUANTIZATION']._serialized_end=1812
-  _globals['_MODELINFO']._serialized_start=1815
-  _globals['_MODELINFO']._serialized_end=2343
-  _globals['_GENERATION']._serialized_start=2599
-  _globals['_GENERATION']._serialized_end=2904
+  _globals['_GENERATEREQUEST']._serialized_end=779
+  _globals['_CHOICE']._serialized_start=781
+  _globals['_CHOICE']._serialized_end=806
+  _globals['_TOPTOKEN']._serialized_start=808
+  _globals['_TOPTOKEN']._serialized_end=861
+  _globals['_TOKENDETAIL']._serialized_start=863
+  _globals['_TOKENDETAIL']._serialized_end=961
+  _globals['_USAGE']._serialized_start=963
+  _globals['_USAGE']._serialized_end=1043
+  _globals['_TIMINGS']._serialized_start=1045
+  _globals['_TIMINGS']._serialized_end=1172
+  _globals['_GENERATERESPONSE']._serialized_start=1175
+  _globals['_GENERATERESPONSE']._serialized_end=1446
+  _globals['_TOKENIZEREQUEST']._serialized_start=1448
+  _globals['_TOKENIZEREQUEST']._serialized_end=1538
+  _globals['_OFFSET']._serialized_start=1540
+  _globals['_OFFSET']._serialized_end=1576
+  _globals['_TOKENIZERESPONSE']._serialized_start=1578
+  _globals['_TOKENIZERESPONSE']._serialized_end=1702
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1704
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1725
+  _globals['_QUANTIZATION']._serialized_start=1727
+  _globals['_QUANTIZATION']._serialized_end=1844
+  _globals['_MODELINFO']._serialized_start=1847
+  _globals['_MODELINFO']._serialized_end=2375
+  _globals['_GENERATION']._serialized_start=2631
+  _globals['_GENERATION']._serialized_end=2936
 # @@protoc_insertion_point(module_scope)

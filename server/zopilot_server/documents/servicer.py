@@ -19,6 +19,7 @@ from ..errors import (
     loggable,
     rpc_errors,
 )
+from .csv_safety import neutralize_formulas
 from .domain import (
     ParseOutcome,
 )
@@ -70,7 +71,10 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
             (time.perf_counter() - started) * 1000,
             outcome.method,
         )
-        return to_pb(outcome, document)
+        response = to_pb(outcome, document)
+        if request.csv_neutralize_formulas and response.HasField("csv"):
+            response.csv = neutralize_formulas(response.csv)
+        return response
 
 
 def to_pb(outcome: ParseOutcome, document: DocumentRequest) -> pb.DocumentParseResponse:
