@@ -212,7 +212,8 @@ def parse(client: Client, args: argparse.Namespace) -> int:
     if isinstance(source, Path) and not source.is_file():
         raise ValueError(f"no such file: {args.file}")
     options: dict[str, Any] = {"formats": [args.format], "json_fields": args.json_field}
-    for name in ("filename", "mime_type", "json_schema", "field_extraction", "request_id"):
+    names = ("filename", "mime_type", "json_schema", "field_extraction", "request_id")
+    for name in (*names, "csv_neutralize_formulas"):
         if getattr(args, name):
             options[name] = getattr(args, name)
     document = client.parse_document(source, **options)

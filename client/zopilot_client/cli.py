@@ -96,6 +96,7 @@ GENERATION_SWITCHES: tuple[tuple[str, str], ...] = (
     ("include_stop_sequence", "keep the matched stop sequence at the end of the text"),
     ("ignore_eos", "keep generating after the end-of-sequence token"),
     ("return_token_details", "return id, text and logprob of every token (with --json)"),
+    ("special_tokens_as_text", "tokenize special-token text in the input as plain text"),
 )
 
 EPILOG = """\
@@ -252,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--field-extraction",
         choices=("model", "labels"),
         help="how --schema / --json-field are filled (default: the model when it can)",
+    )
+    parse.add_argument(
+        "--csv-neutralize-formulas",
+        action="store_true",
+        help="csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '",
     )
     parse.add_argument("--request-id", help="an id for the server's logs")
     _output_modes(parse, jsonl=False, what="the whole response with metadata")
