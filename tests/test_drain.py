@@ -169,3 +169,34 @@ def test_a_second_signal_ends_the_drain_at_once(tiny_model_dir, model_cache_dir,
         assert process.wait(20) == 0
         assert_drained(streams, running)
         assert "Traceback" not in process.stdout.read()
+
+
+def test_idle_calls_do_not_hold_the_drain_for_the_grace(tiny_model_dir, model_cache_dir):
+    """Nothing to drain but a health Watch and a call whose request never completes:
+    the drain stops at once (UNAVAILABLE to both) instead of waiting out a 60 s grace."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from test_server_lifecycle import start_tiny_process
+    from test_transport_limits import RawHttp2
+
+    process, port, _ = start_tiny_process(
+        tiny_model_dir, model_cache_dir, "--grace-period-s", "60", "--no-doc-prestart"
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    raw = RawHttp2(f"127.0.0.1:{port}")
+    try:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        half_sent = raw.half_send("/zopilot.v1.Generation/Generate")
+        process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert process.wait(20) == 0, "idle calls held the drain"
+        try:
+            next(watch)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert wait_until(lambda: raw.ended(half_sent) or raw.closed(), timeout=10)
+    finally:
+        raw.close()
+        channel.close()
+        if process.poll() is None:
+            process.kill()

@@ -15,6 +15,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import pytest
 from support import finish_spy, retry_delay_s, wait_until
@@ -71,27 +72,49 @@ class RawHttp2:
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
         self.events: list[h2.events.Event] = []
+        self._eof = False
         self._flush()
 
     def call(self, method: str, message: bytes) -> int:
         stream = self.conn.get_next_available_stream_id()
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", method)]
-        headers += [(":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
-        self.conn.send_headers(stream, headers)
+        self.conn.send_headers(stream, self._headers(method))
         frame = b"\0" + struct.pack(">I", len(message)) + message
         self.conn.send_data(stream, frame, end_stream=True)
         self._flush()
         return stream
 
+    def half_send(self, method: str) -> int:
+        """HEADERS and the start of a message that promises 1000 bytes, never finished."""
+        stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream, self._headers(method))
+        self.conn.send_data(stream, b"\0" + struct.pack(">I", 1000) + b"half")
+        self._flush()
+        return stream
+
+    def closed(self) -> bool:
+        """The server closed the connection (GOAWAY or EOF)."""
+        self.pump()
+        return self._eof or any(isinstance(e, h2.events.ConnectionTerminated) for e in self.events)
+
     def pump(self) -> None:
         """Read what the server sent (answering its pings, granting no window)."""
+        if self._eof:
+            return
         try:
             data = self.sock.recv(65536)
         except TimeoutError:
             return
-        if data:
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+            return
+        try:
             self.events += self.conn.receive_data(data)
-            self._flush()
+        except h2.exceptions.ProtocolError:  # frames after the server's GOAWAY
+            self._eof = True
+            return
+        self._flush()
 
     def ended(self, stream: int) -> bool:
         self.pump()
@@ -100,8 +123,23 @@ class RawHttp2:
             for e in self.events
         )
 
+    @staticmethod
+    def _headers(method: str) -> list[tuple[str, str]]:
+        return [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", method),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+
     def _flush(self) -> None:
-        self.sock.sendall(self.conn.data_to_send())
+        data = self.conn.data_to_send()
+        try:
+            self.sock.sendall(data)
+        except OSError:  # the server closed the connection
+            self._eof = True
 
     def close(self) -> None:
         self.sock.close()

@@ -284,12 +284,34 @@ class RunningServer:
             # The engine ends what still runs by this deadline, even mid-step; the last
             # stretch of the grace is for those final chunks to reach the clients.
             self.engine.drain(max(0.0, grace - final_chunk_s(grace)))
-        await self.server.stop(grace)
+        stopping = asyncio.create_task(self.server.stop(grace))
+        await self._cut_short_when_idle(stopping)
+        await stopping
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         await self.documents.close()
         self.close_metrics()
         log.info("stopped")
+
+    async def _cut_short_when_idle(self, stopping: asyncio.Task[None]) -> None:
+        """Once no generation runs or waits and no document is being parsed, what still
+        holds the drain (health Watch streams, calls whose client stalled or never sent
+        its whole request) would hold it for the rest of the grace, for nothing: give
+        those a moment, then cancel them (UNAVAILABLE)."""
+        while not stopping.done():
+            if self._idle():
+                await asyncio.wait({stopping}, timeout=IDLE_CONFIRM_S)
+                if self._idle() and not stopping.done():
+                    log.info("nothing left to drain but idle calls; stopping now")
+                    await self.server.stop(FINAL_CHUNK_S)
+                return
+            await asyncio.wait({stopping}, timeout=IDLE_CONFIRM_S)
+
+    def _idle(self) -> bool:
+        load = self.engine_load()
+        parser = self.parser_load()
+        engine_idle = load is None or (load.running == 0 and load.waiting == 0)
+        return engine_idle and (parser is None or parser == (0, 0))
 
     def hurry(self) -> None:
         """A second SIGTERM / SIGINT during the drain: end it now. Running generations end
@@ -301,7 +323,7 @@ class RunningServer:
         log.info("second signal: ending the drain now")
         if self.engine is not None:
             self.engine.drain(0.0)
-        task = asyncio.get_running_loop().create_task(self.server.stop(final_chunk_s(1.0)))
+        task = asyncio.get_running_loop().create_task(self.server.stop(FINAL_CHUNK_S))
         self._health_tasks.add(task)
         task.add_done_callback(self._health_tasks.discard)
 
@@ -312,10 +334,14 @@ class RunningServer:
             self.metrics_http = None
 
 
+IDLE_CONFIRM_S = 0.2  # how long the server must stay idle before a drain is cut short
+FINAL_CHUNK_S = 1.0  # for the last chunks to reach clients once the engine ended them
+
+
 def final_chunk_s(grace: float) -> float:
     """The end of the grace kept for final chunks to reach clients after the engine ended
     the generations (a second or a fifth of the grace, whichever is shorter)."""
-    return min(1.0, grace * 0.2)
+    return min(FINAL_CHUNK_S, grace * 0.2)
 
 
 ModelLoader = Callable[[ServerConfig], LoadedModel]
