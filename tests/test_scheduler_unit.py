@@ -315,6 +315,31 @@ def test_drain_refuses_queued_at_once_and_ends_running_with_shutdown(harness_fac
     assert h.streamers["running"].tokens, "what was generated is delivered"
 
 
+def test_drain_ends_rows_still_inside_a_step_at_the_deadline(harness_factory):
+    """A step that outlasts the drain deadline (here: held until released) does not hold
+    back the final chunk: the row is completed from outside the step, and the loop
+    drops it once the step returns."""
+    h = harness_factory(max_batch_size=2)
+    h.submit("slow", max_new=100_000)
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 1)
+    h.runner.gate.clear()
+    assert h.runner.held.wait(5)  # the scheduler thread is inside a step now
+    h.scheduler.drain(0.05)
+    assert wait_until(lambda: h.finished("slow") is FinishReason.SHUTDOWN, timeout=5)
+    assert h.runner.held.is_set() and not h.runner.gate.is_set(), "ended mid-step"
+    h.runner.gate.set()
+    assert wait_until(lambda: h.scheduler.active_count == 0, timeout=5)
+
+
+def test_a_later_drain_only_brings_the_deadline_closer(harness_factory):
+    h = harness_factory(max_batch_size=1, runner=FakeRunner(step_s=0.005))
+    h.submit("running", max_new=100_000)
+    assert wait_until(lambda: len(h.runner.decode_batches) >= 1)
+    h.scheduler.drain(60)
+    h.scheduler.drain(0.05)  # a second signal
+    assert wait_until(lambda: h.finished("running") is FinishReason.SHUTDOWN, timeout=5)
+
+
 def test_close_joins_the_scheduler_thread(harness_factory):
     h = harness_factory(max_batch_size=2)
     h.submit("a", max_new=100_000)

@@ -213,7 +213,7 @@ def parse(client: Client, args: argparse.Namespace) -> int:
         raise ValueError(f"no such file: {args.file}")
     options: dict[str, Any] = {"formats": [args.format], "json_fields": args.json_field}
     names = ("filename", "mime_type", "json_schema", "field_extraction", "request_id")
-    for name in (*names, "parse_attachments"):
+    for name in (*names, "parse_attachments", "csv_neutralize_formulas"):
         if getattr(args, name):
             options[name] = getattr(args, name)
     for name, flag in (

@@ -63,6 +63,8 @@ class GenerateParams(TypedDict, total=False):
     return_token_details: bool
     #: Also return this many most likely alternatives per position.
     top_n_tokens: int
+    #: Tokenize special-token text in the prompt / message contents as plain text.
+    special_tokens_as_text: bool
     #: Structured output (set at most one of the four): the text is one JSON value
     #: valid under this JSON Schema (text or a mapping).
     json_schema: str | Mapping[str, Any]
@@ -126,6 +128,8 @@ class ParseOptions(CallOptions, total=False):
     chunk_tokenizer: str
     #: E-mail only: also parse the attachments (else they are only listed).
     parse_attachments: bool
+    #: csv output: prefix formula-looking cells (=, +, -, @ ...) with ' (OWASP).
+    csv_neutralize_formulas: bool
 
 
 CALL_OPTIONS = frozenset(CallOptions.__annotations__)

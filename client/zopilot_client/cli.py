@@ -97,6 +97,7 @@ GENERATION_SWITCHES: tuple[tuple[str, str], ...] = (
     ("ignore_eos", "keep generating after the end-of-sequence token"),
     ("skip_prefix_cache", "neither reuse nor leave cached prompt KV on the server"),
     ("return_token_details", "return id, text and logprob of every token (with --json)"),
+    ("special_tokens_as_text", "tokenize special-token text in the input as plain text"),
 )
 
 EPILOG = """\
@@ -253,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--field-extraction",
         choices=("model", "labels"),
         help="how --schema / --json-field are filled (default: the model when it can)",
+    )
+    parse.add_argument(
+        "--csv-neutralize-formulas",
+        action="store_true",
+        help="csv: prefix cells a spreadsheet would run as formulas (=, +, -, @) with '",
     )
     parse.add_argument("--request-id", help="an id for the server's logs")
     parse.add_argument(

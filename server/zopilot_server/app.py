@@ -67,7 +67,9 @@ def _connection_limits(config: ServerConfig) -> list[tuple[str, int]]:
     """What one connection may hold: bounded streams, and a bounded life, so that calls
     a client never finishes (a half-closed call without a message gets no handler, and so
     no status) or never reads end with the connection instead of living forever."""
-    options = [("grpc.max_concurrent_streams", config.max_streams_per_connection)]
+    # Well above what admission holds, so a burst is answered (RESOURCE_EXHAUSTED with
+    # RetryInfo) rather than refused by the transport (RST_STREAM: "Stream removed").
+    options = [("grpc.max_concurrent_streams", config.streams_per_connection)]
     if config.max_connection_age_s > 0:
         # GOAWAY after this age (clients reconnect transparently); calls still open then
         # get the grace below, after which the connection is closed under them.
@@ -117,6 +119,7 @@ class RunningServer:
     metrics_http: metrics.MetricsHttpServer | None = None
     # KServe / TGIS service names (--protocols): their health follows the server's.
     protocol_services: tuple[str, ...] = ()
+    _hurried: bool = False
 
     def engine_load(self) -> Any | None:
         """For the metrics gauges: the engine's load, None while the model loads."""
@@ -169,20 +172,67 @@ class RunningServer:
         if self.load_task is not None and not self.load_task.done():
             self.load_task.cancel()
         if self.engine is not None:
-            # Leave the last stretch of the grace for the final chunks to reach clients.
-            self.engine.drain(max(0.0, grace - min(1.0, grace * 0.2)))
-        await self.server.stop(grace)
+            # The engine ends what still runs by this deadline, even mid-step; the last
+            # stretch of the grace is for those final chunks to reach the clients.
+            self.engine.drain(max(0.0, grace - final_chunk_s(grace)))
+        stopping = asyncio.create_task(self.server.stop(grace))
+        await self._cut_short_when_idle(stopping)
+        await stopping
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
         await self.documents.close()
         self.close_metrics()
         log.info("stopped")
 
+    async def _cut_short_when_idle(self, stopping: asyncio.Task[None]) -> None:
+        """Once no generation runs or waits and no document is being parsed, what still
+        holds the drain (health Watch streams, calls whose client stalled or never sent
+        its whole request) would hold it for the rest of the grace, for nothing: give
+        those a moment, then cancel them (UNAVAILABLE)."""
+        while not stopping.done():
+            if self._idle():
+                await asyncio.wait({stopping}, timeout=IDLE_CONFIRM_S)
+                if self._idle() and not stopping.done():
+                    log.info("nothing left to drain but idle calls; stopping now")
+                    await self.server.stop(FINAL_CHUNK_S)
+                return
+            await asyncio.wait({stopping}, timeout=IDLE_CONFIRM_S)
+
+    def _idle(self) -> bool:
+        load = self.engine_load()
+        parser = self.parser_load()
+        engine_idle = load is None or (load.running == 0 and load.waiting == 0)
+        return engine_idle and (parser is None or parser == (0, 0))
+
+    def hurry(self) -> None:
+        """A second SIGTERM / SIGINT during the drain: end it now. Running generations end
+        with SHUTDOWN and their text at once; the calls still open get a moment for that
+        last chunk, then are cancelled (UNAVAILABLE)."""
+        if self._hurried:
+            return
+        self._hurried = True
+        log.info("second signal: ending the drain now")
+        if self.engine is not None:
+            self.engine.drain(0.0)
+        task = asyncio.get_running_loop().create_task(self.server.stop(FINAL_CHUNK_S))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
     def close_metrics(self) -> None:
         metrics.unbind(self)
         if self.metrics_http is not None:
             self.metrics_http.close()
             self.metrics_http = None
+
+
+IDLE_CONFIRM_S = 0.2  # how long the server must stay idle before a drain is cut short
+FINAL_CHUNK_S = 1.0  # for the last chunks to reach clients once the engine ended them
+
+
+def final_chunk_s(grace: float) -> float:
+    """The end of the grace kept for final chunks to reach clients after the engine ended
+    the generations (a second or a fifth of the grace, whichever is shorter)."""
+    return min(FINAL_CHUNK_S, grace * 0.2)
 
 
 ModelLoader = Callable[[ServerConfig], LoadedModel]
@@ -302,5 +352,7 @@ async def serve(config: ServerConfig, loader: ModelLoader = load_model) -> int:
         raise running.load_task.exception()  # type: ignore[misc]
     await stop.wait()
     log.info("signal received")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, running.hurry)  # a second signal ends the drain now
     await running.stop()
     return 0

@@ -19,6 +19,9 @@ from typing import Any
 ENV_PREFIX = "ZOPILOT_"
 PROTOCOLS = ("zopilot", "kserve", "tgis")
 MIB = 1024 * 1024
+# Streams a connection may hold beyond what admission holds: health Watch streams,
+# Tokenize / GetModelInfo calls, and refused calls still ending.
+STREAM_HEADROOM = 64
 
 
 def _opt(help_text: str, default: Any, *, choices: Sequence[str] | None = None) -> Any:
@@ -158,6 +161,13 @@ class ServerConfig:
         "merging the tokens in between (0 = a chunk per token)",
         0,
     )
+    special_tokens_as_text: bool = _opt(
+        "tokenize special-token text in prompts and chat contents (a user typing a chat "
+        "control token) as plain text for every request, so user text cannot forge chat "
+        "turns; off = it is the control token (transformers, TGI and vLLM do the same), "
+        "unless a request sets special_tokens_as_text",
+        False,
+    )
     deadline_margin_ms: int = _opt(
         "stop generating this long before a call's deadline, to deliver the text", 150
     )
@@ -204,7 +214,19 @@ class ServerConfig:
     max_connection_idle_s: float = _opt(
         "close a connection that has had no call for this long; 0 = never", 900.0
     )
-    max_streams_per_connection: int = _opt("concurrent calls one connection may have", 128)
+    max_streams_per_connection: int = _opt(
+        "concurrent calls one connection may have (HTTP/2 max concurrent streams); beyond "
+        "it the transport refuses streams (UNAVAILABLE 'Stream removed'), so it must stay "
+        "well above what admission holds (batch + queue + parser workers + parser queue), "
+        "which answers RESOURCE_EXHAUSTED + RetryInfo instead; 0 = 1024, or 4 x that sum if "
+        "larger",
+        0,
+    )
+    send_timeout_s: float = _opt(
+        "GenerateStream: cancel a stream whose client has taken no data for this long "
+        "(stopped reading: its HTTP/2 window stays 0); its row leaves the batch; 0 = never",
+        30.0,
+    )
     doc_worker_memory_mib: int = _opt(
         "memory one parse may take: each parser worker's address space is capped (RLIMIT_AS) "
         "at its size after start-up plus this; a document that needs more fails with "
@@ -258,7 +280,16 @@ class ServerConfig:
             (self.max_connection_age_s >= 0, "--max-connection-age-s must be >= 0"),
             (self.max_connection_age_grace_s >= 0, "--max-connection-age-grace-s must be >= 0"),
             (self.max_connection_idle_s >= 0, "--max-connection-idle-s must be >= 0"),
-            (self.max_streams_per_connection >= 1, "--max-streams-per-connection must be >= 1"),
+            (self.max_streams_per_connection >= 0, "--max-streams-per-connection must be >= 0"),
+            (
+                self.max_streams_per_connection == 0
+                or self.max_streams_per_connection >= self.admitted_calls + STREAM_HEADROOM,
+                f"--max-streams-per-connection must be 0 (auto) or at least {STREAM_HEADROOM} "
+                "above --max-batch-size + --max-queue + --doc-workers + --doc-max-queue "
+                f"({self.admitted_calls}): below that a burst on one connection is refused by "
+                "the transport (UNAVAILABLE) instead of answered by admission",
+            ),
+            (self.send_timeout_s >= 0, "--send-timeout-s must be >= 0"),
             (self.doc_worker_memory_mib >= 0, "--doc-worker-memory-mib must be >= 0"),
             (self.doc_max_cells >= 0, "--doc-max-cells must be >= 0"),
             (
@@ -281,6 +312,19 @@ class ServerConfig:
     def protocol_set(self) -> frozenset[str]:
         """The --protocols names, parsed."""
         return frozenset(p.strip() for p in self.protocols.split(",") if p.strip())
+
+    @property
+    def admitted_calls(self) -> int:
+        """The most generation and parse calls admission holds at once (running + queued);
+        any call beyond is answered at once with RESOURCE_EXHAUSTED."""
+        return self.max_batch_size + self.max_queue + self.doc_workers + self.doc_max_queue
+
+    @property
+    def streams_per_connection(self) -> int:
+        """The HTTP/2 stream limit in force: explicit, or comfortably above admission."""
+        if self.max_streams_per_connection:
+            return self.max_streams_per_connection
+        return max(1024, 4 * self.admitted_calls)
 
     @property
     def max_receive_message_bytes(self) -> int:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!zopilot_client/pb/documents.proto\x12\nzopilot.v1\"\xb6\x02\n\x14\x44ocumentParseRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12)\n\x07\x66ormats\x18\x04 \x03(\x0e\x32\x18.zopilot.v1.OutputFormat\x12\x13\n\x0bjson_fields\x18\x05 \x03(\t\x12\x13\n\x0bjson_schema\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x35\n\x10\x66ield_extraction\x18\x08 \x01(\x0e\x32\x1b.zopilot.v1.FieldExtraction\x12-\n\x08\x63hunking\x18\t \x01(\x0b\x32\x1b.zopilot.v1.ChunkingOptions\x12\x19\n\x11parse_attachments\x18\n \x01(\x08\"P\n\x0f\x43hunkingOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x16\n\x0eoverlap_tokens\x18\x02 \x01(\x05\x12\x11\n\ttokenizer\x18\x03 \x01(\t\"\xaa\x01\n\rDocumentChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x14\n\x0cheading_path\x18\x03 \x03(\t\x12\x12\n\npage_start\x18\x04 \x01(\x05\x12\x10\n\x08page_end\x18\x05 \x01(\x05\x12\x12\n\nchar_start\x18\x06 \x01(\x03\x12\x10\n\x08\x63har_end\x18\x07 \x01(\x03\x12\x14\n\x0cprefix_chars\x18\x08 \x01(\x05\"\xed\x01\n\x10\x44ocumentMetadata\x12\x15\n\rdetected_type\x18\x01 \x01(\t\x12\x12\n\npage_count\x18\x02 \x01(\x05\x12\x13\n\x0bsheet_count\x18\x03 \x01(\x05\x12\x13\n\x0bslide_count\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x15\n\rprocessing_ms\x18\x07 \x01(\x01\x12\x16\n\x0eparser_version\x18\x08 \x01(\t\x12\x18\n\x10\x66ield_extraction\x18\t \x01(\t\x12\x17\n\x0f\x63hunk_tokenizer\x18\n \x01(\t\"\xaa\x02\n\x15\x44ocumentParseResponse\x12\x15\n\x08markdown\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04html\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04text\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04json\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x10\n\x03\x63sv\x18\x05 \x01(\tH\x04\x88\x01\x01\x12.\n\x08metadata\x18\x06 \x01(\x0b\x32\x1c.zopilot.v1.DocumentMetadata\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12)\n\x06\x63hunks\x18\t \x03(\x0b\x32\x19.zopilot.v1.DocumentChunkB\x0b\n\t_markdownB\x07\n\x05_htmlB\x07\n\x05_textB\x07\n\x05_jsonB\x06\n\x04_csv*\xa8\x01\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16OUTPUT_FORMAT_MARKDOWN\x10\x01\x12\x16\n\x12OUTPUT_FORMAT_HTML\x10\x02\x12\x16\n\x12OUTPUT_FORMAT_TEXT\x10\x03\x12\x16\n\x12OUTPUT_FORMAT_JSON\x10\x04\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x05*l\n\x0f\x46ieldExtraction\x12 \n\x1c\x46IELD_EXTRACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46IELD_EXTRACTION_MODEL\x10\x01\x12\x1b\n\x17\x46IELD_EXTRACTION_LABELS\x10\x02\x32\x61\n\tDocuments\x12T\n\rDocumentParse\x12 .zopilot.v1.DocumentParseRequest\x1a!.zopilot.v1.DocumentParseResponseBz\n\rai.zopilot.v1P\x01Z9github.com/zopilot/zopilotgpu/gen/go/zopilot/v1;zopilotv1\xa2\x02\x03ZXX\xaa\x02\nZopilot.V1\xca\x02\nZopilot\\V1\xea\x02\x0bZopilot::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!zopilot_client/pb/documents.proto\x12\nzopilot.v1\"\xd7\x02\n\x14\x44ocumentParseRequest\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12)\n\x07\x66ormats\x18\x04 \x03(\x0e\x32\x18.zopilot.v1.OutputFormat\x12\x13\n\x0bjson_fields\x18\x05 \x03(\t\x12\x13\n\x0bjson_schema\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x35\n\x10\x66ield_extraction\x18\x08 \x01(\x0e\x32\x1b.zopilot.v1.FieldExtraction\x12-\n\x08\x63hunking\x18\t \x01(\x0b\x32\x1b.zopilot.v1.ChunkingOptions\x12\x19\n\x11parse_attachments\x18\n \x01(\x08\x12\x1f\n\x17\x63sv_neutralize_formulas\x18\x0b \x01(\x08\"P\n\x0f\x43hunkingOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x16\n\x0eoverlap_tokens\x18\x02 \x01(\x05\x12\x11\n\ttokenizer\x18\x03 \x01(\t\"\xaa\x01\n\rDocumentChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x14\n\x0cheading_path\x18\x03 \x03(\t\x12\x12\n\npage_start\x18\x04 \x01(\x05\x12\x10\n\x08page_end\x18\x05 \x01(\x05\x12\x12\n\nchar_start\x18\x06 \x01(\x03\x12\x10\n\x08\x63har_end\x18\x07 \x01(\x03\x12\x14\n\x0cprefix_chars\x18\x08 \x01(\x05\"\xed\x01\n\x10\x44ocumentMetadata\x12\x15\n\rdetected_type\x18\x01 \x01(\t\x12\x12\n\npage_count\x18\x02 \x01(\x05\x12\x13\n\x0bsheet_count\x18\x03 \x01(\x05\x12\x13\n\x0bslide_count\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x15\n\rprocessing_ms\x18\x07 \x01(\x01\x12\x16\n\x0eparser_version\x18\x08 \x01(\t\x12\x18\n\x10\x66ield_extraction\x18\t \x01(\t\x12\x17\n\x0f\x63hunk_tokenizer\x18\n \x01(\t\"\xaa\x02\n\x15\x44ocumentParseResponse\x12\x15\n\x08markdown\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x11\n\x04html\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04text\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x11\n\x04json\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x10\n\x03\x63sv\x18\x05 \x01(\tH\x04\x88\x01\x01\x12.\n\x08metadata\x18\x06 \x01(\x0b\x32\x1c.zopilot.v1.DocumentMetadata\x12\x10\n\x08warnings\x18\x07 \x03(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12)\n\x06\x63hunks\x18\t \x03(\x0b\x32\x19.zopilot.v1.DocumentChunkB\x0b\n\t_markdownB\x07\n\x05_htmlB\x07\n\x05_textB\x07\n\x05_jsonB\x06\n\x04_csv*\xa8\x01\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16OUTPUT_FORMAT_MARKDOWN\x10\x01\x12\x16\n\x12OUTPUT_FORMAT_HTML\x10\x02\x12\x16\n\x12OUTPUT_FORMAT_TEXT\x10\x03\x12\x16\n\x12OUTPUT_FORMAT_JSON\x10\x04\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x05*l\n\x0f\x46ieldExtraction\x12 \n\x1c\x46IELD_EXTRACTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46IELD_EXTRACTION_MODEL\x10\x01\x12\x1b\n\x17\x46IELD_EXTRACTION_LABELS\x10\x02\x32\x61\n\tDocuments\x12T\n\rDocumentParse\x12 .zopilot.v1.DocumentParseRequest\x1a!.zopilot.v1.DocumentParseResponseBz\n\rai.zopilot.v1P\x01Z9github.com/zopilot/zopilotgpu/gen/go/zopilot/v1;zopilotv1\xa2\x02\x03ZXX\xaa\x02\nZopilot.V1\xca\x02\nZopilot\\V1\xea\x02\x0bZopilot::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,20 +32,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zopilot_client.pb.documents
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rai.zopilot.v1P\001Z9github.com/zopilot/zopilotgpu/gen/go/zopilot/v1;zopilotv1\242\002\003ZXX\252\002\nZopilot.V1\312\002\nZopilot\\V1\352\002\013Zopilot::V1'
-  _globals['_OUTPUTFORMAT']._serialized_start=1159
-  _globals['_OUTPUTFORMAT']._serialized_end=1327
-  _globals['_FIELDEXTRACTION']._serialized_start=1329
-  _globals['_FIELDEXTRACTION']._serialized_end=1437
+  _globals['_OUTPUTFORMAT']._serialized_start=1192
+  _globals['_OUTPUTFORMAT']._serialized_end=1360
+  _globals['_FIELDEXTRACTION']._serialized_start=1362
+  _globals['_FIELDEXTRACTION']._serialized_end=1470
   _globals['_DOCUMENTPARSEREQUEST']._serialized_start=50
-  _globals['_DOCUMENTPARSEREQUEST']._serialized_end=360
-  _globals['_CHUNKINGOPTIONS']._serialized_start=362
-  _globals['_CHUNKINGOPTIONS']._serialized_end=442
-  _globals['_DOCUMENTCHUNK']._serialized_start=445
-  _globals['_DOCUMENTCHUNK']._serialized_end=615
-  _globals['_DOCUMENTMETADATA']._serialized_start=618
-  _globals['_DOCUMENTMETADATA']._serialized_end=855
-  _globals['_DOCUMENTPARSERESPONSE']._serialized_start=858
-  _globals['_DOCUMENTPARSERESPONSE']._serialized_end=1156
-  _globals['_DOCUMENTS']._serialized_start=1439
-  _globals['_DOCUMENTS']._serialized_end=1536
+  _globals['_DOCUMENTPARSEREQUEST']._serialized_end=393
+  _globals['_CHUNKINGOPTIONS']._serialized_start=395
+  _globals['_CHUNKINGOPTIONS']._serialized_end=475
+  _globals['_DOCUMENTCHUNK']._serialized_start=478
+  _globals['_DOCUMENTCHUNK']._serialized_end=648
+  _globals['_DOCUMENTMETADATA']._serialized_start=651
+  _globals['_DOCUMENTMETADATA']._serialized_end=888
+  _globals['_DOCUMENTPARSERESPONSE']._serialized_start=891
+  _globals['_DOCUMENTPARSERESPONSE']._serialized_end=1189
+  _globals['_DOCUMENTS']._serialized_start=1472
+  _globals['_DOCUMENTS']._serialized_end=1569
 # @@protoc_insertion_point(module_scope)

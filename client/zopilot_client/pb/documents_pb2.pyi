@@ -32,7 +32,7 @@ FIELD_EXTRACTION_MODEL: FieldExtraction
 FIELD_EXTRACTION_LABELS: FieldExtraction
 
 class DocumentParseRequest(_message.Message):
-    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id", "field_extraction", "chunking", "parse_attachments")
+    __slots__ = ("content", "filename", "mime_type", "formats", "json_fields", "json_schema", "request_id", "field_extraction", "chunking", "parse_attachments", "csv_neutralize_formulas")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class DocumentParseRequest(_message.Message):
     FIELD_EXTRACTION_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
     PARSE_ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    CSV_NEUTRALIZE_FORMULAS_FIELD_NUMBER: _ClassVar[int]
     content: bytes
     filename: str
     mime_type: str
@@ -53,7 +54,8 @@ class DocumentParseRequest(_message.Message):
     field_extraction: FieldExtraction
     chunking: ChunkingOptions
     parse_attachments: bool
-    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ..., field_extraction: _Optional[_Union[FieldExtraction, str]] = ..., chunking: _Optional[_Union[ChunkingOptions, _Mapping]] = ..., parse_attachments: _Optional[bool] = ...) -> None: ...
+    csv_neutralize_formulas: bool
+    def __init__(self, content: _Optional[bytes] = ..., filename: _Optional[str] = ..., mime_type: _Optional[str] = ..., formats: _Optional[_Iterable[_Union[OutputFormat, str]]] = ..., json_fields: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., request_id: _Optional[str] = ..., field_extraction: _Optional[_Union[FieldExtraction, str]] = ..., chunking: _Optional[_Union[ChunkingOptions, _Mapping]] = ..., parse_attachments: _Optional[bool] = ..., csv_neutralize_formulas: _Optional[bool] = ...) -> None: ...
 
 class ChunkingOptions(_message.Message):
     __slots__ = ("max_tokens", "overlap_tokens", "tokenizer")

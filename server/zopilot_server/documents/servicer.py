@@ -18,6 +18,7 @@ from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 from ..config import ServerConfig
 from ..errors import loggable
 from .chunk_tokenizers import ChunkTokenizers, chunk_outcome
+from .csv_safety import neutralize_formulas
 from .domain import OutputFormat, ParseOutcome
 from .model_fields import EngineSource, ModelFieldFiller
 from .parser import DocumentParser
@@ -75,7 +76,10 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
             (time.perf_counter() - started) * 1000,
             outcome.method,
         )
-        return to_pb(outcome, document)
+        response = to_pb(outcome, document)
+        if request.csv_neutralize_formulas and response.HasField("csv"):
+            response.csv = neutralize_formulas(response.csv)
+        return response
 
 
 def _with_markdown(document: DocumentRequest) -> DocumentRequest:

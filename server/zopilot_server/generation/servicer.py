@@ -24,6 +24,7 @@ from .engine import (
 )
 from .model_loader import LoadedModel
 from .requests import truncate_left
+from .send_deadline import sent_within
 from .validation import (
     check_tokenize_request,
     input_chars_limit,
@@ -69,8 +70,10 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         engine, domain = await self.domain_request(request, context)
+        limit = self._config.send_timeout_s
         async for chunk in stream_chunks(engine, domain):
-            yield chunk_to_pb(chunk, domain.request_id)
+            with sent_within(limit, domain.request_id):
+                yield chunk_to_pb(chunk, domain.request_id)
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext

@@ -12,6 +12,7 @@ exactly that token (RunControl, checked by the scheduler right after the token).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -63,6 +64,9 @@ class TokenStreamer(TextIteratorStreamer):
         self.first_token_at: float | None = None
         self._matched_stop = ""
         self._completed = False
+        # Tokens arrive in the scheduler thread; the drain deadline may complete the
+        # stream from a timer thread while a step runs (scheduler.Scheduler.drain).
+        self._lock = threading.Lock()
 
     # -- called in the scheduler thread ---------------------------------------------
     def put(self, value: Any) -> None:
@@ -82,6 +86,10 @@ class TokenStreamer(TextIteratorStreamer):
 
     # -- internals -------------------------------------------------------------------
     def _on_token(self, token_id: int, detail: TokenDetail | None = None) -> None:
+        with self._lock:
+            self._take_token(token_id, detail)
+
+    def _take_token(self, token_id: int, detail: TokenDetail | None) -> None:
         if self.control.finish_reason is not None:
             return  # tokens after the end (e.g. past a stop sequence) are not output
         if self.first_token_at is None:
@@ -107,7 +115,11 @@ class TokenStreamer(TextIteratorStreamer):
         self._sink(Chunk(text=text, tokens=details))
 
     def complete(self, reason: FinishReason) -> None:
-        """Emit the last chunk (held-back text, usage, timings). Idempotent."""
+        """Emit the last chunk (held-back text, usage, timings). Idempotent, thread-safe."""
+        with self._lock:
+            self._complete(reason)
+
+    def _complete(self, reason: FinishReason) -> None:
         if self._completed:
             return
         self._completed = True

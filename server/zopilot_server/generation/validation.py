@@ -16,6 +16,7 @@ from zopilot_client.pb import generation_pb2 as pb
 from ..config import ServerConfig
 from ..errors import FieldViolation, InvalidArgument, Message, request_id_problem
 from ..json_schema_text import SchemaTextProblem, parse_schema
+from . import special_tokens
 from .constraints import ConstraintCompiler, ConstraintKind
 from .domain import ConstraintUnavailable, GenerationRequest, SamplingParams
 from .model_loader import LoadedModel
@@ -95,7 +96,7 @@ def to_generation_request(
     v.raise_if_any()
 
     input_field = "messages" if message.messages else "prompt"
-    ids = encode(loaded.tokenizer, text, add_special_tokens=not message.messages)
+    ids = _encode_input(message, loaded, config, text, v)
     if not ids:
         v.add(input_field, Message.EMPTY_AFTER_TOKENIZE)
     ids, truncated = truncate_left(ids, message.truncate_input_tokens)
@@ -268,6 +269,31 @@ def _render_input(message: pb.GenerateRequest, loaded: LoadedModel, v: _Violatio
     except Exception as exc:  # noqa: BLE001 - jinja errors are the client's input problem
         v.add("messages", f"the chat template rejected the messages: {exc}")
         return ""
+
+
+def _encode_input(
+    message: pb.GenerateRequest,
+    loaded: LoadedModel,
+    config: ServerConfig,
+    text: str,
+    v: _Violations,
+) -> list[int]:
+    """The input's token ids; special-token text in the user's text stays text when the
+    server or the request asks (special_tokens.py)."""
+    if not (config.special_tokens_as_text or message.special_tokens_as_text):
+        return encode(loaded.tokenizer, text, add_special_tokens=not message.messages)
+    if not message.messages:
+        return special_tokens.encode_prompt(loaded.tokenizer, text, add_special_tokens=True)
+    contents = [turn.content for turn in message.messages]
+    ids = special_tokens.encode_chat(loaded.tokenizer, text, contents)
+    if ids is None:
+        v.add(
+            "messages",
+            "the chat template rewrites the message contents, so special_tokens_as_text "
+            "cannot tell them from its markup",
+        )
+        v.raise_if_any()
+    return ids or []
 
 
 def check_tokenize_request(message: pb.TokenizeRequest, max_chars: int) -> None:
