@@ -36,7 +36,7 @@ def _slowed(flag: Path, step: Callable[..., Any]) -> Callable[..., Any]:
 
 def main() -> None:
     flag = Path(sys.argv.pop(1))
-    for name in ("prefill_step", "decode_step"):
+    for name in ("prefill", "decode"):
         setattr(runner.ModelRunner, name, _slowed(flag, getattr(runner.ModelRunner, name)))
     run()
 
