@@ -360,3 +360,20 @@ def test_a_document_asked_again_reuses_its_prefix(smollm2_server) -> None:
     assert reply.metadata.field_extraction == "model"
     # The system turn and the whole document (well over 100 tokens) came from the cache.
     assert engine.load().prefix_hit_tokens - first >= 100, (before, first)
+
+
+def test_the_same_document_asked_twice_at_once_is_prefilled_once(tiny) -> None:
+    """Two questions on one document arrive together: the second waits for the first's
+    prefill of the shared part, copies it and computes only its own question."""
+    document = "Shipping notice. " + "Berth seven opens at six; pilots board early. " * 30
+    first = _request(tiny, [{"role": "user", "content": document + "\nWho boards?"}], rid="q1")
+    second = _request(tiny, [{"role": "user", "content": document + "\nWhen?"}], rid="q2")
+    a, b = _run(tiny, first, second)
+    shared = next(
+        i for i, (x, y) in enumerate(zip(first.input_ids, second.input_ids, strict=False)) if x != y
+    )
+    cached = sorted(
+        [a.completion.usage.cached_input_tokens, b.completion.usage.cached_input_tokens]
+    )
+    assert cached[1] == shared // B * B and cached[1] > 10 * B
+    assert _ids(a) == _reference(tiny, first) and _ids(b) == _reference(tiny, second)

@@ -31,10 +31,18 @@ class FakeRunner:
     A prompt of length L is prefilled in chunks the scheduler plans."""
 
     def __init__(
-        self, step_s: float = 0.002, slots: int = 64, slot_tokens: int = 1_000_000
+        self,
+        step_s: float = 0.002,
+        slots: int = 64,
+        slot_tokens: int = 1_000_000,
+        prefix_block: int = 0,
     ) -> None:
         self.step_s = step_s
-        self.info = ArenaInfo("arena", slots, slot_tokens, 0)
+        self.info = ArenaInfo(
+            "arena", slots, slot_tokens, 0, prefix_cache=bool(prefix_block),
+            prefix_block_tokens=prefix_block,
+        )  # fmt: skip
+        self.reused: dict[int, int] = {}
         self.decode_batches: list[list[int]] = []
         self.prefill_groups: list[list[int]] = []
         self.prefill_plans: list[list[PrefillChunk]] = []
@@ -69,6 +77,9 @@ class FakeRunner:
                 self._rows[chunk.key] = 1
                 steps.append(Step(chunk.key, chunk.key * 1000))
         return steps
+
+    def reuse(self, key: int) -> int:
+        return self.reused.get(key, 0)
 
     def decode(self, keys: Collection[int]) -> list[Step]:
         self._tick()
@@ -470,3 +481,22 @@ def test_cached_prompt_tokens_are_not_prefilled_and_are_reported(harness_factory
     h.submit("private", prompt_len=150, max_new=2, private=True)
     assert wait_until(lambda: h.finished("private") is FinishReason.LENGTH)
     assert h.scheduler.load().prefix_query_tokens == 150, "private prompts are not counted"
+
+
+def test_a_prompt_another_row_is_prefilling_waits_for_it_then_reuses_it(harness_factory):
+    runner = FakeRunner(prefix_block=16)
+    runner.gate.clear()  # both arrive before the first step
+    h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=32)
+    h.submit("decoding", prompt_len=3, max_new=400)
+    assert runner.held.wait(10)
+    leader = h.submit("leader", prompt_len=100, max_new=2)
+    follower = h.submit("follower", prompt_len=100, max_new=2)
+    runner.reused[2] = 96  # what the cache will hold for the follower: 6 whole blocks
+    runner.gate.set()
+    assert wait_until(lambda: h.finished("follower") is FinishReason.LENGTH)
+    planned = {k: [(c.start, c.end) for plan in runner.prefill_plans for c in plan if c.key == k]
+               for k in (1, 2)}  # fmt: skip
+    assert planned[1][-1][1] == 100 and planned[1][0][0] == 0
+    assert planned[2] == [(96, 100)], "the follower computed only what it did not share"
+    assert follower.control.cached_tokens == 96 and leader.control.cached_tokens == 0
+    assert h.scheduler.load().prefix_hit_tokens == 96

@@ -182,6 +182,19 @@ class KVArena:
         self.length[key] = cached
         return cached
 
+    def refresh(self, key: int, prompt: Sequence[int]) -> int:
+        """A row that has computed nothing past its cached prefix takes a longer one that
+        another slot now holds (a prefix it waited for); returns its cached tokens."""
+        slot, have = self.slot_of[key], self.length[key]
+        others = set(range(self.size.slots)) - {slot}
+        match = self.prefix.longest(prompt, among=others)
+        if match is None or match.tokens <= have:
+            return have
+        self._copy_columns(match.slot, slot, match.tokens)
+        self.prefix.copy(match.slot, slot, match.tokens, private=False)
+        self.length[key] = match.tokens
+        return match.tokens
+
     def wrote(self, key: int, tokens: Sequence[int]) -> None:
         """The row's forward succeeded: its slot now holds these tokens' KV too."""
         self.length[key] += len(tokens)

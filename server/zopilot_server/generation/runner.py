@@ -160,6 +160,11 @@ class ModelRunner(_ModelCalls):
         return steps
 
     @_inference
+    def reuse(self, key: int) -> int:
+        """The prompt tokens row ``key`` now finds cached (it waited for a prefix)."""
+        return self.arena.refresh(key, self.rows[key].request.input_ids)
+
+    @_inference
     def decode(self, keys: Collection[int]) -> list[Step]:
         """One token for each of ``keys`` (rows whose prompt is complete)."""
         lo, hi = self.arena.span(list(keys))
@@ -306,6 +311,9 @@ class SerialRunner(_ModelCalls):
         )
         row.extra["past"] = out.past_key_values
         return out.logits[:, -1, :]
+
+    def reuse(self, key: int) -> int:
+        return self._length[key]  # no prefix cache: it never has a leader to wait for
 
     def remove(self, keys: Collection[int]) -> None:
         for key in keys:

@@ -74,6 +74,7 @@ class Runner(Protocol):
     def add(self, specs: Sequence[RowSpec]) -> dict[int, int]: ...
     def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]: ...
     def decode(self, keys: Collection[int]) -> list[Step]: ...
+    def reuse(self, key: int) -> int: ...
     def remove(self, keys: Collection[int]) -> None: ...
     def release_memory(self) -> None: ...
 
@@ -119,6 +120,10 @@ class _Running:
     streamer: Streamer
     computed: int = 0
     produced: int = 0
+    # Prefix reuse in flight: this row's prompt starts with ``share`` tokens that row
+    # ``leader`` is prefilling; it waits for them instead of computing them twice.
+    leader: int | None = None
+    share: int = 0
 
     @property
     def prompt_left(self) -> int:
@@ -160,6 +165,16 @@ class _Drain:
 def _draining() -> EngineClosed:
     """What a request gets once the drain began: retry it on another replica."""
     return EngineClosed("server is draining; retry on another replica", retry_after_s=1.0)
+
+
+def _shared_blocks(a: Sequence[int], b: Sequence[int], block: int) -> int:
+    """Tokens of whole ``block``s that prompt ``a`` shares with ``b`` from the start, at
+    most ``len(a) - 1`` (a prompt's last token is always computed)."""
+    limit = min(len(a) - 1, len(b))
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n // block * block
 
 
 class Scheduler:
@@ -359,15 +374,52 @@ class Scheduler:
             if not row.job.request.private:
                 self._prefix_queries += len(row.job.request.input_ids)
                 self._prefix_hits += row.computed
+        self._follow_leaders(rows)
         with self._cond:
             self._rows.update((r.key, r) for r in rows)
+
+    def _follow_leaders(self, rows: list[_Running]) -> None:
+        """A new row whose prompt starts with what another row is still prefilling (the
+        same document asked twice at once, many users' system prompt) waits for it and
+        then copies that prefix, instead of computing it a second time."""
+        block = self.arena.prefix_block_tokens
+        if not block:
+            return
+        leaders = [r for r in self._rows.values() if r.prefilling and not r.job.request.private]
+        for row in rows:
+            if row.job.request.private:
+                continue
+            prompt = row.job.request.input_ids
+            best, share = None, 0
+            for leader in leaders:
+                shared = _shared_blocks(prompt, leader.job.request.input_ids, block)
+                if shared > share:
+                    best, share = leader, shared
+            if best is not None and share >= row.computed + 2 * block:
+                row.leader, row.share = best.key, share
+            leaders.append(row)
+
+    def _ready_to_prefill(self, row: _Running) -> bool:
+        """False while the row waits for its leader's prefix; once the leader has it (or
+        left), the row takes what the cache holds and prefills only the rest."""
+        if row.leader is None:
+            return True
+        leader = self._rows.get(row.leader)
+        if leader is not None and leader.prefilling and leader.computed < row.share:
+            return False
+        row.leader = None
+        before, row.computed = row.computed, self._runner.reuse(row.key)
+        row.job.control.cached_tokens = row.computed
+        self._prefix_hits += row.computed - before
+        return True
 
     def _iterate(self) -> None:
         self._end_rows(self._interrupted())
         prefilling = [r for r in self._rows.values() if r.prefilling]
-        if prefilling:
+        ready = [r for r in prefilling if self._ready_to_prefill(r)]
+        if ready:
             decoding = len(self._rows) - len(prefilling)
-            steps = self._run_step(prefill=True, chunks=self._plan_prefill(prefilling, decoding))
+            steps = self._run_step(prefill=True, chunks=self._plan_prefill(ready, decoding))
             self._deliver(steps)
         decoding_rows = [r for r in self._rows.values() if not r.prefilling]
         if decoding_rows:
