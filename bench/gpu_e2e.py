@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +37,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import grpc  # noqa: E402
 from gpu_quant import (  # noqa: E402
-    LLAMA3_8B,
     MODES,
     PROMPT,
-    TINY,
     _gpu,
     build_model,
-    estimated_bytes,
     release_memory,
-    versions,
+    setup,
     work_dir,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
@@ -51,7 +50,6 @@ from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
 from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
 from zopilot_server.app import start_server  # noqa: E402
 from zopilot_server.config import ServerConfig  # noqa: E402
-from zopilot_server.generation import default_model  # noqa: E402
 from zopilot_server.generation.model_loader import load_model  # noqa: E402
 
 
@@ -121,105 +119,99 @@ async def stream(stub: Any, prompt: str, tokens: int) -> dict[str, Any]:
     return {"ttft_ms": (first - started) * 1000, "tokens": final.usage.generated_tokens}
 
 
-async def served(args: argparse.Namespace, model_dir: Path, mode: str) -> dict[str, Any]:
-    cuda = _gpu(args.device)
-    if cuda is not None:
-        cuda.reset_peak_memory_stats()
-    running = await start_server(config_for(args, model_dir, mode))
+@contextlib.asynccontextmanager
+async def serving(
+    args: argparse.Namespace, config: ServerConfig
+) -> AsyncIterator[grpc.aio.Channel]:
+    """The real server in this process, loaded, and a channel to it; stopped and its
+    memory handed back afterwards."""
+    running = await start_server(config)
     try:
         assert running.load_task is not None
         await running.load_task
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = generation_pb2_grpc.GenerationStub(channel)
-            info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
-            await stream(stub, PROMPT, 4)  # warm-up
-            by_n = {}
-            for n in args.streams:
-                started = time.perf_counter()
-                runs = await asyncio.gather(
-                    *(stream(stub, p, args.tokens) for p in prompts(n, args.scale))
-                )
-                elapsed = time.perf_counter() - started
-                by_n[n] = {
-                    "tokens_per_s": round(sum(r["tokens"] for r in runs) / elapsed, 2),
-                    "ttft_median_ms": round(statistics.median(r["ttft_ms"] for r in runs), 1),
-                }
-        return {
-            "kv_cache": {
-                "mode": info.kv_cache.mode,
-                "slots": info.kv_cache.slots,
-                "tokens_per_slot": info.kv_cache.tokens_per_slot,
-                "bytes": info.kv_cache.bytes,
-            },
-            "memory_peak_bytes": cuda.max_memory_allocated() if cuda is not None else None,
-            "streams": by_n,
-        }
+            yield channel
     finally:
         await running.stop(0)
         running.generation.engine = None
         del running
         release_memory(args.device)
+
+
+async def served(args: argparse.Namespace, model_dir: Path, mode: str) -> dict[str, Any]:
+    cuda = _gpu(args.device)
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
+    async with serving(args, config_for(args, model_dir, mode)) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        await stream(stub, PROMPT, 4)  # warm-up
+        by_n = {}
+        for n in args.streams:
+            started = time.perf_counter()
+            runs = await asyncio.gather(
+                *(stream(stub, p, args.tokens) for p in prompts(n, args.scale))
+            )
+            elapsed = time.perf_counter() - started
+            by_n[n] = {
+                "tokens_per_s": round(sum(r["tokens"] for r in runs) / elapsed, 2),
+                "ttft_median_ms": round(statistics.median(r["ttft_ms"] for r in runs), 1),
+            }
+        peak = cuda.max_memory_allocated() if cuda is not None else None
+    return {
+        "kv_cache": {
+            "mode": info.kv_cache.mode,
+            "slots": info.kv_cache.slots,
+            "tokens_per_slot": info.kv_cache.tokens_per_slot,
+            "bytes": info.kv_cache.bytes,
+        },
+        "memory_peak_bytes": peak,
+        "streams": by_n,
+    }
 
 
 async def oom_drill(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     """Long prompts beside short ones with almost no memory left for activations."""
     config = config_for(args, model_dir, "none", kv_cache_memory_fraction=0.99)
-    running = await start_server(config)
     outcomes: dict[str, int] = {}
-    try:
-        assert running.load_task is not None
-        await running.load_task
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            stub = generation_pb2_grpc.GenerationStub(channel)
-            info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
-            long_prompt = " ".join([PROMPT] * (info.kv_cache.tokens_per_slot // 40))
+    async with serving(args, config) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        long_prompt = " ".join([PROMPT] * (info.kv_cache.tokens_per_slot // 40))
 
-            async def call(prompt: str) -> str:
-                try:
-                    await stream(stub, prompt, 16)
-                    return "OK"
-                except grpc.aio.AioRpcError as error:
-                    return error.code().name
+        async def call(prompt: str) -> str:
+            try:
+                await stream(stub, prompt, 16)
+                return "OK"
+            except grpc.aio.AioRpcError as error:
+                return error.code().name
 
-            results = await asyncio.gather(*(call(p) for p in [long_prompt] * 4 + [PROMPT] * 4))
-            for result in results:
-                outcomes[result] = outcomes.get(result, 0) + 1
-            after = await call(PROMPT)
-            health = health_pb2_grpc.HealthStub(channel)
-            status = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
-        return {
-            "outcomes": outcomes,
-            "next_request": after,
-            "health": health_pb2.HealthCheckResponse.ServingStatus.Name(status.status),
-            "passed": set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}
-            and after == "OK"
-            and status.status == health_pb2.HealthCheckResponse.SERVING,
-        }
-    finally:
-        await running.stop(0)
-        running.generation.engine = None
-        del running
-        release_memory(args.device)
+        results = await asyncio.gather(*(call(p) for p in [long_prompt] * 4 + [PROMPT] * 4))
+        for result in results:
+            outcomes[result] = outcomes.get(result, 0) + 1
+        after = await call(PROMPT)
+        health = health_pb2_grpc.HealthStub(channel)
+        status = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    return {
+        "outcomes": outcomes,
+        "next_request": after,
+        "health": health_pb2.HealthCheckResponse.ServingStatus.Name(status.status),
+        "passed": set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED"}
+        and after == "OK"
+        and status.status == health_pb2.HealthCheckResponse.SERVING,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit("no CUDA GPU visible: use --device cpu --tiny for the smoke mode")
-    tokenizer = AutoTokenizer.from_pretrained(str(default_model.ensure_converted(args.cache_dir)))
-    shape = TINY if args.tiny else LLAMA3_8B
-    dtype_name = "bfloat16" if args.device == "cuda" else "float32"
-    size = estimated_bytes(shape, len(tokenizer), 2 if dtype_name == "bfloat16" else 4)
-    report: dict[str, Any] = {"device": args.device, "versions": versions()}
-    if (cuda := _gpu(args.device)) is not None:
-        report["gpu"] = cuda.get_device_name(0)
-    with work_dir(args.work_dir, size) as scratch:
-        built = build_model(shape, args.device, dtype_name, scratch / "model", tokenizer)
-        report["model"] = {"shape": "tiny" if args.tiny else "llama-3-8b", "dtype": dtype_name}
+    ready = setup(args)
+    report = ready.report
+    with work_dir(args.work_dir, ready.size) as scratch:
+        model_dir = scratch / "model"
+        built = build_model(ready.shape, args.device, ready.dtype_name, model_dir, ready.tokenizer)
+        report["model"] = {
+            "shape": "tiny" if args.tiny else "llama-3-8b",
+            "dtype": ready.dtype_name,
+        }
         report["modes"] = []
         for mode in args.modes:
             entry: dict[str, Any] = {"mode": mode}

@@ -289,7 +289,19 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Setup:
+    """What a GPU bench starts from: the tokenizer, the model shape and the report so far."""
+
+    tokenizer: Any
+    shape: dict[str, Any]
+    dtype_name: str
+    size: int
+    report: dict[str, Any]
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Check the device, load SmolLM2's tokenizer, pick the shape (gpu_e2e.py too)."""
     from transformers import AutoTokenizer
 
     if args.device == "cuda":
@@ -304,6 +316,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"device": args.device, "versions": versions()}
     if (cuda := _gpu(args.device)) is not None:
         report["gpu"] = cuda.get_device_name(0)
+    return Setup(tokenizer, shape, dtype_name, size, report)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    ready = setup(args)
+    tokenizer, shape, dtype_name, size, report = (
+        ready.tokenizer, ready.shape, ready.dtype_name, ready.size, ready.report
+    )  # fmt: skip
     with work_dir(args.work_dir, size) as scratch:
         built = build_model(shape, args.device, dtype_name, scratch / "model", tokenizer)
         report["model"] = {

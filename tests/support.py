@@ -140,6 +140,38 @@ def assert_generates(stub: generation_pb2_grpc.GenerationStub, tokens: int = 3) 
     assert done.finish_reason == generation_pb2.FINISH_REASON_LENGTH
 
 
+def greedy_reference(loaded: Any, request: Any) -> list[int]:
+    """transformers' own greedy decoding of a GenerationRequest's prompt (its own cache,
+    batch 1, no reuse of anything): what the engine must reproduce token for token."""
+    import torch
+
+    ids = torch.tensor([request.input_ids])
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=request.max_new_tokens,
+            min_new_tokens=request.min_new_tokens,
+            do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def metric_values(port: int, prefix: str) -> dict[str, float]:
+    """The unlabelled value of every ``/metrics`` sample whose name starts with ``prefix``
+    (one model, so one sample per name)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith(prefix)
+    }
+
+
 def free_port() -> int:
     """A port nothing listens on (for "unreachable" and "starts later" tests)."""
     with socket.socket() as s:

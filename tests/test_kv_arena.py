@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from support import wait_until
+from support import greedy_reference, wait_until
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.domain import GenerationRequest, OutOfMemory, RequestTooLong
 from zopilot_server.generation.engine import (
@@ -120,19 +120,7 @@ def _tokens(engine: GenerationEngine, requests: list[GenerationRequest]) -> list
 
 
 def _reference(engine: GenerationEngine, request: GenerationRequest) -> list[int]:
-    """transformers' own greedy decoding of the same prompt (its own cache, batch 1)."""
-    model = engine.loaded.model
-    ids = torch.tensor([request.input_ids])
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=request.max_new_tokens,
-            min_new_tokens=request.min_new_tokens,
-            do_sample=False,
-            pad_token_id=engine.loaded.tokenizer.pad_token_id,
-        )
-    return out[0, ids.shape[1] :].tolist()
+    return greedy_reference(engine.loaded, request)
 
 
 @pytest.mark.parametrize(
@@ -383,10 +371,9 @@ def test_a_failed_choice_restores_the_generators() -> None:
 def test_model_info_and_metrics_report_the_arena(tiny_config: ServerConfig) -> None:
     """What GetModelInfo and /metrics say is what the arena holds, idle and busy."""
     import dataclasses
-    import urllib.request
 
     import grpc
-    from support import InProcessServer, free_port
+    from support import InProcessServer, free_port, metric_values
     from zopilot_client.pb import generation_pb2 as pb
     from zopilot_client.pb import generation_pb2_grpc
 
@@ -398,13 +385,7 @@ def test_model_info_and_metrics_report_the_arena(tiny_config: ServerConfig) -> N
     )
 
     def gauges() -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-            lines = reply.read().decode().splitlines()
-        return {
-            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
-            for line in lines
-            if line.startswith("zopilot_kv_cache")
-        }
+        return metric_values(port, "zopilot_kv_cache")
 
     try:
         engine = server.running.engine

@@ -8,13 +8,11 @@ import asyncio
 import dataclasses
 import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from support import InProcessServer, free_port, wait_until
+from support import InProcessServer, free_port, greedy_reference, metric_values, wait_until
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.domain import GenerationRequest, SamplingParams
 from zopilot_server.generation.engine import (
@@ -111,17 +109,7 @@ def _ids(chunk: Any) -> list[int]:
 
 
 def _reference(engine: GenerationEngine, request: GenerationRequest) -> list[int]:
-    ids = torch.tensor([request.input_ids])
-    with torch.inference_mode():
-        out = engine.loaded.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=request.max_new_tokens,
-            min_new_tokens=request.min_new_tokens,
-            do_sample=False,
-            pad_token_id=engine.loaded.tokenizer.pad_token_id,
-        )
-    return out[0, ids.shape[1] :].tolist()
+    return greedy_reference(engine.loaded, request)
 
 
 SYSTEM = (
@@ -283,13 +271,7 @@ def test_prefix_metrics_and_model_info(tiny_config: ServerConfig) -> None:
     server = InProcessServer(dataclasses.replace(tiny_config, metrics_port=port))
 
     def scrape() -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-            lines = reply.read().decode().splitlines()
-        return {
-            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
-            for line in lines
-            if line.startswith("zopilot_prefix_cache")
-        }
+        return metric_values(port, "zopilot_prefix_cache")
 
     try:
         with grpc.insecure_channel(server.target) as channel:
