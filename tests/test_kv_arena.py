@@ -468,3 +468,65 @@ def test_memory_stays_within_the_arena_under_a_mixed_load(
     finally:
         done.set()
         engine.close()
+
+
+def test_token_details_report_the_processed_distribution(tiny_model_dir: Path) -> None:
+    """logprobs and top-n alternatives are those of the scores after the processors and
+    before the warpers: the penalised, EOS-masked distribution, not the sampled one."""
+    from transformers import AutoTokenizer
+    from zopilot_server.generation.domain import SamplingParams
+    from zopilot_server.generation.sampling import new_row
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    chooser = TokenChooser(tokenizer, eos_token_ids=[0])
+    sampling = SamplingParams(temperature=0.5, top_k=1, repetition_penalty=2.0, seed=1)
+    request = GenerationRequest(
+        "r", (1,), False, max_new_tokens=3, min_new_tokens=1, token_details=True,
+        top_n_tokens=2, sampling=sampling,
+    )  # fmt: skip
+    row = new_row(0, request, len(LOGITS), torch.device("cpu"))
+    [step] = chooser.choose([row], torch.tensor([LOGITS]))
+    # EOS (0) masked by min_new_tokens, token 1 penalised 1.5 -> 0.75: token 2 leads.
+    processed = torch.tensor([float("-inf"), 0.75, 1.0, 0.5, 0.0, -0.5])
+    want = torch.log_softmax(processed, -1)
+    assert step.token_id == 2  # top_k 1 after the temperature: the processed argmax
+    assert step.detail is not None and step.detail.id == 2
+    assert step.detail.logprob == pytest.approx(float(want[2]), abs=1e-5)
+    assert [t.id for t in step.detail.top_tokens] == [2, 1]
+    assert step.detail.top_tokens[1].logprob == pytest.approx(float(want[1]), abs=1e-5)
+
+
+def test_penalty_makes_a_negative_seen_score_more_negative() -> None:
+    scores = [-1.0, -1.0, -3.0, -3.0]
+    free = _chooser_draws({"temperature": 1.0, "seen": (0,)}, scores).count(0)
+    penalised = _chooser_draws(
+        {"temperature": 1.0, "repetition_penalty": 2.0, "seen": (0,)}, scores
+    ).count(0)
+    assert penalised < free * 0.6
+
+
+def test_greedy_and_seeded_rows_in_one_batch_choose_as_alone() -> None:
+    from zopilot_server.generation.domain import SamplingParams
+    from zopilot_server.generation.sampling import new_row
+
+    chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
+
+    def rows() -> list[Any]:
+        greedy = GenerationRequest("g", (), False, max_new_tokens=8)
+        seeded = GenerationRequest(
+            "s", (), False, max_new_tokens=8,
+            sampling=SamplingParams(temperature=1.3, top_p=0.9, top_k=4, seed=5),
+        )  # fmt: skip
+        return [
+            new_row(i, r, len(LOGITS), torch.device("cpu")) for i, r in enumerate((greedy, seeded))
+        ]
+
+    together, alone = rows(), rows()
+    batch = [
+        [s.token_id for s in chooser.choose(together, torch.tensor([LOGITS] * 2))]
+        for _ in range(30)
+    ]
+    solo = [chooser.choose([alone[1]], torch.tensor([LOGITS]))[0].token_id for _ in range(30)]
+    assert [b[0] for b in batch] == [0] * 30  # greedy: the argmax every time
+    assert [b[1] for b in batch] == solo
+    assert len(set(solo)) > 1
