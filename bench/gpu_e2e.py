@@ -41,6 +41,7 @@ from gpu_quant import (  # noqa: E402
     PROMPT,
     _gpu,
     build_model,
+    print_report,
     release_memory,
     setup,
     work_dir,
@@ -250,13 +251,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import json
-
-    started = time.perf_counter()
-    report = asyncio.run(main_async(parse_args(argv)))
-    report["total_s"] = round(time.perf_counter() - started, 1)
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    print_report(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,12 +339,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def print_report(run: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]], args: Any) -> None:
+    """Run a GPU bench's ``main_async`` and print its report as JSON (gpu_e2e.py too)."""
     started = time.perf_counter()
-    report = asyncio.run(main_async(parse_args(argv)))
+    report = asyncio.run(run(args))
     report["total_s"] = round(time.perf_counter() - started, 1)
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    print_report(main_async, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -167,22 +167,21 @@ class ModelRunner(_ModelCalls):
     @_inference
     def decode(self, keys: Collection[int]) -> list[Step]:
         """One token for each of ``keys`` (rows whose prompt is complete)."""
-        lo, hi = self.arena.span(list(keys))
-        slots = self._keys_in(lo, hi)
+        wanted = set(keys)
+        lo, hi = self.arena.span(list(wanted))
         positions = torch.full((hi - lo, 1), -1, dtype=torch.long)
         ids = torch.full((hi - lo, 1), self._pad, dtype=torch.long)
-        order = []
-        for i, key in enumerate(slots):
-            if key in keys:
-                ids[i, 0] = self.rows[key].next_input
-                positions[i, 0] = self.arena.length[key]
-                order.append((i, key))
-        fed_tokens = [self.rows[k].next_input for _, k in order]
+        order = []  # (index in the forward, key, the token fed)
+        for i, key in enumerate(self._keys_in(lo, hi)):
+            if key in wanted:
+                fed = self.rows[key].next_input
+                ids[i, 0], positions[i, 0] = fed, self.arena.length[key]
+                order.append((i, key, fed))
         logits = self._run(lo, hi, ids, positions)
         steps = self._chooser.choose(
-            [self.rows[k] for _, k in order], logits[[i for i, _ in order]]
+            [self.rows[k] for _, k, _ in order], logits[[i for i, _, _ in order]]
         )
-        for (_, key), fed in zip(order, fed_tokens, strict=True):
+        for _, key, fed in order:  # the fed token's KV is now in the slot
             self.arena.wrote(key, [fed])
         return steps
 
