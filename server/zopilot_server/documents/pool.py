@@ -338,7 +338,17 @@ class WorkerPool:
             name="zopilot-docworker",
             daemon=True,
         )
-        await asyncio.get_running_loop().run_in_executor(self._executor, process.start)
+        start = asyncio.get_running_loop().run_in_executor(self._executor, process.start)
+        try:
+            await asyncio.shield(start)
+        except asyncio.CancelledError:
+            # close() cancelled us mid-spawn, but the spawn goes on in its thread: let it
+            # finish and stop the child, or the process could exit while the child still
+            # reads its start data (EOFError and a traceback from the child).
+            await start
+            child_end.close()
+            await _Worker(process, parent_end).kill(self._executor)
+            raise
         child_end.close()  # or the worker's death would never reach us as EOF
         return _Worker(process, parent_end)
 
