@@ -137,9 +137,6 @@ class PrefixIndex:
             self._truncate(slot, 0)
             state.private = False
 
-    def cached_tokens(self) -> int:
-        return sum(len(s.content) for s in self._slots)
-
     def _truncate(self, slot: int, keep: int) -> None:
         state = self._slots[slot]
         blocks = keep // BLOCK_TOKENS
