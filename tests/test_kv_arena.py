@@ -249,9 +249,9 @@ def test_a_fault_in_any_phase_ends_only_its_victim_and_survivors_text_is_exact(
     requests = [_request(tiny, p, 24, rid=str(i)) for i, p in enumerate(PROMPTS[:3])]
     want = [_reference(tiny, r) for r in requests]
     target, name, nth = {
-        "decode forward": (runner, "_run", 8),
+        "decode forward": (runner, "_logits", 8),
         "token choice": (runner._chooser, "choose", 6),
-        "prefill forward": (runner, "_run", 1),
+        "prefill forward": (runner, "_logits", 1),
         "slot move": (runner.arena, "move", 1),
     }[phase]
     fault = _Fault(

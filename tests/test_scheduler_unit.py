@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 import pytest
 from support import wait_until
 from zopilot_server.generation.domain import FinishReason, GenerationRequest, TokenDetail
-from zopilot_server.generation.plan import ArenaInfo, PrefillChunk, RowSpec, Step
+from zopilot_server.generation.plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
 from zopilot_server.generation.scheduler import (
     BatchLimits,
     EngineClosed,
@@ -27,17 +27,22 @@ from zopilot_server.generation.scheduler import (
 
 
 class FakeRunner:
-    """Emits token ``key * 1000 + n`` for a row's n-th token; one step takes ``step_s``.
-    A prompt of length L is prefilled in chunks the scheduler plans."""
+    """Emits token ``key * 1000 + n`` for a row's n-th token; one step takes ``step_s``
+    plus ``token_s`` per prompt token it carries. A prompt of length L is prefilled in
+    chunks the scheduler plans; ``decode_batches`` / ``prefill_plans`` record each
+    step's decoding rows and chunks (one step may carry both)."""
 
     def __init__(
         self,
         step_s: float = 0.002,
+        token_s: float = 0.0,
         slots: int = 64,
         slot_tokens: int = 1_000_000,
         prefix_block: int = 0,
     ) -> None:
         self.step_s = step_s
+        self.token_s = token_s  # what each prompt token adds to a step
+        self.plans: list[Plan] = []
         self.info = ArenaInfo(
             "arena", slots, slot_tokens, 0, prefix_cache=bool(prefix_block),
             prefix_block_tokens=prefix_block,
@@ -65,31 +70,29 @@ class FakeRunner:
             self._prompts[spec.key] = len(spec.request.input_ids)
         return {s.key: self.cached_for(len(s.request.input_ids)) for s in specs}
 
-    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
-        self._tick()
-        if self.fail_prefill is not None:
+    def step(self, plan: Plan) -> list[Step]:
+        self.plans.append(plan)
+        self._tick(plan)
+        if plan.chunks and self.fail_prefill is not None:
             exc, self.fail_prefill = self.fail_prefill, None
             raise exc
-        self.prefill_plans.append(list(chunks))
         steps = []
-        for chunk in chunks:
+        for key in plan.decode:
+            n = self._rows[key]
+            steps.append(Step(key, key * 1000 + n, TokenDetail(key * 1000 + n, "t", -0.5)))
+            self._rows[key] = n + 1
+        for chunk in plan.chunks:
             if chunk.end == self._prompts[chunk.key]:
                 self._rows[chunk.key] = 1
                 steps.append(Step(chunk.key, chunk.key * 1000))
+        if plan.decode:
+            self.decode_batches.append(sorted(plan.decode))
+        if plan.chunks:
+            self.prefill_plans.append(list(plan.chunks))
         return steps
 
     def reuse(self, key: int) -> int:
         return self.reused.get(key, 0)
-
-    def decode(self, keys: Collection[int]) -> list[Step]:
-        self._tick()
-        self.decode_batches.append(sorted(keys))
-        steps = []
-        for key in keys:
-            n = self._rows[key]
-            steps.append(Step(key, key * 1000 + n, TokenDetail(key * 1000 + n, "t", -0.5)))
-            self._rows[key] = n + 1
-        return steps
 
     def remove(self, keys: Collection[int]) -> None:
         for key in keys:
@@ -99,11 +102,11 @@ class FakeRunner:
     def release_memory(self) -> None:
         pass
 
-    def _tick(self) -> None:
+    def _tick(self, plan: Plan) -> None:
         if not self.gate.is_set():
             self.held.set()  # the scheduler thread is now waiting inside a step
         self.gate.wait(10)
-        time.sleep(self.step_s)
+        time.sleep(self.step_s + self.token_s * plan.prompt_tokens)
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
@@ -360,53 +363,42 @@ def test_close_joins_the_scheduler_thread(harness_factory):
     assert not h.scheduler._thread.is_alive()
 
 
-def test_chunked_prefill_lets_running_rows_decode_between_chunks(harness_factory):
+def test_prompt_chunks_ride_in_the_running_rows_decode_steps(harness_factory):
     runner = FakeRunner()
     h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=64)
     h.submit("running", prompt_len=300, max_new=400)
     assert wait_until(lambda: len(runner.decode_batches) >= 2)
     # The first request, with nobody decoding, was prefilled in one pass.
     assert runner.prefill_plans[0] == [PrefillChunk(0, 0, 300)]
-    before = len(runner.prefill_plans)
+    before = len(runner.plans)
     h.submit("long-prompt", prompt_len=200, max_new=2)
     assert wait_until(lambda: h.finished("long-prompt") is FinishReason.LENGTH)
-    plans = runner.prefill_plans[before:]
-    assert [(c.start, c.end) for [c] in plans] == [(0, 64), (64, 128), (128, 192), (192, 200)]
-    # The running row got a decode step for every chunk.
-    alone = [b for b in runner.decode_batches if b == [0]]
-    assert len(alone) >= 2 + len(plans)
+    carrying = [p for p in runner.plans[before:] if p.chunks]
+    assert [(c.start, c.end) for p in carrying for c in p.chunks] == [
+        (0, 64), (64, 128), (128, 192), (192, 200)
+    ]  # fmt: skip
+    # One forward per step: every chunk went with the running row's decode token.
+    assert all(p.decode == (0,) for p in carrying)
     assert h.finished("running") is None
 
 
-def test_chunks_are_sized_to_cost_about_one_decode_step(harness_factory):
-    """A prompt token costs 1 ms and a decode step 40 ms: chunks of about 0.8 x 40."""
-
-    class Timed(FakeRunner):
-        def prefill(self, chunks):
-            time.sleep(0.001 * max(c.end - c.start for c in chunks) * len(chunks))
-            return super().prefill(chunks)
-
-        def decode(self, keys):
-            time.sleep(0.04)
-            return super().decode(keys)
-
-    runner = Timed(step_s=0)
-    h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=512)
+@pytest.mark.parametrize("stall", [1.5, 3.0])
+def test_a_step_s_prompt_tokens_keep_it_within_the_stall_factor(harness_factory, stall):
+    """A decode step costs 40 ms and a prompt token 1 ms more: at most ``stall`` x 40 ms
+    a step, so (stall - 1) x 40 prompt tokens."""
+    runner = FakeRunner(step_s=0.04, token_s=0.001)
+    h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=512, max_step_stall=stall)
     h.submit("running", max_new=400)
     assert wait_until(lambda: len(runner.decode_batches) >= 4)
-    h.submit("joining", prompt_len=400, max_new=1)
+    h.submit("joining", prompt_len=600, max_new=1)
     assert wait_until(lambda: h.finished("joining") is FinishReason.LENGTH)
-    widths = [c.end - c.start for [c] in runner.prefill_plans[1:]][2:-1]  # once measured
-    assert widths and all(16 <= w <= 48 for w in widths), widths
+    widths = [p.prompt_tokens for p in runner.plans if p.decode and p.chunks][2:-1]
+    want = (stall - 1) * 40
+    assert widths and all(0.7 * want <= w <= 1.2 * want for w in widths), widths
 
 
 def test_joins_never_starve_when_prefill_is_dear(harness_factory):
-    class Dear(FakeRunner):
-        def prefill(self, chunks):
-            time.sleep(0.002 * max(c.end - c.start for c in chunks))
-            return super().prefill(chunks)
-
-    runner = Dear(step_s=0.001)
+    runner = FakeRunner(step_s=0.001, token_s=0.002)
     h = harness_factory(runner, max_batch_size=4)
     h.submit("running", max_new=2000)
     assert wait_until(lambda: len(runner.decode_batches) >= 2)
@@ -415,19 +407,52 @@ def test_joins_never_starve_when_prefill_is_dear(harness_factory):
     assert all(c.end - c.start >= 16 for [c] in runner.prefill_plans[1:-1])
 
 
-def test_a_group_larger_than_the_running_batch_is_prefilled_in_one_pass(harness_factory):
+def test_joiners_share_a_step_s_budget_oldest_first(harness_factory):
     runner = FakeRunner()
-    h = harness_factory(runner, max_batch_size=8, max_prefill_tokens=16)
-    h.submit("first", max_new=200)
+    h = harness_factory(runner, max_batch_size=8, max_prefill_tokens=48)
+    h.submit("first", max_new=400)
     assert wait_until(lambda: len(runner.decode_batches) >= 1)
     runner.gate.clear()  # let three arrivals queue up behind one step
     assert runner.held.wait(10)
     for rid in "abc":
-        h.submit(rid, prompt_len=100, max_new=2)
+        h.submit(rid, prompt_len=40, max_new=2)
     runner.gate.set()
     assert wait_until(lambda: all(h.finished(r) is FinishReason.LENGTH for r in "abc"))
-    # Three joining, one decoding: one pass of the whole prompts, not 16-token chunks.
-    assert [(c.start, c.end) for c in runner.prefill_plans[1]] == [(0, 100)] * 3
+    carrying = [p for p in runner.plans if p.decode and p.chunks]
+    assert all(p.prompt_tokens <= 48 for p in carrying)
+    # The oldest takes what it needs first; the next one the rest of the step.
+    assert [(c.key, c.start, c.end) for c in carrying[0].chunks] == [(1, 0, 40), (2, 0, 8)]
+    assert [(c.key, c.start, c.end) for c in carrying[1].chunks] == [(2, 8, 40), (3, 0, 16)]
+    assert [(c.key, c.start, c.end) for c in carrying[2].chunks] == [(3, 16, 40)]
+
+
+def test_the_budget_grows_to_whole_prompts_once_nobody_decodes(harness_factory):
+    runner = FakeRunner()
+    h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=32)
+    runner.gate.clear()
+    h.submit("short", max_new=4)
+    assert runner.held.wait(10)  # inside the short one's first step
+    h.submit("long", prompt_len=1000, max_new=1)
+    runner.gate.set()
+    assert wait_until(lambda: h.finished("long") is FinishReason.LENGTH)
+    chunks = [c for p in runner.plans for c in p.chunks if c.key == 1]
+    assert chunks[0].end - chunks[0].start <= 32, "beside a decoding row: a chunk"
+    assert chunks[-1].end == 1000 and chunks[-1].end - chunks[-1].start > 32, "then the rest"
+
+
+def test_cancelling_a_request_mid_prefill_stops_its_chunks(harness_factory):
+    runner = FakeRunner(step_s=0.005)
+    h = harness_factory(runner, max_batch_size=4, max_prefill_tokens=16)
+    h.submit("running", max_new=100_000)
+    assert wait_until(lambda: len(runner.decode_batches) >= 1)
+    job = h.submit("joining", prompt_len=100_000, max_new=2)
+    assert wait_until(lambda: len(runner.prefill_plans) >= 4)
+    job.cancel()
+    assert wait_until(lambda: h.finished("joining") is FinishReason.CANCELLED)
+    planned = len(runner.prefill_plans)
+    assert wait_until(lambda: len(runner.decode_batches) >= planned + 5)
+    assert len(runner.prefill_plans) == planned, "no chunk of the cancelled prompt is computed"
+    assert h.finished("running") is None and h.streamers["joining"].tokens == []
 
 
 def test_admission_is_bounded_by_the_arena_slots(harness_factory):

@@ -127,11 +127,16 @@ class ServerConfig:
         0,
     )
     max_prefill_tokens: int = _opt(
-        "most prompt tokens prefilled per step while others decode; within it the chunk "
-        "is sized to cost about one decode step, so a long prompt joining at most about "
-        "doubles the running streams' inter-token time; with nobody decoding a prompt is "
-        "prefilled in one pass",
+        "most prompt tokens one step carries beside decoding rows (within it "
+        "--max-step-stall sizes them); with nobody decoding, prompts go in whole",
         512,
+    )
+    max_step_stall: float = _opt(
+        "how much slower than a pure decode step a step may be that also carries prompt "
+        "tokens (packed into the same forward): bounds what a joining prompt costs the "
+        "running streams' inter-token time; higher = faster first tokens, lower = "
+        "steadier streams",
+        2.0,
     )
     # The KV arena (README "Batching": how to size it on a GPU).
     kv_cache_memory_fraction: float = _opt(
@@ -267,6 +272,7 @@ class ServerConfig:
             (self.kv_cache_memory_mib >= 0, "--kv-cache-memory-mib must be >= 0"),
             (self.kv_slot_tokens >= 0, "--kv-slot-tokens must be >= 0"),
             (self.max_prefill_tokens >= 1, "--max-prefill-tokens must be >= 1"),
+            (1.0 <= self.max_step_stall <= 100.0, "--max-step-stall must be in [1, 100]"),
             (self.bnb_int8_threshold >= 0, "--bnb-int8-threshold must be >= 0"),
             (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),
             (self.stream_interval_ms >= 0, "--stream-interval-ms must be >= 0"),

@@ -59,6 +59,7 @@ def batch_limits(config: ServerConfig) -> BatchLimits:
         max_batch_tokens=config.max_batch_tokens,
         max_prefill_tokens=config.max_prefill_tokens,
         max_queue=config.max_queue,
+        max_step_stall=config.max_step_stall,
     )
 
 

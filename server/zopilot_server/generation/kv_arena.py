@@ -23,7 +23,6 @@ memory budget (README "Batching" says how).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -33,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import Cache
 
 from .prefix_cache import PrefixIndex
 
@@ -241,50 +239,6 @@ class KVArena:
 
 def bucket(length: int, limit: int) -> int:
     return min(limit, max(LENGTH_BUCKET, math.ceil(length / LENGTH_BUCKET) * LENGTH_BUCKET))
-
-
-class ArenaCache(Cache):
-    """The ``Cache`` one forward sees: writes each query's K/V in place at its row's
-    columns (``write_cols``, [B, q]) and returns a view of the first ``view`` columns of
-    the forward's slot range, which the 4D mask restricts per row."""
-
-    def __init__(
-        self, arena: KVArena, lo: int, hi: int, write_cols: torch.Tensor, view: int
-    ) -> None:
-        # transformers >= 4.56 wants layer objects we do not use (TypeError or ValueError)
-        with contextlib.suppress(TypeError, ValueError):
-            super().__init__()
-        self._arena = arena
-        self._lo, self._hi = lo, hi
-        self._rows = torch.arange(hi - lo, device=write_cols.device)[:, None].expand_as(write_cols)
-        self._cols = write_cols
-        self._view = view
-
-    def update(
-        self,
-        key_states: torch.Tensor,
-        value_states: torch.Tensor,
-        layer_idx: int,
-        cache_kwargs: dict[str, Any] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = []
-        for buffers, states in ((self._arena.keys, key_states), (self._arena.values, value_states)):
-            region = buffers[layer_idx][self._lo : self._hi]
-            region[self._rows, :, self._cols] = states.transpose(1, 2).to(region.dtype)
-            out.append(region[:, :, : self._view])
-        return out[0], out[1]
-
-    def get_seq_length(self, layer_idx: int | None = 0) -> int:
-        return self._view
-
-    def get_max_length(self) -> int | None:
-        return None
-
-    def get_max_cache_shape(self) -> int | None:
-        return None
-
-    def get_usable_length(self, new_seq_length: int, layer_idx: int | None = 0) -> int:
-        return self._view
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """What the scheduler hands the runner each step, and what comes back (torch-free).
 
 The pipeline of one step: the scheduler (scheduler.py) owns every row's progress and
-writes a plan: these rows decode one token, these prompt chunks are prefilled. The
-runner (runner.py) executes it over the KV arena (kv_arena.py) and token choice
-(sampling.py) and returns one Step per token produced; the scheduler then decides, in
+writes a Plan: these rows decode one token, these prompt chunks are prefilled. The
+runner (runner.py) computes all of it in one packed forward over the KV arena
+(packed.py, kv_arena.py), chooses tokens (sampling.py) and returns one Step per token
+produced; the scheduler then decides, in
 one place, whether each row goes on (``finish_reason``).
 """
 
@@ -30,6 +31,24 @@ class PrefillChunk:
     key: int
     start: int
     end: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One step's work, computed in one forward: ``decode`` rows each feed the token
+    chosen last; ``chunks`` are prompt tokens of rows still prefilling (several rows'
+    chunks may share a step)."""
+
+    decode: tuple[int, ...] = ()
+    chunks: tuple[PrefillChunk, ...] = ()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c.end - c.start for c in self.chunks)
+
+    @property
+    def keys(self) -> list[int]:
+        return [*self.decode, *(c.key for c in self.chunks)]
 
 
 @dataclass(frozen=True)

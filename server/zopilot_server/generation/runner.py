@@ -1,18 +1,18 @@
-"""The model side of continuous batching: forwards over the KV arena.
+"""The model side of continuous batching: one packed forward per step over the KV arena.
 
-The scheduler decides what each step computes (plan.py); this module turns that into
-model forwards. Every forward covers one contiguous range of arena slots (kv_arena.py)
-and is given, per query token, its position (= its column in the row's slot) and a 4D
-mask over the attended columns, so rows of any length decode together without padding
-their caches. Prefill chunks of several rows run as one forward, left-aligned to the
-chunks' end so ``logits_to_keep=1`` gives each finishing row its next-token logits.
+The scheduler decides what each step computes (a Plan, plan.py); this module computes
+it in ONE model forward: the decoding rows' fed tokens and every prompt chunk's tokens
+flattened into one sequence with no padding, each token at its own position (= its
+column in its row's arena slot), attention per row over the arena read in place
+(packed.py). The output head runs only at the positions that choose a token: every
+decoding row, and a chunk's last token when it completes its prompt.
 
 A forward that fails leaves nothing to undo: a row's length advances only after its
 step succeeded, and the columns a failed forward wrote are rewritten by the retry.
 
-Architectures whose forward cannot write into our ``Cache`` (GPT-2 and other legacy
-tuple caches in transformers 4.45, sliding-window hybrids) are detected at load by
-``self_test`` and served by ``SerialRunner``: one request at a time on the model's own
+Architectures the packed step cannot serve (GPT-2 and other legacy tuple caches in
+transformers 4.45, sliding-window hybrids, attention that is not SDPA) are detected at
+load by ``self_test`` and served by ``SerialRunner``: one request at a time on the model's own
 cache, through the same token choice and streaming. Slower, never broken.
 """
 
@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
+from . import packed
 from .domain import GenerationRequest
-from .kv_arena import ArenaCache, ArenaSize, KVArena, arena_shape, bucket
+from .kv_arena import ArenaSize, KVArena, arena_shape
 from .model_loader import LoadedModel
-from .plan import ArenaInfo, PrefillChunk, RowSpec, Step
+from .plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
 from .prefix_cache import BLOCK_TOKENS, PrefixIndex
 from .sampling import RowState, TokenChooser, new_row
 
@@ -87,7 +88,7 @@ class _ModelCalls:
 
 
 class ModelRunner(_ModelCalls):
-    """Prefill chunks and decode steps over the KV arena (the scheduler's Runner)."""
+    """Every step in one packed forward over the KV arena (the scheduler's Runner)."""
 
     def __init__(self, loaded: LoadedModel, size: ArenaSize, *, prefix_cache: bool = True) -> None:
         super().__init__(loaded)
@@ -96,9 +97,14 @@ class ModelRunner(_ModelCalls):
         identity = f"{loaded.model_id}|{loaded.dtype}|{loaded.quantization.describe()}"
         prefix = PrefixIndex(size.slots, identity, enabled=prefix_cache)
         self.arena = KVArena(shape, size, self.device, prefix)
-        config = loaded.model.config
+        model = loaded.model
+        config = model.config
         window = getattr(config, "sliding_window", None)
         self._window = window if window and getattr(config, "use_sliding_window", True) else None
+        self._base = model.base_model
+        self._head = model.get_output_embeddings()
+        self._dtype = model.dtype if model.dtype.is_floating_point else torch.float32
+        packed.install(model)
         self.info = ArenaInfo(
             "arena",
             size.slots,
@@ -125,64 +131,40 @@ class ModelRunner(_ModelCalls):
         return cached
 
     @_inference
-    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
-        """Compute the chunks' prompt tokens; the first token of every row whose prompt
-        is now complete."""
-        by_key = {c.key: c for c in chunks}
-        lo, hi = self.arena.span(list(by_key))
-        q = max(c.end - c.start for c in chunks)
-        keys = self._keys_in(lo, hi)
-        positions = torch.full((hi - lo, q), -1, dtype=torch.long)
-        ids = torch.full((hi - lo, q), self._pad, dtype=torch.long)
-        for i, key in enumerate(keys):
-            chunk = by_key.get(key)
-            if chunk is None:
-                continue
-            n = chunk.end - chunk.start
-            prompt = self.rows[key].request.input_ids[chunk.start : chunk.end]
-            ids[i, q - n :] = torch.tensor(prompt, dtype=torch.long)
-            positions[i, q - n :] = torch.arange(chunk.start, chunk.end)
-        logits = self._run(lo, hi, ids, positions)
-        done = [
-            (i, k)
-            for i, k in enumerate(keys)
-            if k in by_key and by_key[k].end == len(self.rows[k].request.input_ids)
-        ]
-        steps = (
-            self._chooser.choose([self.rows[k] for _, k in done], logits[[i for i, _ in done]])
-            if done
-            else []
-        )
-        for key, chunk in by_key.items():
-            self.arena.wrote(key, self.rows[key].request.input_ids[chunk.start : chunk.end])
-        if steps:
-            self.compact()  # a joiner above a hole moves down next to the decoding rows
-        return steps
-
-    @_inference
     def reuse(self, key: int) -> int:
         """The prompt tokens row ``key`` now finds cached (it waited for a prefix)."""
         return self.arena.refresh(key, self.rows[key].request.input_ids)
 
     @_inference
-    def decode(self, keys: Collection[int]) -> list[Step]:
-        """One token for each of ``keys`` (rows whose prompt is complete)."""
-        wanted = set(keys)
-        lo, hi = self.arena.span(list(wanted))
-        positions = torch.full((hi - lo, 1), -1, dtype=torch.long)
-        ids = torch.full((hi - lo, 1), self._pad, dtype=torch.long)
-        order = []  # (index in the forward, key, the token fed)
-        for i, key in enumerate(self._keys_in(lo, hi)):
-            if key in wanted:
-                fed = self.rows[key].next_input
-                ids[i, 0], positions[i, 0] = fed, self.arena.length[key]
-                order.append((i, key, fed))
-        logits = self._run(lo, hi, ids, positions)
-        steps = self._chooser.choose(
-            [self.rows[k] for _, k, _ in order], logits[[i for i, _, _ in order]]
+    def step(self, plan: Plan) -> list[Step]:
+        """One packed forward: a token for every decoding row, the chunks' prompt tokens,
+        and the first token of each row whose prompt the step completes."""
+        arena = self.arena
+        decode = sorted(plan.decode, key=arena.slot_of.__getitem__)
+        fed = [self.rows[key].next_input for key in decode]
+        prompts = [self.rows[c.key].request.input_ids[c.start : c.end] for c in plan.chunks]
+        layout = packed.StepLayout(
+            arena,
+            [(arena.slot_of[key], arena.length[key]) for key in decode],
+            [(arena.slot_of[c.key], c.start, c.end) for c in plan.chunks],
+            window=self._window,
+            device=self.device,
         )
-        for _, key, fed in order:  # the fed token's KV is now in the slot
-            self.arena.wrote(key, [fed])
+        ids = [*fed, *(token for prompt in prompts for token in prompt)]
+        choose = list(range(len(decode)))  # the tokens whose logits pick a next token
+        keys = list(decode)
+        for chunk, span in zip(plan.chunks, layout.chunks, strict=True):
+            if chunk.end == len(self.rows[chunk.key].request.input_ids):
+                choose.append(span.offset + span.count - 1)
+                keys.append(chunk.key)
+        logits = self._logits(ids, layout, choose)
+        steps = self._chooser.choose([self.rows[k] for k in keys], logits) if keys else []
+        for key, token in zip(decode, fed, strict=True):  # the fed tokens' KV is in the slots
+            arena.wrote(key, [token])
+        for chunk, prompt in zip(plan.chunks, prompts, strict=True):
+            arena.wrote(chunk.key, prompt)
+        if len(keys) > len(decode):
+            self.compact()  # a row that starts decoding moves down next to the others
         return steps
 
     @_inference
@@ -196,8 +178,8 @@ class ModelRunner(_ModelCalls):
     @_inference
     def compact(self) -> None:
         """Close holes below decoding rows. Best effort: a failed move leaves its row
-        intact where it was, and a forward over a range with holes is still correct
-        (the holes are dummy rows), only wider."""
+        intact where it was, and a decode group with holes is still correct (the holes
+        are dummy rows), only wider."""
         decoding = [k for k, r in self.rows.items() if r.produced > 0]
         try:
             self.arena.compact(decoding)
@@ -209,50 +191,36 @@ class ModelRunner(_ModelCalls):
     def probe(self, key: int, token: int) -> torch.Tensor:
         """The logits after feeding ``token`` to row ``key``, its length unchanged (the
         load-time self test)."""
-        lo, hi = self.arena.span([key])
-        positions = torch.tensor([[self.arena.length[key]]])
-        return self._run(lo, hi, torch.tensor([[token]]), positions)[0].float()
-
-    # -- internals ---------------------------------------------------------------------
-    def _keys_in(self, lo: int, hi: int) -> list[int | None]:
-        """The row in each slot of ``lo:hi`` (None: a free slot, a dummy in the forward)."""
-        by_slot: list[int | None] = [None] * (hi - lo)
-        for key, slot in self.arena.slot_of.items():
-            if lo <= slot < hi:
-                by_slot[slot - lo] = key
-        return by_slot
-
-    def _run(self, lo: int, hi: int, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One forward over slots ``lo:hi``; ``positions`` -1 marks a padded query. Returns
-        the last query's logits per slot."""
-        arena = self.arena
-        view = bucket(int(positions.max()) + 1, arena.size.tokens_per_slot)
-        padded = positions < 0
-        write_cols = positions.masked_fill(padded, arena.scratch_column)
-        mask = self._mask(positions.to(self.device), view)
-        cache = ArenaCache(arena, lo, hi, write_cols.to(self.device), view)
-        out = self._forward(
-            input_ids=ids.to(self.device),
-            position_ids=positions.clamp(min=0).to(self.device),
-            cache_position=torch.arange(ids.shape[1], device=self.device),
-            attention_mask=mask,
-            past_key_values=cache,
+        slot = self.arena.slot_of[key]
+        layout = packed.StepLayout(
+            self.arena,
+            [(slot, self.arena.length[key])],
+            [],
+            window=self._window,
+            device=self.device,
         )
-        return out.logits[:, -1, :]
+        return self._logits([token], layout, [0])[0].float()
 
-    def _mask(self, positions: torch.Tensor, view: int) -> torch.Tensor:
-        """[B, 1, q, view] additive mask: a query sees its row's columns up to its own
-        position (within the sliding window, if the model has one); a padded query sees
-        column 0 only, so no row of the softmax is empty."""
-        cols = torch.arange(view, device=positions.device)
-        pos = positions[:, :, None]
-        allowed = cols <= pos
-        if self._window is not None:
-            allowed &= cols > pos - self._window
-        allowed |= (pos < 0) & (cols == 0)
-        dtype = self._model.dtype if self._model.dtype.is_floating_point else torch.float32
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
-        return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+    def _logits(self, ids: list[int], layout: packed.StepLayout, choose: list[int]) -> torch.Tensor:
+        """The packed forward: the base model over the step's tokens as one sequence,
+        then the output head at the ``choose`` positions only."""
+        tokens = len(ids)
+        device = self.device
+        out = self._base(
+            input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+            position_ids=layout.positions[None],
+            cache_position=torch.arange(tokens, device=device),
+            # A 4D mask is taken as given (no causal mask is built); attend ignores it.
+            attention_mask=torch.zeros((1, 1, tokens, 1), dtype=self._dtype, device=device),
+            past_key_values=packed.StepCache(layout),
+            use_cache=True,
+        )
+        if layout.layer >= 0:
+            raise RuntimeError("the last layer's attention did not reach the packed step")
+        hidden = out[0][0]
+        if not choose:
+            return hidden.new_empty((0, self.vocab))
+        return self._head(hidden[torch.tensor(choose, device=device)])
 
 
 class SerialRunner(_ModelCalls):
@@ -277,21 +245,17 @@ class SerialRunner(_ModelCalls):
         return {spec.key: 0 for spec in specs}
 
     @_inference
-    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]:
+    def step(self, plan: Plan) -> list[Step]:
+        """The plan's work as the model's own forwards (one row: at most one of each)."""
         steps = []
-        for chunk in chunks:
+        for chunk in plan.chunks:
             row = self.rows[chunk.key]
             ids = torch.tensor([row.request.input_ids[chunk.start : chunk.end]], device=self.device)
             logits = self._step(row, ids, chunk.start)
             self._length[chunk.key] = chunk.end
             if chunk.end == len(row.request.input_ids):
                 steps += self._chooser.choose([row], logits)
-        return steps
-
-    @_inference
-    def decode(self, keys: Collection[int]) -> list[Step]:
-        steps = []
-        for key in keys:
+        for key in plan.decode:
             row = self.rows[key]
             ids = torch.tensor([[row.next_input]], device=self.device)
             logits = self._step(row, ids, self._length[key])
@@ -324,26 +288,35 @@ class SerialRunner(_ModelCalls):
 
 
 def self_test(runner: ModelRunner, loaded: LoadedModel) -> str:
-    """Check the arena reproduces the model's own forward on a short prompt prefilled in
-    two chunks plus one decode step; returns "" or why it does not."""
-    ids = [int(i) % runner.vocab for i in range(11, 18)]
+    """Check the packed step reproduces the model's own forward: two rows, one prompt
+    prefilled in two chunks (the second beside the other row's whole prompt, in one
+    forward), then a decode step of both; returns "" or why it does not."""
+    first = [int(i) % runner.vocab for i in range(11, 18)]
+    second = [int(i) % runner.vocab for i in range(40, 45)]
     try:
         with torch.inference_mode():
-            want = loaded.model(input_ids=torch.tensor([ids], device=runner.device))
-            want = want.logits[0, -1].float()
-        request = GenerationRequest("self-test", tuple(ids[:-1]), False, max_new_tokens=2)
-        runner.add([RowSpec(-1, request)])
+            want = [
+                loaded.model(input_ids=torch.tensor([ids], device=runner.device)).logits[0, -1]
+                for ids in (first, second)
+            ]
+        requests = [
+            GenerationRequest("self-test", tuple(ids[:-1]), False, max_new_tokens=2)
+            for ids in (first, second)
+        ]
+        runner.add([RowSpec(-1, requests[0]), RowSpec(-2, requests[1])])
         try:
-            runner.prefill([PrefillChunk(-1, 0, 3)])
-            runner.prefill([PrefillChunk(-1, 3, len(ids) - 1)])
-            got = runner.probe(-1, ids[-1])
+            runner.step(Plan(chunks=(PrefillChunk(-1, 0, 3),)))
+            runner.step(Plan(chunks=(PrefillChunk(-1, 3, 6), PrefillChunk(-2, 0, 4))))
+            got = [runner.probe(-1, first[-1]), runner.probe(-2, second[-1])]
         finally:
-            runner.remove([-1])
+            runner.remove([-1, -2])
     except Exception as exc:  # noqa: BLE001 - any failure means: serve serially
-        return f"the arena forward failed: {type(exc).__name__}: {exc}"
-    error = float((got - want).abs().max()) / (float(want.abs().max()) or 1.0)
-    if error > 2e-2:
-        return f"the arena forward differs from the model's own by {error:.3f} (relative)"
+        return f"the packed forward failed: {type(exc).__name__}: {exc}"
+    for g, w in zip(got, want, strict=True):
+        w = w.float()
+        error = float((g - w).abs().max()) / (float(w.abs().max()) or 1.0)
+        if error > 2e-2:
+            return f"the packed forward differs from the model's own by {error:.3f} (relative)"
     return ""
 
 

@@ -4,13 +4,15 @@ One scheduler thread owns the model through a Runner (runner.py). The scheduler 
 every row's progress (prompt tokens computed, tokens generated) and, each iteration:
 ends rows that were cancelled, timed out or are being shut down; admits waiting
 requests while the KV arena has a free slot (and the optional ``max_batch_tokens``
-work cap allows), FIFO; and hands the runner a plan: prompt chunks to prefill
-(``PrefillChunk``) and the rows that decode one token. Chunks are sized in time, not in
-tokens: while streams are decoding, a step's prefill costs about one decode step (both
-measured as the server runs), so a long prompt joining slows running streams by at most
-about 2x for its whole prefill, and never starves (at least ``MIN_CHUNK`` tokens a
-step). With nobody decoding, prompts go in one pass. Every token then passes through
-``_finish_reason``, the one place that decides whether a row ends and why.
+work cap allows), FIFO; and hands the runner one Plan per step: the rows that decode one
+token and the prompt chunks (of any number of rows) to prefill, all computed in one
+packed forward. Chunks are sized in time, not in tokens: while streams decode, a step's
+prompt tokens are what keeps it within ``max_step_stall`` times a pure decode step
+(StepCost, measured as the server runs), shared by the joiners oldest first, so a long
+prompt joining slows running streams by at most that factor and never starves (at least
+``MIN_CHUNK`` tokens a step). With nobody decoding, prompts go in whole. Every token
+then passes through ``_finish_reason``, the one place that decides whether a row ends
+and why.
 
 Requests beyond the arena wait in a FIFO queue of at most ``max_queue``; beyond that
 ``submit`` raises QueueFull with a retry hint. This module never imports torch: tests
@@ -40,7 +42,7 @@ from .domain import (
     TokenDetail,
 )
 from .oom import is_out_of_memory
-from .plan import ArenaInfo, PrefillChunk, RowSpec, Step
+from .plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
 from .run_control import RunControl
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class BatchLimits:
     max_batch_tokens: int = 0  # 0: no cap beyond the arena's slots
     max_prefill_tokens: int = 512
     max_queue: int = 32
+    max_step_stall: float = 2.0  # a step carrying prefill, over a pure decode step
 
 
 class Runner(Protocol):
@@ -72,8 +75,7 @@ class Runner(Protocol):
     @property
     def kv_tokens_used(self) -> int: ...
     def add(self, specs: Sequence[RowSpec]) -> dict[int, int]: ...
-    def prefill(self, chunks: Sequence[PrefillChunk]) -> list[Step]: ...
-    def decode(self, keys: Collection[int]) -> list[Step]: ...
+    def step(self, plan: Plan) -> list[Step]: ...
     def reuse(self, key: int) -> int: ...
     def remove(self, keys: Collection[int]) -> None: ...
     def release_memory(self) -> None: ...
@@ -134,25 +136,37 @@ class _Running:
         return self.produced == 0
 
 
-class _Cost:
-    """Moving averages of what steps cost, for sizing prefill chunks in time."""
+class StepCost:
+    """What a step costs, learned as the server runs: a step of the decoding rows alone
+    (``decode_s``: the weight-read floor plus their attention) and each prompt token
+    packed beside them (``token_s``). A step carrying ``p`` prompt tokens costs about
+    ``decode_s + p * token_s``, so the prompt tokens a step may carry within a stall
+    factor ``f`` are ``(f - 1) * decode_s / token_s``."""
 
     def __init__(self) -> None:
-        self.decode_s: float | None = None  # one decode step
-        self.token_s: float | None = None  # one prefilled query token
+        self.decode_s: float | None = None
+        self.token_s: float | None = None
 
-    def observe_decode(self, seconds: float) -> None:
-        self.decode_s = seconds if self.decode_s is None else 0.8 * self.decode_s + 0.2 * seconds
+    def observe(self, seconds: float, *, decode_rows: int, prompt_tokens: int) -> None:
+        if not prompt_tokens:
+            if decode_rows:
+                self.decode_s = _average(self.decode_s, seconds)
+            return
+        if self.decode_s is None:
+            return  # no floor known yet to tell the tokens' share of the step
+        per = max(seconds - self.decode_s, 0.0) / prompt_tokens
+        self.token_s = _average(self.token_s, per)
 
-    def observe_prefill(self, seconds: float, tokens: int) -> None:
-        per = seconds / max(1, tokens)
-        self.token_s = per if self.token_s is None else 0.8 * self.token_s + 0.2 * per
-
-    def chunk_tokens(self, cap: int) -> int:
-        """Prompt tokens that cost about 0.8 of a decode step, within [MIN_CHUNK, cap]."""
-        if self.decode_s is None or self.token_s is None:
+    def prompt_budget(self, stall: float, cap: int) -> int:
+        """Prompt tokens for a step beside decoding rows, within [MIN_CHUNK, cap]."""
+        if self.decode_s is None or not self.token_s:
             return max(MIN_CHUNK, min(cap, 64))
-        return max(MIN_CHUNK, min(cap, int(0.8 * self.decode_s / self.token_s)))
+        fits = int((stall - 1.0) * self.decode_s / self.token_s)
+        return max(MIN_CHUNK, min(cap, fits))
+
+
+def _average(old: float | None, new: float) -> float:
+    return new if old is None else 0.8 * old + 0.2 * new
 
 
 @dataclass
@@ -196,7 +210,7 @@ class Scheduler:
         self._closed = False
         self._stop = False
         self._drain: _Drain | None = None
-        self._cost = _Cost()
+        self._cost = StepCost()
         self._prefill_cap = max(MIN_CHUNK, limits.max_prefill_tokens)
         self._idle_cap = IDLE_PREFILL_TOKENS
         self._prefix_queries = 0  # prompt tokens looked up in the prefix cache
@@ -415,37 +429,33 @@ class Scheduler:
 
     def _iterate(self) -> None:
         self._end_rows(self._interrupted())
-        prefilling = [r for r in self._rows.values() if r.prefilling]
-        ready = [r for r in prefilling if self._ready_to_prefill(r)]
-        if ready:
-            decoding = len(self._rows) - len(prefilling)
-            steps = self._run_step(prefill=True, chunks=self._plan_prefill(ready, decoding))
-            self._deliver(steps)
-        decoding_rows = [r for r in self._rows.values() if not r.prefilling]
-        if decoding_rows:
-            steps = self._run_step(prefill=False, rows=decoding_rows)
-            if steps:
-                for observe in self._step_observers:
-                    observe(len(steps))
-            self._deliver(steps)
+        decoding = [r.key for r in self._rows.values() if not r.prefilling]
+        ready = [r for r in self._rows.values() if r.prefilling and self._ready_to_prefill(r)]
+        chunks = self._plan_prefill(ready, decoding=len(decoding)) if ready else []
+        if not decoding and not chunks:
+            return
+        steps = self._run_step(Plan(tuple(decoding), tuple(chunks)))
+        if decoding and steps:
+            for observe in self._step_observers:
+                observe(len(decoding))
+        self._deliver(steps)
 
-    def _plan_prefill(self, rows: list[_Running], decoding: int) -> list[PrefillChunk]:
-        """This step's prompt chunks: shortest remaining prompt first, the same width for
-        every row of the pass. Chunked to about one decode step only when the prefill
-        would delay more running streams than it serves; otherwise whole prompts, up to
-        IDLE_PREFILL_TOKENS query tokens per pass."""
-        rows = sorted(rows, key=lambda r: (r.prompt_left, r.key))
-        if decoding >= len(rows):
-            budget = self._cost.chunk_tokens(self._prefill_cap)
+    def _plan_prefill(self, rows: list[_Running], *, decoding: int) -> list[PrefillChunk]:
+        """This step's prompt chunks, oldest request first, sharing one budget: while
+        rows decode, as many prompt tokens as keep the step within ``max_step_stall``
+        times a pure decode step (StepCost); with nobody decoding, whole prompts up to
+        IDLE_PREFILL_TOKENS. The oldest always gets at least MIN_CHUNK: never starved."""
+        if decoding:
+            budget = self._cost.prompt_budget(self.limits.max_step_stall, self._prefill_cap)
         else:
             budget = self._idle_cap
-        width = max(MIN_CHUNK, min(budget // len(rows), rows[-1].prompt_left))
         chunks = []
-        for row in rows:
-            if chunks and (len(chunks) + 1) * width > max(budget, width):
+        for row in sorted(rows, key=lambda r: r.key):
+            take = min(row.prompt_left, budget)
+            if take <= 0:
                 break
-            end = row.computed + min(width, row.prompt_left)
-            chunks.append(PrefillChunk(row.key, row.computed, end))
+            chunks.append(PrefillChunk(row.key, row.computed, row.computed + take))
+            budget -= take
         return chunks
 
     def _interrupted(self) -> list[_Running]:
@@ -478,40 +488,31 @@ class Scheduler:
             return FinishReason.TIME_LIMIT
         return None
 
-    def _run_step(
-        self,
-        *,
-        prefill: bool,
-        chunks: Sequence[PrefillChunk] = (),
-        rows: Sequence[_Running] = (),
-    ) -> list[Step]:
+    def _run_step(self, plan: Plan) -> list[Step]:
         started = time.monotonic()
         try:
-            if prefill:
-                steps = self._runner.prefill(chunks)
-            else:
-                steps = self._runner.decode([r.key for r in rows])
+            steps = self._runner.step(plan)
         except Exception as exc:  # noqa: BLE001 - handed to the affected requests
-            affected = [self._rows[c.key] for c in chunks] if prefill else list(rows)
-            self._on_failure(exc, affected, prefill=prefill)
+            self._on_failure(exc, [self._rows[key] for key in plan.keys], plan)
             return []
-        seconds = time.monotonic() - started
-        if prefill:
-            self._cost.observe_prefill(seconds, len(chunks) * max(c.end - c.start for c in chunks))
-            for chunk in chunks:
-                self._rows[chunk.key].computed = chunk.end
-        else:
-            self._cost.observe_decode(seconds)
+        self._cost.observe(
+            time.monotonic() - started,
+            decode_rows=len(plan.decode),
+            prompt_tokens=plan.prompt_tokens,
+        )
+        for chunk in plan.chunks:
+            self._rows[chunk.key].computed = chunk.end
         return steps
 
-    def _on_failure(self, exc: Exception, affected: list[_Running], *, prefill: bool) -> None:
-        """Out of memory: a prefill first retries with half the chunk; otherwise the
-        newest row of the step is evicted (RESOURCE_EXHAUSTED) and the others retry,
-        their state untouched. Any other failure ends every row of that step with it."""
+    def _on_failure(self, exc: Exception, affected: list[_Running], plan: Plan) -> None:
+        """Out of memory: a step with prompt chunks first retries with smaller ones;
+        otherwise the newest row of the step is evicted (RESOURCE_EXHAUSTED) and the
+        others retry, their state untouched. Any other failure ends every row of that
+        step with it."""
         if is_out_of_memory(exc):
             self._runner.release_memory()
-            if prefill and self._shrink_prefill():
-                log.warning("prefill ran out of memory; retrying with smaller chunks")
+            if plan.chunks and self._shrink_prefill():
+                log.warning("a step ran out of memory; retrying with smaller prompt chunks")
                 return
             victims = [max(affected, key=lambda r: r.key)] if affected else []
         else:
