@@ -1,7 +1,7 @@
 """The real server process with each model step made slow on demand (drain tests).
 
 ``python tests/slow_step_server.py FLAG_FILE [server flags]``: while FLAG_FILE holds a
-number S, every prefill and decode step first holds the GIL for a tenth of S (as a busy
+number S, every model step first holds the GIL for a tenth of S (as a busy
 Python step would) and then sleeps the rest; without the file steps run at full speed.
 A machine so loaded that one step outlasts the shutdown grace, made on demand."""
 
@@ -36,8 +36,7 @@ def _slowed(flag: Path, step: Callable[..., Any]) -> Callable[..., Any]:
 
 def main() -> None:
     flag = Path(sys.argv.pop(1))
-    for name in ("prefill", "decode"):
-        setattr(runner.ModelRunner, name, _slowed(flag, getattr(runner.ModelRunner, name)))
+    runner.ModelRunner.step = _slowed(flag, runner.ModelRunner.step)
     run()
 
 

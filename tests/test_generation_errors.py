@@ -111,7 +111,9 @@ def pb_stub(channel):
 
 
 def _break_forward(server, exc: BaseException):
-    model = server.running.engine.loaded.model
+    """Every model forward raises ``exc``: the decoder stack that both the packed step
+    and the serial path run through."""
+    model = server.running.engine.loaded.model.base_model
     original = model.forward
 
     def failing(*args, **kwargs):
