@@ -54,6 +54,10 @@ def test_every_setting_has_a_flag_and_env_in_help():
         (["--served-model-name", " padded "], {}, "--served-model-name"),
         (["--served-model-name", "a\nb"], {}, "--served-model-name"),
         (["--served-model-name", "m" * 300], {}, "--served-model-name"),
+        (["--max-step-stall", "0.5"], {}, "--max-step-stall must be in [1, 100]"),
+        (["--max-step-stall", "nan"], {}, "--max-step-stall must be in [1, 100]"),
+        (["--max-step-stall", "inf"], {}, "--max-step-stall must be in [1, 100]"),
+        ([], {"ZOPILOT_MAX_STEP_STALL": "fast"}, "ZOPILOT_MAX_STEP_STALL"),
     ],
 )
 def test_bad_values_are_usage_errors(argv, env, needle, capsys):
@@ -61,6 +65,12 @@ def test_bad_values_are_usage_errors(argv, env, needle, capsys):
         load_config(argv, env=env)
     assert info.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_max_step_stall_from_flag_and_env():
+    assert load_config(["--max-step-stall", "1.5"], env={}).max_step_stall == 1.5
+    assert load_config([], env={"ZOPILOT_MAX_STEP_STALL": "3"}).max_step_stall == 3.0
+    assert load_config([], env={}).max_step_stall == 2.0
 
 
 def test_help_runs_as_a_command():

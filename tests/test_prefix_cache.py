@@ -313,12 +313,19 @@ def test_prefix_cache_off_is_reported_and_never_hits(tiny_config: ServerConfig) 
     from zopilot_client.pb import generation_pb2 as pb
     from zopilot_client.pb import generation_pb2_grpc
 
-    server = InProcessServer(dataclasses.replace(tiny_config, prefix_cache="off"))
+    server = InProcessServer(
+        dataclasses.replace(
+            tiny_config, prefix_cache="off", max_step_stall=1.25, max_prefill_tokens=96
+        )
+    )
     try:
         with grpc.insecure_channel(server.target) as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
             info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).kv_cache
             assert not info.prefix_cache and info.prefix_block_tokens == 0
+            # The step budget flags are reported as configured.
+            assert info.packed_step and info.mode == "arena"
+            assert (info.max_step_stall, info.max_prefill_tokens) == (1.25, 96)
             request = pb.GenerateRequest(prompt=SYSTEM, max_new_tokens=2)
             stub.Generate(request, timeout=30)
             assert stub.Generate(request, timeout=30).usage.cached_input_tokens == 0

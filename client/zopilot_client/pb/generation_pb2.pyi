@@ -259,7 +259,7 @@ class ModelInfo(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ..., constrained_decoding: _Optional[bool] = ..., constraint_engine: _Optional[str] = ..., max_constraint_bytes: _Optional[int] = ..., served_model_name: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCache, _Mapping]] = ...) -> None: ...
 
 class KvCache(_message.Message):
-    __slots__ = ("mode", "slots", "tokens_per_slot", "bytes", "serial_reason", "prefix_cache", "prefix_block_tokens")
+    __slots__ = ("mode", "slots", "tokens_per_slot", "bytes", "serial_reason", "prefix_cache", "prefix_block_tokens", "packed_step", "max_step_stall", "max_prefill_tokens")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SLOT_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +267,9 @@ class KvCache(_message.Message):
     SERIAL_REASON_FIELD_NUMBER: _ClassVar[int]
     PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     PREFIX_BLOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEP_STALL_FIELD_NUMBER: _ClassVar[int]
+    MAX_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     mode: str
     slots: int
     tokens_per_slot: int
@@ -274,4 +277,7 @@ class KvCache(_message.Message):
     serial_reason: str
     prefix_cache: bool
     prefix_block_tokens: int
-    def __init__(self, mode: _Optional[str] = ..., slots: _Optional[int] = ..., tokens_per_slot: _Optional[int] = ..., bytes: _Optional[int] = ..., serial_reason: _Optional[str] = ..., prefix_cache: _Optional[bool] = ..., prefix_block_tokens: _Optional[int] = ...) -> None: ...
+    packed_step: bool
+    max_step_stall: float
+    max_prefill_tokens: int
+    def __init__(self, mode: _Optional[str] = ..., slots: _Optional[int] = ..., tokens_per_slot: _Optional[int] = ..., bytes: _Optional[int] = ..., serial_reason: _Optional[str] = ..., prefix_cache: _Optional[bool] = ..., prefix_block_tokens: _Optional[int] = ..., packed_step: _Optional[bool] = ..., max_step_stall: _Optional[float] = ..., max_prefill_tokens: _Optional[int] = ...) -> None: ...

@@ -152,6 +152,9 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
             serial_reason=engine.arena.reason,
             prefix_cache=engine.arena.prefix_cache,
             prefix_block_tokens=engine.arena.prefix_block_tokens,
+            packed_step=engine.arena.mode == "arena",
+            max_step_stall=engine.limits.max_step_stall,
+            max_prefill_tokens=engine.limits.max_prefill_tokens,
         ),
     )
 
