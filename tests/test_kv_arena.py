@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import torch
+from packaging.version import Version
 from support import greedy_reference, wait_until
 from zopilot_server.config import ServerConfig
+from zopilot_server.generation.compat import transformers_version
 from zopilot_server.generation.domain import GenerationRequest, OutOfMemory, RequestTooLong
 from zopilot_server.generation.engine import (
     ArenaBudget,
@@ -119,6 +121,11 @@ def _tokens(engine: GenerationEngine, requests: list[GenerationRequest]) -> list
     return [[t.id for t in chunk.tokens] for chunk in asyncio.run(run())]
 
 
+# GPT-2 takes a legacy tuple cache in transformers 4.45 (served serially); the quantization
+# suite's 4.57 gives it a Cache and SDPA attention, so the packed step serves it there.
+GPT2_MODE = "serial" if transformers_version() < Version("4.50") else "arena"
+
+
 def _reference(engine: GenerationEngine, request: GenerationRequest) -> list[int]:
     return greedy_reference(engine.loaded, request)
 
@@ -129,7 +136,7 @@ def _reference(engine: GenerationEngine, request: GenerationRequest) -> list[int
         ("qwen2", "arena"),
         ("mistral", "arena"),
         ("phi3", "arena"),
-        ("gpt2", "serial"),
+        ("gpt2", GPT2_MODE),
         ("gpt_neox", "arena"),
     ],
 )
@@ -150,6 +157,7 @@ def test_each_architecture_decodes_as_transformers_does_alone_and_batched(
         engine.close()
 
 
+@pytest.mark.skipif(GPT2_MODE == "arena", reason="this transformers' GPT-2 takes a Cache")
 def test_gpt2_is_served_serially_and_says_why(model_dirs, model_cache_dir) -> None:
     engine = _engine(model_dirs("gpt2"), model_cache_dir, max_batch_size=8)
     try:
