@@ -408,7 +408,7 @@ def test_joins_never_starve_when_prefill_is_dear(harness_factory):
 
 
 def test_joiners_share_a_step_s_budget_oldest_first(harness_factory):
-    runner = FakeRunner()
+    runner = FakeRunner(step_s=0.02)  # prompt tokens cost ~nothing: the cap is the budget
     h = harness_factory(runner, max_batch_size=8, max_prefill_tokens=48)
     h.submit("first", max_new=400)
     assert wait_until(lambda: len(runner.decode_batches) >= 1)

@@ -1,17 +1,12 @@
 """The KV arena: every running row's keys and values, in buffers allocated once.
 
-Per layer one K and one V buffer ``[slots, kv_heads, capacity + 1, head_dim]``. A row
+Per layer one K and one V buffer ``[slots, kv_heads, capacity, head_dim]``. A row
 lives in one slot with its tokens at columns ``0..n-1`` (position = column), so a row
 joins by taking a free slot and leaves by freeing it: no left padding, no ``torch.cat``
 per step, no re-padding at joins, and what admission counts (slots) is what memory
-holds. The extra last column is a scratch column: padded query positions of a forward
-write there and nothing ever attends to it.
-
-A forward runs over a contiguous range of slots, so the model sees a *view* of the
-buffers (indexing slots with a tensor would copy every layer every step). Rows outside
-the forward that sit inside the range take part as inert dummy rows. The runner keeps
-decoding rows packed at the bottom (``compact`` moves at most one row per hole), so in
-the steady state the decode range has no dummies.
+holds. A row never moves: the packed step (packed.py) reads every run of consecutive
+slots as a *view* of the buffers (indexing slots with a tensor would copy every layer
+every step), and a freed slot keeps its columns as a prefix cache.
 
 Why uniform slots rather than paged blocks: without a paged-attention kernel, blocks
 would have to be gathered into a contiguous tensor for every layer of every step,
@@ -102,14 +97,14 @@ def plan_size(
             max_context, max(LENGTH_BUCKET, fair // LENGTH_BUCKET * LENGTH_BUCKET)
         )
     tokens_per_slot = max(1, min(tokens_per_slot, max_context))
-    slots = min(max_slots, budget_tokens // (tokens_per_slot + 1))
+    slots = min(max_slots, budget_tokens // tokens_per_slot)
     if slots < 1:
         raise ValueError(
             f"the KV cache budget ({budget_bytes / MIB:.0f} MiB) does not hold one slot of "
             f"{tokens_per_slot} tokens ({per_token} bytes per token): raise "
             "--kv-cache-memory-mib / --kv-cache-memory-fraction or lower --kv-slot-tokens"
         )
-    return ArenaSize(slots, tokens_per_slot, slots * (tokens_per_slot + 1) * per_token)
+    return ArenaSize(slots, tokens_per_slot, slots * tokens_per_slot * per_token)
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -134,15 +129,11 @@ class KVArena:
         self.size = size
         self.device = device
         self.prefix = prefix
-        dims = (size.slots, shape.kv_heads, size.tokens_per_slot + 1, shape.head_dim)
+        dims = (size.slots, shape.kv_heads, size.tokens_per_slot, shape.head_dim)
         self.keys = [_zeros(dims, shape.dtype, device) for _ in range(shape.layers)]
         self.values = [_zeros(dims, shape.dtype, device) for _ in range(shape.layers)]
         self.slot_of: dict[int, int] = {}
         self.length: dict[int, int] = {}  # tokens of the row held in its slot
-
-    @property
-    def scratch_column(self) -> int:
-        return self.size.tokens_per_slot
 
     @property
     def tokens_used(self) -> int:
@@ -204,37 +195,11 @@ class KVArena:
         if slot is not None:
             self.prefix.released(slot)
 
-    def move(self, key: int, slot: int) -> None:
-        """Copy a row into a free slot; the mapping changes only once the copy is done,
-        so a failure midway leaves the row where it was, intact. The old slot keeps its
-        content as a cache."""
-        source = self.slot_of[key]
-        self._copy_columns(source, slot, self.length[key])
-        self.prefix.moved(source, slot)
-        self.slot_of[key] = slot
-
     def _copy_columns(self, source: int, target: int, n: int) -> None:
         if n:
             for buffers in (self.keys, self.values):
                 for layer in buffers:
                     layer[target, :, :n].copy_(layer[source, :, :n])
-
-    def compact(self, packed: Sequence[int]) -> int:
-        """Move the highest of the ``packed`` rows into the lowest free slot below it
-        until they sit without holes at the bottom; returns the rows moved."""
-        moved = 0
-        while packed:
-            top = max(packed, key=self.slot_of.__getitem__)
-            below = [s for s in self.free_slots() if s < self.slot_of[top]]
-            if not below:
-                return moved
-            self.move(top, below[0])
-            moved += 1
-        return moved
-
-    def span(self, keys: Sequence[int]) -> tuple[int, int]:
-        slots = [self.slot_of[k] for k in keys]
-        return min(slots), max(slots) + 1
 
 
 def bucket(length: int, limit: int) -> int:

@@ -8,8 +8,9 @@ to its own row's columns only:
 
 - the step's new K/V are written in place into the arena at (slot, column) per token
   (``StepCache.update``: one ``index_put`` per layer for K and one for V);
-- the decoding rows attend together, one SDPA over their contiguous slot range read in
+- the decoding rows attend together, one SDPA per run of consecutive slots read in
   place (``[rows, kv_heads, view, head_dim]``, a view, no gather), a key mask per row;
+  rows never move to close gaps, so free slots keep their prefix cache;
 - each prompt chunk attends alone over its slot's columns ``0..end`` with an
   offset-causal mask (plain ``is_causal`` when the chunk starts the row);
 - grouped-query attention runs without ``repeat_kv`` copies (SDPA's ``enable_gqa``).
@@ -90,32 +91,33 @@ class StepLayout:
         self.positions = torch.tensor(cols, dtype=torch.long, device=device)
         # Where each token's K/V go in a layer's buffer viewed as rows of head_dim:
         # (slot, kv head, column) flattened, heads major (the order of states[0]).
-        heads, columns = arena.shape.kv_heads, arena.size.tokens_per_slot + 1
+        heads, columns = arena.shape.kv_heads, arena.size.tokens_per_slot
         per_head = torch.tensor(slots, dtype=torch.long)[None, :] * heads
         per_head = per_head + torch.arange(heads)[:, None]
         flat = per_head * columns + torch.tensor(cols, dtype=torch.long)[None, :]
         self.write_index = flat.reshape(-1).to(device)
-        self.decode_rows = len(decode)
-        self._decode_group(decode, device)
+        self.decode_groups = self._decode_groups(decode, device)
         self.chunk_masks = [self._chunk_mask(c, device) for c in self.chunks]
 
-    def _decode_group(self, decode: Sequence[tuple[int, int]], device: torch.device) -> None:
-        """The decoding rows as one batch over slots ``lo:hi``. Free slots inside the
-        range (rare: compaction closes holes) take part as dummy rows that see column 0."""
-        self.lo = self.hi = 0
-        self.holes: torch.Tensor | None = None
-        self.decode_mask: torch.Tensor | None = None
-        if not decode:
-            return
-        self.lo, self.hi = decode[0][0], decode[-1][0] + 1
-        width = self.hi - self.lo
-        positions = torch.full((width,), -1, dtype=torch.long)
-        rel = torch.tensor([s - self.lo for s, _ in decode], dtype=torch.long)
-        positions[rel] = torch.tensor([p for _, p in decode], dtype=torch.long)
-        if width != len(decode):
-            self.holes = rel.to(device)
-        self.view = bucket(int(positions.max()) + 1, self.arena.size.tokens_per_slot)
-        self.decode_mask = self._mask(positions[:, None], self.view).to(device)[:, None, None]
+    def _decode_groups(
+        self, decode: Sequence[tuple[int, int]], device: torch.device
+    ) -> list[tuple[int, int, int, torch.Tensor]]:
+        """The decoding rows as batches over runs of consecutive slots: (first slot,
+        rows, view, key mask [rows, 1, 1, view]). Each run reads its slots as one view of
+        the arena (no gather); rows are not moved to close gaps, so a finished request's
+        slot keeps its prefix cache."""
+        groups = []
+        start = 0
+        for end in range(1, len(decode) + 1):
+            if end < len(decode) and decode[end][0] == decode[end - 1][0] + 1:
+                continue
+            run = decode[start:end]
+            positions = torch.tensor([p for _, p in run], dtype=torch.long)
+            view = bucket(int(positions.max()) + 1, self.arena.size.tokens_per_slot)
+            mask = self._mask(positions[:, None], view).to(device)[:, None, None]
+            groups.append((run[0][0], len(run), view, mask))
+            start = end
+        return groups
 
     def _chunk_mask(self, chunk: ChunkSpan, device: torch.device) -> torch.Tensor | None:
         """None when plain causal attention is exact: the chunk starts its row, no window."""
@@ -126,12 +128,12 @@ class StepLayout:
 
     def _mask(self, positions: torch.Tensor, view: int) -> torch.Tensor:
         """[q, view] bool, True where a query at ``positions`` attends: its row's columns
-        up to itself (within the window); a dummy query (-1) sees column 0 only."""
+        up to itself (within the window)."""
         cols = torch.arange(view)
         allowed = cols <= positions
         if self.window is not None:
             allowed &= cols > positions - self.window
-        return allowed | ((positions < 0) & (cols == 0))
+        return allowed
 
 
 def attend(
@@ -143,25 +145,19 @@ def attend(
     values = layout.arena.values[layer]
     q = query[0]  # [H, T, d]
     out = torch.empty_like(q)
-    n = layout.decode_rows
-    if n:
-        lo, hi, view = layout.lo, layout.hi, layout.view
-        rows = q[:, :n].transpose(0, 1)[:, :, None]  # [n, H, 1, d]
-        if layout.holes is not None:
-            full = rows.new_zeros((hi - lo, *rows.shape[1:]))
-            full[layout.holes] = rows
-            rows = full
+    offset = 0
+    for lo, rows, view, mask in layout.decode_groups:
+        span = slice(offset, offset + rows)
         got = F.scaled_dot_product_attention(
-            rows,
-            keys[lo:hi, :, :view],
-            values[lo:hi, :, :view],
-            attn_mask=layout.decode_mask,
+            q[:, span].transpose(0, 1)[:, :, None],  # [rows, H, 1, d]
+            keys[lo : lo + rows, :, :view],
+            values[lo : lo + rows, :, :view],
+            attn_mask=mask,
             scale=scale,
             enable_gqa=True,
         )
-        if layout.holes is not None:
-            got = got[layout.holes]
-        out[:, :n] = got[:, :, 0].transpose(0, 1)
+        out[:, span] = got[:, :, 0].transpose(0, 1)
+        offset += rows
     for chunk, mask in zip(layout.chunks, layout.chunk_masks, strict=True):
         span = slice(chunk.offset, chunk.offset + chunk.count)
         s = chunk.slot

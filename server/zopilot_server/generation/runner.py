@@ -163,29 +163,14 @@ class ModelRunner(_ModelCalls):
             arena.wrote(key, [token])
         for chunk, prompt in zip(plan.chunks, prompts, strict=True):
             arena.wrote(chunk.key, prompt)
-        if len(keys) > len(decode):
-            self.compact()  # a row that starts decoding moves down next to the others
         return steps
 
-    @_inference
     def remove(self, keys: Collection[int]) -> None:
-        """Free the rows' slots and close the holes they leave among decoding rows."""
+        """Free the rows' slots; their columns stay as a prefix cache (no row is moved
+        into them: the packed step reads any set of slots in place)."""
         for key in keys:
             self.arena.release(key)
             self.rows.pop(key, None)
-        self.compact()
-
-    @_inference
-    def compact(self) -> None:
-        """Close holes below decoding rows. Best effort: a failed move leaves its row
-        intact where it was, and a decode group with holes is still correct (the holes
-        are dummy rows), only wider."""
-        decoding = [k for k, r in self.rows.items() if r.produced > 0]
-        try:
-            self.arena.compact(decoding)
-        except Exception:
-            log.exception("KV slot compaction failed; rows stay where they are")
-            self.release_memory()
 
     @_inference
     def probe(self, key: int, token: int) -> torch.Tensor:
@@ -282,9 +267,6 @@ class SerialRunner(_ModelCalls):
         for key in keys:
             self.rows.pop(key, None)
             self._length.pop(key, None)
-
-    def compact(self) -> None:
-        return None
 
 
 def self_test(runner: ModelRunner, loaded: LoadedModel) -> str:
