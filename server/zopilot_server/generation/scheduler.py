@@ -39,10 +39,11 @@ from .domain import (
     QueueFull,
     RequestTooLong,
     Sink,
-    TokenDetail,
 )
 from .oom import is_out_of_memory
 from .plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
+from .record import Job as Job  # re-exported: what submit returns
+from .record import RequestRecord, Streamer
 from .run_control import RunControl
 
 log = logging.getLogger(__name__)
@@ -81,59 +82,7 @@ class Runner(Protocol):
     def release_memory(self) -> None: ...
 
 
-class Streamer(Protocol):
-    """What the scheduler needs of a TokenStreamer."""
-
-    def put_token(self, token_id: int, detail: TokenDetail | None = None) -> None: ...
-    def end(self) -> None: ...
-    def complete(self, reason: FinishReason) -> None: ...
-
-
-StreamerFactory = Callable[["Job"], Streamer]
-
-
-@dataclass(eq=False)
-class Job:
-    """One admitted request: what the scheduler needs and what the caller can cancel."""
-
-    request: GenerationRequest
-    sink: Sink
-    control: RunControl
-    withdraw: Callable[[Job], None] | None = None
-
-    @property
-    def cost(self) -> int:
-        """KV cache tokens this request may hold at its longest."""
-        return len(self.request.input_ids) + self.request.max_new_tokens
-
-    def cancel(self) -> None:
-        """Stop the job: a running one within one decoding step, a queued one at once."""
-        self.control.cancel()
-        if self.withdraw is not None:
-            self.withdraw(self)
-
-
-@dataclass(eq=False)
-class _Running:
-    """A row's progress, owned by the scheduler: prompt tokens computed, tokens made."""
-
-    key: int
-    job: Job
-    streamer: Streamer
-    computed: int = 0
-    produced: int = 0
-    # Prefix reuse in flight: this row's prompt starts with ``share`` tokens that row
-    # ``leader`` is prefilling; it waits for them instead of computing them twice.
-    leader: int | None = None
-    share: int = 0
-
-    @property
-    def prompt_left(self) -> int:
-        return len(self.job.request.input_ids) - self.computed
-
-    @property
-    def prefilling(self) -> bool:
-        return self.produced == 0
+StreamerFactory = Callable[[RequestRecord], Streamer]
 
 
 class StepCost:
@@ -202,8 +151,8 @@ class Scheduler:
         self.arena = runner.info
         # The serial runner holds one row: whatever the flags say, one request runs.
         self._slots = min(limits.max_batch_size, self.arena.slots)
-        self._pending: collections.deque[Job] = collections.deque()
-        self._rows: dict[int, _Running] = {}
+        self._pending: collections.deque[RequestRecord] = collections.deque()
+        self._rows: dict[int, RequestRecord] = {}
         self._reserved = 0  # sum of prompt + max_new_tokens over the running rows
         self._next_key = 0
         self._cond = threading.Condition()
@@ -222,10 +171,10 @@ class Scheduler:
         self._thread.start()
 
     # -- admission (any thread) ----------------------------------------------------------
-    def submit(self, request: GenerationRequest, sink: Sink) -> Job:
+    def submit(self, request: GenerationRequest, sink: Sink) -> RequestRecord:
         """Admit ``request`` or raise QueueFull / EngineClosed / RequestTooLong. Never
         blocks."""
-        job = Job(request, sink, RunControl(request.deadline), withdraw=self._withdraw)
+        job = RequestRecord(request, sink, RunControl(request.deadline), withdraw=self._withdraw)
         if job.cost > self.arena.tokens_per_slot:
             raise RequestTooLong(job.cost, self.arena.tokens_per_slot)
         with self._cond:
@@ -238,7 +187,7 @@ class Scheduler:
             self._cond.notify()
         return job
 
-    def _withdraw(self, job: Job) -> None:
+    def _withdraw(self, job: RequestRecord) -> None:
         """Drop a cancelled job that is still waiting, freeing its queue slot now."""
         with self._cond:
             if job in self._pending:
@@ -345,17 +294,17 @@ class Scheduler:
             except Exception as exc:
                 log.exception("scheduler iteration failed; ending the running batch")
                 for job in admitted:
-                    if not any(row.job is job for row in self._rows.values()):
+                    if not any(row is job for row in self._rows.values()):
                         self._release(job)
                         job.sink(GenerationFailed(job.request.request_id, exc))
                 self._fail_all(exc)
             self._step_s = 0.8 * self._step_s + 0.2 * (time.monotonic() - started)
 
-    def _admit_locked(self) -> list[Job]:
+    def _admit_locked(self) -> list[RequestRecord]:
         """Take waiting jobs (FIFO) while a slot is free and the work cap allows."""
         if self._drain is not None:
             return []
-        admitted: list[Job] = []
+        admitted: list[RequestRecord] = []
         cap = self.limits.max_batch_tokens
         while self._pending and len(self._rows) + len(admitted) < self._slots:
             job = self._pending[0]
@@ -366,7 +315,7 @@ class Scheduler:
             admitted.append(job)
         return admitted
 
-    def _start(self, jobs: list[Job]) -> None:
+    def _start(self, jobs: list[RequestRecord]) -> None:
         rows = []
         for job in jobs:
             streamer = self._make_streamer(job)
@@ -377,43 +326,43 @@ class Scheduler:
                 self._release(job)
                 streamer.complete(reason)
                 continue
-            rows.append(_Running(self._next_key, job, streamer))
+            rows.append(job.start(self._next_key, streamer))
             self._next_key += 1
         if not rows:
             return
-        cached = self._runner.add([RowSpec(r.key, r.job.request) for r in rows])
+        cached = self._runner.add([RowSpec(r.key, r.request) for r in rows])
         for row in rows:
             row.computed = cached.get(row.key, 0)
-            row.job.control.cached_tokens = row.computed
-            if not row.job.request.private:
-                self._prefix_queries += len(row.job.request.input_ids)
+            row.control.cached_tokens = row.computed
+            if not row.request.private:
+                self._prefix_queries += len(row.request.input_ids)
                 self._prefix_hits += row.computed
         self._follow_leaders(rows)
         with self._cond:
             self._rows.update((r.key, r) for r in rows)
 
-    def _follow_leaders(self, rows: list[_Running]) -> None:
+    def _follow_leaders(self, rows: list[RequestRecord]) -> None:
         """A new row whose prompt starts with what another row is still prefilling (the
         same document asked twice at once, many users' system prompt) waits for it and
         then copies that prefix, instead of computing it a second time."""
         block = self.arena.prefix_block_tokens
         if not block:
             return
-        leaders = [r for r in self._rows.values() if r.prefilling and not r.job.request.private]
+        leaders = [r for r in self._rows.values() if r.prefilling and not r.request.private]
         for row in rows:
-            if row.job.request.private:
+            if row.request.private:
                 continue
-            prompt = row.job.request.input_ids
+            prompt = row.request.input_ids
             best, share = None, 0
             for leader in leaders:
-                shared = _shared_blocks(prompt, leader.job.request.input_ids, block)
+                shared = _shared_blocks(prompt, leader.request.input_ids, block)
                 if shared > share:
                     best, share = leader, shared
             if best is not None and share >= row.computed + 2 * block:
                 row.leader, row.share = best.key, share
             leaders.append(row)
 
-    def _ready_to_prefill(self, row: _Running) -> bool:
+    def _ready_to_prefill(self, row: RequestRecord) -> bool:
         """False while the row waits for its leader's prefix; once the leader has it (or
         left), the row takes what the cache holds and prefills only the rest."""
         if row.leader is None:
@@ -423,7 +372,7 @@ class Scheduler:
             return False
         row.leader = None
         before, row.computed = row.computed, self._runner.reuse(row.key)
-        row.job.control.cached_tokens = row.computed
+        row.control.cached_tokens = row.computed
         self._prefix_hits += row.computed - before
         return True
 
@@ -440,7 +389,7 @@ class Scheduler:
                 observe(len(decoding))
         self._deliver(steps)
 
-    def _plan_prefill(self, rows: list[_Running], *, decoding: int) -> list[PrefillChunk]:
+    def _plan_prefill(self, rows: list[RequestRecord], *, decoding: int) -> list[PrefillChunk]:
         """This step's prompt chunks, oldest request first, sharing one budget: while
         rows decode, as many prompt tokens as keep the step within ``max_step_stall``
         times a pure decode step (StepCost); with nobody decoding, whole prompts up to
@@ -458,27 +407,29 @@ class Scheduler:
             budget -= take
         return chunks
 
-    def _interrupted(self) -> list[_Running]:
+    def _interrupted(self) -> list[RequestRecord]:
         """Rows to end before the next step: cancelled, out of time, or shutting down."""
         now = time.monotonic()
         ended = []
         for row in self._rows.values():
             reason = self._finish_reason(row, None, now)
             if reason is not None:
-                row.job.control.finish(reason)
+                row.control.finish(reason)
                 ended.append(row)
         return ended
 
-    def _finish_reason(self, row: _Running, step: Step | None, now: float) -> FinishReason | None:
+    def _finish_reason(
+        self, row: RequestRecord, step: Step | None, now: float
+    ) -> FinishReason | None:
         """Whether ``row`` ends now, and why: the one place every finish reason is decided.
         ``step`` is the token just delivered (None between steps). EOS and stop sequences
         are found by the row's streamer in the text and recorded on its control."""
-        control = row.job.control
+        control = row.control
         if control.finish_reason is not None:  # EOS / stop sequence, or already decided
             return control.finish_reason
         if step is not None and step.final:
             return FinishReason.CONSTRAINT
-        if row.produced >= row.job.request.max_new_tokens:
+        if row.produced >= row.request.max_new_tokens:
             return FinishReason.LENGTH
         if self._drain is not None and now + self._step_s >= self._drain.deadline:
             return FinishReason.SHUTDOWN
@@ -504,7 +455,7 @@ class Scheduler:
             self._rows[chunk.key].computed = chunk.end
         return steps
 
-    def _on_failure(self, exc: Exception, affected: list[_Running], plan: Plan) -> None:
+    def _on_failure(self, exc: Exception, affected: list[RequestRecord], plan: Plan) -> None:
         """Out of memory: a step with prompt chunks first retries with smaller ones;
         otherwise the newest row of the step is evicted (RESOURCE_EXHAUSTED) and the
         others retry, their state untouched. Any other failure ends every row of that
@@ -520,11 +471,11 @@ class Scheduler:
         for row in victims:
             log.error(
                 "request %s: model step failed: %r",
-                row.job.request.request_id,
+                row.request.request_id,
                 exc,
                 exc_info=exc if row is victims[0] else None,
             )
-            row.job.sink(GenerationFailed(row.job.request.request_id, exc))
+            row.sink(GenerationFailed(row.request.request_id, exc))
         self._remove(victims)
 
     def _shrink_prefill(self) -> bool:
@@ -537,7 +488,7 @@ class Scheduler:
     def _fail_all(self, exc: Exception) -> None:
         rows = list(self._rows.values())
         for row in rows:
-            row.job.sink(GenerationFailed(row.job.request.request_id, exc))
+            row.sink(GenerationFailed(row.request.request_id, exc))
         with self._cond:
             self._rows.clear()
             self._reserved = 0
@@ -552,30 +503,30 @@ class Scheduler:
         for step in steps:
             row = self._rows[step.key]
             if step.failure is not None:
-                log.warning("request %s: %s", row.job.request.request_id, step.failure)
-                row.job.sink(step.failure)
+                log.warning("request %s: %s", row.request.request_id, step.failure)
+                row.sink(step.failure)
                 failed.append(row)
                 continue
             row.produced += 1
             row.streamer.put_token(step.token_id, step.detail)
-            row.job.control.tick(now)
+            row.control.tick(now)
             reason = self._finish_reason(row, step, now)
             if reason is not None:
-                row.job.control.finish(reason)
+                row.control.finish(reason)
                 ended.append(row)
         self._remove(failed)
         self._end_rows(ended)
 
-    def _end_rows(self, rows: list[_Running]) -> None:
+    def _end_rows(self, rows: list[RequestRecord]) -> None:
         if not rows:
             return
         for row in rows:
             row.streamer.end()
-            elapsed = time.monotonic() - (row.job.request.arrival or time.monotonic())
+            elapsed = time.monotonic() - (row.request.arrival or time.monotonic())
             self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * elapsed
         self._remove(rows)
 
-    def _remove(self, rows: list[_Running]) -> None:
+    def _remove(self, rows: list[RequestRecord]) -> None:
         if not rows:
             return
         keys = {row.key for row in rows}
@@ -585,8 +536,8 @@ class Scheduler:
             with self._cond:
                 for row in rows:
                     if self._rows.pop(row.key, None) is not None:
-                        self._reserved -= row.job.cost
+                        self._reserved -= row.cost
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: RequestRecord) -> None:
         with self._cond:
             self._reserved -= job.cost
