@@ -51,7 +51,7 @@ from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
 from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
 from zopilot_server.app import start_server  # noqa: E402
 from zopilot_server.config import ServerConfig  # noqa: E402
-from zopilot_server.generation.model_loader import load_model  # noqa: E402
+from zopilot_server.generation.loading.model_loader import load_model  # noqa: E402
 
 
 def prompts(n: int, scale: int) -> list[str]:

@@ -51,10 +51,10 @@ from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.app import start_server
 from zopilot_server.config import ServerConfig
-from zopilot_server.generation import default_model
-from zopilot_server.generation.compat import PORTABLE_TOKENIZER_SAVE, dtype_kwarg
-from zopilot_server.generation.model_loader import ModelLoadError
-from zopilot_server.generation.quantization import QuantizationUnsupported
+from zopilot_server.generation.loading import default_model
+from zopilot_server.generation.loading.compat import PORTABLE_TOKENIZER_SAVE, dtype_kwarg
+from zopilot_server.generation.loading.model_loader import ModelLoadError
+from zopilot_server.generation.loading.quantization import QuantizationUnsupported
 
 PROMPT = (
     "Summarise the history of the lighthouse at the harbour entrance, from its first "

@@ -56,7 +56,7 @@ TOKENS = {"tiny": 256, "smollm2": 64}
 
 def model_dirs(names: list[str], cache_dir: Path, work_dir: Path) -> dict[str, Path]:
     from support import build_tiny_llama
-    from zopilot_server.generation import default_model
+    from zopilot_server.generation.loading import default_model
 
     smollm2 = default_model.ensure_converted(cache_dir)
     dirs = {"smollm2": smollm2}

@@ -87,7 +87,7 @@ def run_streams(stub: Any, prompts: list[str], tokens: int, schema: str) -> dict
 def compile_times(model_dir: Path, schemas: int = 8) -> dict[str, float]:
     """Compile times (ms) in process, as the server's validation thread sees them."""
     from transformers import AutoTokenizer
-    from zopilot_server.generation.constraints import ConstraintCompiler, ConstraintKind
+    from zopilot_server.generation.model.constraints import ConstraintCompiler, ConstraintKind
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     compiler = ConstraintCompiler(

@@ -55,7 +55,7 @@ def parse_spec(text: str) -> Spec:
 
 def convert_embedded(staging: Path) -> None:
     """Convert the bundled SmolLM2 into ``staging`` (needs the installed application)."""
-    from zopilot_server.generation.default_model import ensure_converted
+    from zopilot_server.generation.loading.default_model import ensure_converted
 
     with tempfile.TemporaryDirectory(dir=staging.parent) as cache:
         shutil.copytree(ensure_converted(cache), staging, dirs_exist_ok=True)

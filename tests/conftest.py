@@ -12,7 +12,7 @@ import pytest
 from support import InProcessServer, build_tiny_llama
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
-from zopilot_server.generation import default_model
+from zopilot_server.generation.loading import default_model
 
 REPO = Path(__file__).resolve().parents[1]
 # Converted models are cached across runs (the conversion takes ~15 s); CI starts empty.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zopilot_server.__main__ import run
-from zopilot_server.generation import runner
+from zopilot_server.generation.model import runner
 
 
 def _slowed(flag: Path, step: Callable[..., Any]) -> Callable[..., Any]:

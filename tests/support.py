@@ -23,7 +23,7 @@ from zopilot_client.pb import generation_pb2, generation_pb2_grpc
 from zopilot_server.app import ModelLoader, RunningServer, start_server
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.domain import Chunk, FinishReason
-from zopilot_server.generation.model_loader import load_model
+from zopilot_server.generation.loading.model_loader import load_model
 
 READY_TIMEOUT_S = 120
 

@@ -6,8 +6,8 @@ import asyncio
 import threading
 
 import pytest
-from zopilot_server.generation.chunk_channel import ChunkChannel
 from zopilot_server.generation.domain import Chunk, TokenDetail
+from zopilot_server.generation.output.chunk_channel import ChunkChannel
 
 
 def test_chunks_that_pile_up_are_merged_in_order():
@@ -58,7 +58,7 @@ def test_producer_thread_wakes_the_waiting_reader():
 
 
 def test_result_collector_wakes_once_with_everything_merged():
-    from zopilot_server.generation.chunk_channel import ResultCollector
+    from zopilot_server.generation.output.chunk_channel import ResultCollector
 
     async def scenario() -> Chunk:
         collector = ResultCollector(asyncio.get_running_loop())
@@ -77,7 +77,7 @@ def test_result_collector_wakes_once_with_everything_merged():
 
 
 def test_result_collector_raises_the_generation_error():
-    from zopilot_server.generation.chunk_channel import ResultCollector
+    from zopilot_server.generation.output.chunk_channel import ResultCollector
 
     async def scenario() -> None:
         collector = ResultCollector(asyncio.get_running_loop())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from zopilot_server.generation import default_model
+from zopilot_server.generation.loading import default_model
 
 
 def fake_convert(calls: list[Path]):

@@ -10,7 +10,7 @@ import pytest
 from support import InProcessServer
 from test_cli import run_cli
 from zopilot_server.config import ServerConfig
-from zopilot_server.generation.model_loader import LoadedModel, load_model
+from zopilot_server.generation.loading.model_loader import LoadedModel, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 

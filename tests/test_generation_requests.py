@@ -1,4 +1,4 @@
-"""The in-process generation API (generation/requests.py): chat turns and limits to a
+"""The in-process generation API (generation/api/requests.py): chat turns and limits to a
 GenerationRequest without protobuf, one tokenization, a long text fitted to the context."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import pytest
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_server.config import ServerConfig
 from zopilot_server.error_table import to_service_error
-from zopilot_server.generation.domain import PromptTooLong
-from zopilot_server.generation.model_loader import LoadedModel, load_model
-from zopilot_server.generation.requests import (
+from zopilot_server.generation.api.requests import (
     FIT_MARK,
     ChatTurn,
     RequestLimits,
     build_request,
 )
-from zopilot_server.generation.validation import to_generation_request
+from zopilot_server.generation.api.validation import to_generation_request
+from zopilot_server.generation.domain import PromptTooLong
+from zopilot_server.generation.loading.model_loader import LoadedModel, load_model
 
 LONG = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(800))
 

@@ -430,7 +430,7 @@ def test_protocols_flag_and_reflection(make_server: Any) -> None:
 def test_readiness_while_the_model_loads(tiny_config: Any) -> None:
     import threading
 
-    from zopilot_server.generation.model_loader import load_model
+    from zopilot_server.generation.loading.model_loader import load_model
 
     release = threading.Event()
 

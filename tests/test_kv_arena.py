@@ -17,7 +17,6 @@ import torch
 from packaging.version import Version
 from support import greedy_reference, wait_until
 from zopilot_server.config import ServerConfig
-from zopilot_server.generation.compat import transformers_version
 from zopilot_server.generation.domain import GenerationRequest, OutOfMemory, RequestTooLong
 from zopilot_server.generation.engine import (
     ArenaBudget,
@@ -25,9 +24,10 @@ from zopilot_server.generation.engine import (
     GenerationEngine,
     complete_generation,
 )
-from zopilot_server.generation.kv_arena import KVArena
-from zopilot_server.generation.model_loader import load_model
-from zopilot_server.generation.sampling import TokenChooser
+from zopilot_server.generation.kv.kv_arena import KVArena
+from zopilot_server.generation.loading.compat import transformers_version
+from zopilot_server.generation.loading.model_loader import load_model
+from zopilot_server.generation.model.sampling import TokenChooser
 
 PROMPTS = [
     "What is the capital of France?",
@@ -292,7 +292,7 @@ def test_a_fault_in_any_phase_ends_only_its_victim_and_survivors_text_is_exact(
 def _chooser_draws(request_kw: dict[str, Any], logits: list[float], draws: int = 400) -> list[int]:
     """Tokens drawn for one row with the given sampling parameters, over many seeds."""
     from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.sampling import new_row
+    from zopilot_server.generation.model.sampling import new_row
 
     chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
     out = []
@@ -346,7 +346,7 @@ def test_min_new_tokens_forbids_eos() -> None:
 def test_a_failed_choice_restores_the_generators() -> None:
     """A retried step draws what the failed one would have: seeds survive faults."""
     from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.sampling import new_row
+    from zopilot_server.generation.model.sampling import new_row
 
     chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
     request = GenerationRequest(
@@ -476,7 +476,7 @@ def test_token_details_report_the_processed_distribution(tiny_model_dir: Path) -
     before the warpers: the penalised, EOS-masked distribution, not the sampled one."""
     from transformers import AutoTokenizer
     from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.sampling import new_row
+    from zopilot_server.generation.model.sampling import new_row
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     chooser = TokenChooser(tokenizer, eos_token_ids=[0])
@@ -508,7 +508,7 @@ def test_penalty_makes_a_negative_seen_score_more_negative() -> None:
 
 def test_greedy_and_seeded_rows_in_one_batch_choose_as_alone() -> None:
     from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.sampling import new_row
+    from zopilot_server.generation.model.sampling import new_row
 
     chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
 

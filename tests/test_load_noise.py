@@ -18,7 +18,7 @@ from support import assert_generates
 from test_server_lifecycle import read_until, start_process, start_tiny_process
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
-from zopilot_server.generation import default_model, model_loader
+from zopilot_server.generation.loading import default_model, model_loader
 
 HANDLED_PHRASES = (
     "Some weights of",

@@ -1,4 +1,4 @@
-"""The packed step's attention (generation/packed.py) against attention computed the plain
+"""The packed step's attention (generation/model/packed.py) against attention computed the plain
 way, one query at a time over its own row's keys, on random tensors: decode rows, several
 prompt chunks, a chunk after a cached prefix, holes among the decode rows, a sliding
 window, grouped-query heads, and rows that fill their slot to the last column."""
@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-from zopilot_server.generation.kv_arena import ArenaShape, ArenaSize, KVArena
-from zopilot_server.generation.packed import StepCache, StepLayout, attend
-from zopilot_server.generation.prefix_cache import PrefixIndex
+from zopilot_server.generation.kv.kv_arena import ArenaShape, ArenaSize, KVArena
+from zopilot_server.generation.kv.prefix_cache import PrefixIndex
+from zopilot_server.generation.model.packed import StepCache, StepLayout, attend
 
 HEADS, KV_HEADS, HEAD_DIM, CAPACITY, SLOTS = 6, 2, 8, 64, 5
 

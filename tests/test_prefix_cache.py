@@ -21,8 +21,8 @@ from zopilot_server.generation.engine import (
     GenerationEngine,
     complete_generation,
 )
-from zopilot_server.generation.model_loader import load_model
-from zopilot_server.generation.prefix_cache import BLOCK_TOKENS, PrefixIndex
+from zopilot_server.generation.kv.prefix_cache import BLOCK_TOKENS, PrefixIndex
+from zopilot_server.generation.loading.model_loader import load_model
 
 B = BLOCK_TOKENS
 

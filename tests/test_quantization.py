@@ -16,8 +16,8 @@ import pytest
 import torch
 from packaging.version import Version
 from zopilot_server.config import ServerConfig, load_config
-from zopilot_server.generation import compat, quantization
-from zopilot_server.generation.quantization import (
+from zopilot_server.generation.loading import compat, quantization
+from zopilot_server.generation.loading.quantization import (
     QuantizationInfo,
     QuantizationUnsupported,
     bitsandbytes_config,

@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Sequence
 import pytest
 from support import wait_until
 from zopilot_server.generation.domain import FinishReason, GenerationRequest, TokenDetail
-from zopilot_server.generation.plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
-from zopilot_server.generation.scheduler import (
+from zopilot_server.generation.sched.plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
+from zopilot_server.generation.sched.scheduler import (
     BatchLimits,
     EngineClosed,
     GenerationFailed,

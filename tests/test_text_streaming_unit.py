@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from zopilot_server.generation.detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer
-from zopilot_server.generation.stop_sequences import StopSequenceMatcher
+from zopilot_server.generation.output.detokenizer import REPLACEMENT_CHAR, IncrementalDetokenizer
+from zopilot_server.generation.output.stop_sequences import StopSequenceMatcher
 
 
 @pytest.fixture(scope="module")

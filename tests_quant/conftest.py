@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from zopilot_server.config import ServerConfig
-from zopilot_server.generation.quantization import QuantizationUnsupported, check_supported
+from zopilot_server.generation.loading.quantization import QuantizationUnsupported, check_supported
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))  # for tests/support.py, as in the main suite

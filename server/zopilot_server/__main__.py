@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 
 from .config import load_config
-from .generation.default_model import DefaultModelUnavailable
-from .generation.model_loader import ModelLoadError
-from .generation.quantization import QuantizationUnsupported
+from .generation.loading.default_model import DefaultModelUnavailable
+from .generation.loading.model_loader import ModelLoadError
+from .generation.loading.quantization import QuantizationUnsupported
 from .security import KEY_ON_COMMAND_LINE, key_on_command_line
 
 # Startup problems the operator can fix: one clear line and exit code 2, no traceback.

@@ -25,9 +25,9 @@ from . import metrics, reflection, security, tracing
 from .auth import ApiKey, ApiKeyAuth, HealthWatchLimit
 from .config import ServerConfig
 from .documents.servicer import DocumentsServicer
+from .generation.api.servicer import GenerationServicer
 from .generation.engine import GenerationEngine, arena_budget, batch_limits
-from .generation.model_loader import LoadedModel, load_model
-from .generation.servicer import GenerationServicer
+from .generation.loading.model_loader import LoadedModel, load_model
 from .loop_bridge import settle_threadsafe
 from .protocols.serving import SELF_PARSING_STREAMS, add_protocols
 from .rpc_chain import Chain, ErrorMapping, Link, MalformedRequests

@@ -70,7 +70,7 @@ def _named(name: str) -> Any:
 
 def counter(tokenizer: Any) -> Any:
     """Token counts of a batch of texts (no special tokens, never truncation options:
-    they mutate the shared Rust tokenizer, see generation.validation.encode)."""
+    they mutate the shared Rust tokenizer, see generation.api.validation.encode)."""
 
     def count(texts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -4,7 +4,7 @@ docstrange fills a schema with an LLM behind an Ollama server, which our offline
 never reach; the label matching in fields.py is the offline stand-in. But the server has
 an LLM in the same process: after the worker parsed the document (and matched labels, the
 fallback), the model reads the document's markdown with an instruction and writes JSON
-that structured output (generation/constraints.py) forces to follow the schema. The
+that structured output (generation/model/constraints.py) forces to follow the schema. The
 document is cut to what fits the model's context, with a warning. Whether the model or
 the labels filled the fields is in DocumentMetadata.field_extraction.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ServerConfig
+from ..generation.api.requests import FIT_MARK, ChatTurn, RequestLimits, build_request
 from ..generation.domain import (
     ConstraintKind,
     ConstraintUnavailable,
@@ -33,7 +34,6 @@ from ..generation.domain import (
     QueueFull,
 )
 from ..generation.engine import GenerationEngine, complete_generation
-from ..generation.requests import FIT_MARK, ChatTurn, RequestLimits, build_request
 from .domain import LABEL_MATCH_WARNING, FieldExtraction, OutputFormat, ParseOutcome
 from .validation import DocumentRequest
 
@@ -155,7 +155,7 @@ class ModelFieldFiller:
         time_remaining: float | None,
     ) -> tuple[GenerationRequest, list[str]]:
         """The request for the fill: the document cut to what the model's context leaves
-        (tokenized once, by generation/requests.py)."""
+        (tokenized once, by generation/api/requests.py)."""
         loaded = engine.loaded
         schema_text = json.dumps(schema, ensure_ascii=False)
         size, limit = len(schema_text.encode()), self._config.max_constraint_bytes

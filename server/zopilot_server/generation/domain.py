@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .oom import is_out_of_memory
+from .model.oom import is_out_of_memory
 
 # Where a request's Chunks (or the exception that ends it) go, from the scheduler thread.
 Sink = Callable[[object], None]

@@ -16,14 +16,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 from ..config import ServerConfig
-from .chunk_channel import ChunkChannel, ResultCollector
-from .constraints import ConstraintCompiler
 from .domain import Chunk, EngineLoad, GenerationRequest
-from .kv_arena import ArenaBudget, ArenaSize, arena_shape, budget_bytes, plan_size
-from .model_loader import LoadedModel
-from .plan import ArenaInfo
-from .runner import build_runner
-from .scheduler import (
+from .kv.kv_arena import ArenaBudget, ArenaSize, arena_shape, budget_bytes, plan_size
+from .loading.model_loader import LoadedModel
+from .model.constraints import ConstraintCompiler
+from .model.runner import build_runner
+from .output.chunk_channel import ChunkChannel, ResultCollector
+from .output.streamer import TokenStreamer
+from .sched.plan import ArenaInfo
+from .sched.scheduler import (
     BatchLimits,
     EngineClosed,
     GenerationFailed,
@@ -32,7 +33,6 @@ from .scheduler import (
     Scheduler,
     Sink,
 )
-from .streamer import TokenStreamer
 
 __all__ = [
     "ArenaBudget",

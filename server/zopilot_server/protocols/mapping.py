@@ -16,9 +16,9 @@ from zopilot_client.pb import generation_pb2 as pb
 
 from ..config import ServerConfig
 from ..errors import FieldViolation, InvalidArgument, ServiceError
+from ..generation.api.servicer import GenerationServicer, served_model_name
 from ..generation.domain import GenerationRequest
 from ..generation.engine import GenerationEngine
-from ..generation.servicer import GenerationServicer, served_model_name
 
 
 class NotFound(ServiceError):

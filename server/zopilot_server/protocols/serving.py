@@ -17,7 +17,7 @@ import grpc
 
 from ..config import ServerConfig
 from ..errors import lenient
-from ..generation.servicer import GenerationServicer
+from ..generation.api.servicer import GenerationServicer
 from . import kserve, tgis
 from .pb.fmaas import generation_pb2_grpc as tgis_grpc
 from .pb.inference import grpc_service_pb2_grpc as kserve_grpc

@@ -19,10 +19,10 @@ import grpc
 from zopilot_client.pb import generation_pb2 as pb
 
 from ..errors import FieldViolation, InvalidArgument
+from ..generation.api.servicer import tokenize
+from ..generation.api.validation import check_tokenize_request, input_chars_limit
 from ..generation.domain import Chunk, FinishReason, TokenDetail
 from ..generation.engine import complete_generation, stream_chunks
-from ..generation.servicer import tokenize
-from ..generation.validation import check_tokenize_request, input_chars_limit
 from .mapping import ProtocolAdapter, renamed
 from .pb.fmaas import generation_pb2 as tpb
 from .pb.fmaas import generation_pb2_grpc as tpb_grpc

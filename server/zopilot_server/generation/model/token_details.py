@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .domain import TokenDetail, TopToken
+from ..domain import TokenDetail, TopToken
 
 
 def token_detail(tokenizer: Any, logprobs: Any, token_id: int, top_n: int) -> TokenDetail:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from transformers import Cache
 
-from .kv_arena import KVArena, bucket
+from ..kv.kv_arena import KVArena, bucket
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ServerConfig
+from ...config import ServerConfig
 from . import default_model
 from .compat import dtype_kwarg
 from .quantization import (

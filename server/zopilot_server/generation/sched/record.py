@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .domain import FinishReason, GenerationRequest, Sink, TokenDetail
+from ..domain import FinishReason, GenerationRequest, Sink, TokenDetail
 from .run_control import RunControl
 
 

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
+from ..domain import GenerationRequest
+from ..kv.kv_arena import ArenaSize, KVArena, arena_shape
+from ..kv.prefix_cache import BLOCK_TOKENS, PrefixIndex
+from ..loading.model_loader import LoadedModel
+from ..sched.plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
 from . import packed
-from .domain import GenerationRequest
-from .kv_arena import ArenaSize, KVArena, arena_shape
-from .model_loader import LoadedModel
-from .plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
-from .prefix_cache import BLOCK_TOKENS, PrefixIndex
 from .sampling import RowState, TokenChooser, new_row
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,7 @@ from typing import Any
 
 from transformers import TextIteratorStreamer
 
-from .detokenizer import IncrementalDetokenizer
-from .domain import (
+from ..domain import (
     Chunk,
     Completion,
     FinishReason,
@@ -29,7 +28,8 @@ from .domain import (
     TokenDetail,
     Usage,
 )
-from .run_control import RunControl
+from ..sched.run_control import RunControl
+from .detokenizer import IncrementalDetokenizer
 from .stop_sequences import StopSequenceMatcher
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ import grpc
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 
-from ..config import ServerConfig
-from .domain import Chunk, Completion, GenerationRequest, ModelLoading, TokenDetail
-from .engine import (
+from ...config import ServerConfig
+from ..domain import Chunk, Completion, GenerationRequest, ModelLoading, TokenDetail
+from ..engine import (
     GenerationEngine,
     complete_generation,
     stream_chunks,
 )
-from .model_loader import LoadedModel
+from ..loading.model_loader import LoadedModel
 from .requests import truncate_left
 from .send_deadline import sent_within
 from .validation import (

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .domain import ConstraintKind, ConstraintUnavailable, InvalidConstraint
+from ..domain import ConstraintKind, ConstraintUnavailable, InvalidConstraint
 
 # JSON output on one line with a space after ',' and ':' (what a small model writes most
 # readily), and no free whitespace: flexible whitespace lets a model pad a document with

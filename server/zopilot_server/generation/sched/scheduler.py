@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .domain import (
+from ..domain import (
     EngineClosed,
     EngineLoad,
     FinishReason,
@@ -40,7 +40,7 @@ from .domain import (
     RequestTooLong,
     Sink,
 )
-from .oom import is_out_of_memory
+from ..model.oom import is_out_of_memory
 from .plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
 from .record import Job as Job  # re-exported: what submit returns
 from .record import RequestRecord, Streamer

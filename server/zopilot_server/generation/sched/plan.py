@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .domain import GenerationRequest, TokenDetail
+from ..domain import GenerationRequest, TokenDetail
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .domain import FinishReason
+from ..domain import FinishReason
 
 
 class RunControl:

@@ -13,13 +13,13 @@ import time
 
 from zopilot_client.pb import generation_pb2 as pb
 
-from ..config import ServerConfig
-from ..errors import FieldViolation, InvalidArgument, Message, request_id_problem
-from ..json_schema_text import SchemaTextProblem, parse_schema
+from ...config import ServerConfig
+from ...errors import FieldViolation, InvalidArgument, Message, request_id_problem
+from ...json_schema_text import SchemaTextProblem, parse_schema
+from ..domain import ConstraintUnavailable, GenerationRequest, SamplingParams
+from ..loading.model_loader import LoadedModel
+from ..model.constraints import ConstraintCompiler, ConstraintKind
 from . import special_tokens
-from .constraints import ConstraintCompiler, ConstraintKind
-from .domain import ConstraintUnavailable, GenerationRequest, SamplingParams
-from .model_loader import LoadedModel
 from .requests import (
     CHARS_PER_TOKEN_BOUND,
     ChatTurn,

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from ..domain import GenerationRequest, InvalidConstraint, TokenDetail
+from ..sched.plan import Step
 from .constraints import ConstraintState
-from .domain import GenerationRequest, InvalidConstraint, TokenDetail
-from .plan import Step
 from .token_details import token_detail
 
 

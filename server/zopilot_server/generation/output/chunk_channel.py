@@ -15,8 +15,8 @@ import contextlib
 import threading
 from collections import deque
 
-from ..loop_bridge import settle_threadsafe
-from .domain import Chunk
+from ...loop_bridge import settle_threadsafe
+from ..domain import Chunk
 
 
 def merge(chunks: list[Chunk]) -> Chunk:

@@ -15,7 +15,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from ..config import ServerConfig
+from ...config import ServerConfig
 
 CPU_MIN_BITSANDBYTES = Version("0.47.0")
 CPU_MIN_TRANSFORMERS = Version("4.53.0")

@@ -21,15 +21,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .constraints import ConstraintCompiler
-from .domain import (
+from ..domain import (
     ConstraintKind,
     ConstraintUnavailable,
     GenerationRequest,
     PromptTooLong,
     SamplingParams,
 )
-from .model_loader import LoadedModel
+from ..loading.model_loader import LoadedModel
+from ..model.constraints import ConstraintCompiler
 
 # No token is longer than this many characters (in any tokenizer we serve), so cutting a
 # text to ``tokens * CHARS_PER_TOKEN_BOUND`` characters before tokenizing loses nothing.
