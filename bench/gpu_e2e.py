@@ -9,7 +9,10 @@ model of Llama-3-8B's shape (bench/gpu_quant.py builds and saves it once):
 2. the real server in this process: N concurrent streams of the same prompts through the
    continuous-batching scheduler and the arena: aggregate tokens/s, median TTFT, the
    arena's size (GetModelInfo.kv_cache) and the GPU memory peak;
-3. the ratio of the two per N (issue "KV arena": >= 1.0 at N = 8 and 16+).
+3. the ratio of the two per N (issue "KV arena": >= 1.0 at N = 8 and 16+);
+4. a long prompt (half a slot, at most ~6000 tokens) joining 4 decoding streams: its TTFT
+   and the streams' worst inter-token gap while it is prefilled over their steady median
+   (the packed step: at most ``--max-step-stall``, default 2).
 
 Then the out-of-memory drill (bf16 only): a server whose arena takes 0.99 of the free
 memory, so activations have almost no room, gets long prompts together with short ones;
@@ -110,14 +113,45 @@ def in_process(args: argparse.Namespace, model_dir: Path, mode: str) -> dict[int
 async def stream(stub: Any, prompt: str, tokens: int) -> dict[str, Any]:
     request = pb.GenerateRequest(prompt=prompt, max_new_tokens=tokens, ignore_eos=True)
     started = time.perf_counter()
-    first = None
+    arrivals: list[float] = []
     final = None
     async for chunk in stub.GenerateStream(request, timeout=900):
-        if chunk.text and first is None:
-            first = time.perf_counter()
+        if chunk.text:
+            arrivals.append(time.perf_counter())
         final = chunk
-    assert final is not None and first is not None
-    return {"ttft_ms": (first - started) * 1000, "tokens": final.usage.generated_tokens}
+    assert final is not None and arrivals
+    return {
+        "ttft_ms": (arrivals[0] - started) * 1000,
+        "tokens": final.usage.generated_tokens,
+        "arrivals": arrivals,
+    }
+
+
+async def long_prompt_joins(stub: Any, args: argparse.Namespace, tokens: int) -> dict[str, Any]:
+    """Four streams decode; a prompt of about ``tokens`` tokens (PROMPT is ~32) joins:
+    its TTFT, and the running streams' worst gap while it is prefilled against their
+    steady median (the packed step keeps that within --max-step-stall, default 2)."""
+    running = [asyncio.create_task(stream(stub, p, 4 * args.tokens)) for p in prompts(4, 1)]
+    await asyncio.sleep(2.0 if args.device == "cuda" else 1.0)  # steady decoding
+    joined = time.perf_counter()
+    long_run = await stream(stub, " ".join([PROMPT] * max(1, tokens // 32)), 1)
+    prefilled = time.perf_counter()
+    runs = await asyncio.gather(*running)
+    steady, during = [], []
+    for run in runs:
+        for a, b in zip(run["arrivals"], run["arrivals"][1:], strict=False):
+            if b < joined:
+                steady.append(b - a)
+            elif a >= joined and b <= prefilled:
+                during.append(b - a)
+    steady_ms = statistics.median(steady) * 1000 if steady else float("nan")
+    worst_ms = max(during) * 1000 if during else float("nan")
+    return {
+        "long_prompt_ttft_ms": round(long_run["ttft_ms"], 1),
+        "steady_itl_ms": round(steady_ms, 1),
+        "max_itl_during_join_ms": round(worst_ms, 1),
+        "itl_join_ratio": round(worst_ms / steady_ms, 3),
+    }
 
 
 @contextlib.asynccontextmanager
@@ -158,10 +192,13 @@ async def served(args: argparse.Namespace, model_dir: Path, mode: str) -> dict[s
                 "tokens_per_s": round(sum(r["tokens"] for r in runs) / elapsed, 2),
                 "ttft_median_ms": round(statistics.median(r["ttft_ms"] for r in runs), 1),
             }
+        join = await long_prompt_joins(stub, args, min(6000, info.kv_cache.tokens_per_slot // 2))
         peak = cuda.max_memory_allocated() if cuda is not None else None
     return {
+        "join": join,
         "kv_cache": {
             "mode": info.kv_cache.mode,
+            "packed_step": info.kv_cache.packed_step,
             "slots": info.kv_cache.slots,
             "tokens_per_slot": info.kv_cache.tokens_per_slot,
             "bytes": info.kv_cache.bytes,

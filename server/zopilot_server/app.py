@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -236,6 +236,7 @@ def final_chunk_s(grace: float) -> float:
 
 
 ModelLoader = Callable[[ServerConfig], LoadedModel]
+T = TypeVar("T")
 
 
 async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -> RunningServer:
@@ -282,7 +283,7 @@ async def start_server(config: ServerConfig, loader: ModelLoader = load_model) -
     return running
 
 
-async def _in_daemon_thread(fn: ModelLoader, config: ServerConfig) -> LoadedModel:
+async def _in_daemon_thread(fn: Callable[[ServerConfig], T], config: ServerConfig) -> T:
     """Run the (uninterruptible) model load in a daemon thread.
 
     ``asyncio.to_thread`` would use the default executor, which ``asyncio.run`` joins at
@@ -290,7 +291,7 @@ async def _in_daemon_thread(fn: ModelLoader, config: ServerConfig) -> LoadedMode
     to finish. A daemon thread dies with the process.
     """
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[LoadedModel] = loop.create_future()
+    future: asyncio.Future[T] = loop.create_future()
 
     def run() -> None:
         try:
@@ -307,17 +308,26 @@ async def _in_daemon_thread(fn: ModelLoader, config: ServerConfig) -> LoadedMode
 async def _load(running: RunningServer, loader: ModelLoader) -> None:
     # Parser workers start in the background while the model loads (they need no model).
     await running.documents.start()
-    loaded = await _in_daemon_thread(loader, running.config)
     config = running.config
-    metrics.set_model_name(loaded.model_id)
-    running.generation.engine = GenerationEngine(
-        loaded,
-        limits=batch_limits(config),
-        budget=arena_budget(config),
-        prefix_cache=config.prefix_cache == "on",
-        stream_interval_s=config.stream_interval_ms / 1000,
-    )
-    running.generation.engine.observe_steps(metrics.observe_batch_size)
+
+    def load_engine(config: ServerConfig) -> GenerationEngine:
+        return GenerationEngine(
+            loader(config),
+            limits=batch_limits(config),
+            budget=arena_budget(config),
+            prefix_cache=config.prefix_cache == "on",
+            stream_interval_s=config.stream_interval_ms / 1000,
+        )
+
+    # The engine is built (arena, self test) in the load thread too, which then ends: the
+    # scheduler thread must be the only live thread that has run torch's parallel regions.
+    # Each such thread keeps its own OpenMP team, and with more team threads than cores
+    # GNU OpenMP stops spinning between regions: measured here, a decode step on the
+    # scheduler thread took 1.4-2x longer once the event-loop thread had run the self test.
+    engine = await _in_daemon_thread(load_engine, config)
+    metrics.set_model_name(engine.loaded.model_id)
+    running.generation.engine = engine
+    engine.observe_steps(metrics.observe_batch_size)
     await running.set_serving(True)
     target = f"{config.host}:{running.port}"
     log.info("ready: health SERVING on %s", target)
