@@ -49,7 +49,6 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from collections import Counter
@@ -266,10 +265,7 @@ def start_server(cache_dir: Path, work_dir: Path, workers: int) -> tuple[Any, st
 
     os.environ["ZOPILOT_DOC_WORKERS"] = str(workers)  # the server's env fallback
     model_dir = stream.model_dirs(["tiny"], cache_dir, work_dir)["tiny"]
-    process, target = stream.start_server(model_dir, cache_dir)
-    # Keep draining its log (a line per document), or a full pipe would stall it.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    return process, target
+    return stream.start_server(model_dir, cache_dir)  # its log is drained there
 
 
 def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:

@@ -74,7 +74,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -349,24 +348,11 @@ def alone(stub: Any, tokens: int, *, chats: bool, document: bool) -> dict[str, A
     return out
 
 
-def drain(process: subprocess.Popen[str]) -> deque[str]:
-    """Read the server's log in the background (a full pipe would stall it); keep the tail."""
-    tail: deque[str] = deque(maxlen=40)
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            tail.append(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return tail
-
-
 @contextmanager
 def serving(model_dir: Path, cache_dir: Path, server_args: list[str]) -> Iterator[Any]:
     """A GenerationStub on a fresh server; the server's last log lines if the body fails."""
     process, target = start_server(model_dir, cache_dir, server_args)
-    tail = drain(process)
+    tail = process.log_tail  # type: ignore[attr-defined]
     try:
         with grpc.insecure_channel(target) as channel:
             yield generation_pb2_grpc.GenerationStub(channel)

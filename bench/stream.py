@@ -26,7 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,23 @@ def start_server(
     if port is None:
         process.kill()
         raise RuntimeError("server did not start")
+    # From here the log is read in the background: a full pipe would block the server's
+    # logging calls, stalling its steps mid-benchmark. ``process.log_tail``: the last lines.
+    process.log_tail = drain(process)  # type: ignore[attr-defined]
     return process, f"127.0.0.1:{port}"
+
+
+def drain(process: subprocess.Popen[str]) -> deque[str]:
+    """Read the server's log in the background; keep the tail."""
+    tail: deque[str] = deque(maxlen=40)
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return tail
 
 
 def bench_model(
