@@ -307,6 +307,9 @@ def itl_while_long_prompt_joins(stub: Any, tokenizer: Any, running: int = 4) -> 
         "steady_itl_ms": steady_ms,
         "max_itl_during_join_ms": join_ms,
         "itl_join_ratio": join_ms / steady_ms,
+        # The same streams' worst gap before the join: how far a step strays on its own
+        # on this machine, the floor under itl_join_ratio.
+        "steady_max_ratio": max(steady) * 1000 / steady_ms,
     }
 
 

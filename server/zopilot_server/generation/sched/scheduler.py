@@ -100,6 +100,7 @@ class StepCost:
     def __init__(self) -> None:
         self.decode_s: float | None = None
         self.token_s: float | None = None
+        self.token_dev = 0.0  # mean deviation of the per-token cost from token_s
 
     def observe(self, seconds: float, *, decode_rows: int, prompt_tokens: int) -> None:
         if not decode_rows:
@@ -108,15 +109,20 @@ class StepCost:
             self.decode_s = _average(self.decode_s, seconds)
         elif self.decode_s is not None:
             per = max(seconds - self.decode_s, 0.0) / prompt_tokens
+            if self.token_s is not None:
+                self.token_dev = _average(self.token_dev, abs(per - self.token_s))
             self.token_s = _average(self.token_s, per)
 
     def prompt_budget(self, stall: float, cap: int) -> int:
-        """Prompt tokens for a step beside decoding rows, within [MIN_CHUNK, cap]."""
+        """Prompt tokens for a step beside decoding rows, within [MIN_CHUNK, cap]. The
+        per-token cost is taken one mean deviation high (as TCP sizes its retransmission
+        timeout): steps vary, and it is the slowest ones the stall bound is about."""
         if self.decode_s is None or self.token_s is None:
             return MIN_CHUNK
-        if self.token_s <= 0:
+        per = self.token_s + self.token_dev
+        if per <= 0:
             return cap
-        fits = int((stall - 1.0) * self.decode_s / self.token_s)
+        fits = int((stall - 1.0) * self.decode_s / per)
         return max(MIN_CHUNK, min(cap, fits))
 
 
