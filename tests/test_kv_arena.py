@@ -177,8 +177,9 @@ def tiny(tiny_model_dir: Path, model_cache_dir: Path):
 
 def test_rows_join_and_leave_around_gaps_without_changing_text(tiny) -> None:
     """Short rows end first and free slots between running rows; nobody moves (a freed
-    slot keeps its prefix cache), the queued rows take freed slots, and the decoding
-    rows, now in runs of slots with gaps, keep exactly their text."""
+    slot keeps its prefix cache), the queued rows take freed slots and are prefilled in
+    the same forwards as the decoding rows (their first token computed beside others'),
+    and every row, decoding in runs of slots with gaps, keeps exactly its text."""
     lengths = [40, 6, 30, 9, 25, 12, 7]
     requests = [
         _request(tiny, PROMPTS[i % 4] + " " * i, n, rid=str(i)) for i, n in enumerate(lengths)
@@ -186,12 +187,18 @@ def test_rows_join_and_leave_around_gaps_without_changing_text(tiny) -> None:
     want = [_reference(tiny, r) for r in requests]
     arena: KVArena = tiny.scheduler._runner.arena
     gapped: list[list[int]] = []
+    packed: list[Any] = []  # steps where a prompt completed beside decoding rows
     original = tiny.scheduler._runner.step
 
     def watching_step(plan: Any) -> Any:
         slots = sorted(arena.slot_of[k] for k in plan.decode)
         if slots and slots[-1] - slots[0] + 1 > len(slots):
             gapped.append(slots)
+        runner = tiny.scheduler._runner
+        if plan.decode and any(
+            c.end == len(runner.rows[c.key].request.input_ids) for c in plan.chunks
+        ):
+            packed.append(plan)
         return original(plan)
 
     tiny.scheduler._runner.step = watching_step
@@ -200,6 +207,7 @@ def test_rows_join_and_leave_around_gaps_without_changing_text(tiny) -> None:
     finally:
         del tiny.scheduler._runner.step
     assert gapped, "some steps decoded rows with a free slot between them"
+    assert packed, "a queued row's first token came from a step where others decoded"
     # The last row leaves the arena just after its final chunk went out.
     assert wait_until(lambda: not arena.slot_of)
     assert tiny.load().kv_tokens_used == 0
