@@ -88,14 +88,14 @@ class StepLayout:
             cols += range(start, end)
             offset += end - start
         self.tokens = offset
-        self.positions = torch.tensor(cols, dtype=torch.long, device=device)
+        positions = torch.tensor(cols, dtype=torch.long)
+        self.positions = positions.to(device)
         # Where each token's K/V go in a layer's buffer viewed as rows of head_dim:
         # (slot, kv head, column) flattened, heads major (the order of states[0]).
         heads, columns = arena.shape.kv_heads, arena.size.tokens_per_slot
         per_head = torch.tensor(slots, dtype=torch.long)[None, :] * heads
         per_head = per_head + torch.arange(heads)[:, None]
-        flat = per_head * columns + torch.tensor(cols, dtype=torch.long)[None, :]
-        self.write_index = flat.reshape(-1).to(device)
+        self.write_index = (per_head * columns + positions[None, :]).reshape(-1).to(device)
         self.decode_groups = self._decode_groups(decode, device)
         self.chunk_masks = [self._chunk_mask(c, device) for c in self.chunks]
 

@@ -56,30 +56,18 @@ def _inference(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class _ModelCalls:
-    """What both runners share: the forward call and the rows' token choice."""
+    """What both runners share: the model, its rows' torch state and their token choice."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         self._model = loaded.model
         self.device = loaded.model.device
         self.vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
-        eos = sorted(loaded.eos_token_ids)
-        pad = loaded.tokenizer.pad_token_id
-        self._pad = pad if pad is not None and pad < self.vocab else next(iter(eos), 0)
-        self._chooser = TokenChooser(loaded.tokenizer, eos)
+        self._chooser = TokenChooser(loaded.tokenizer, sorted(loaded.eos_token_ids))
         self.rows: dict[int, RowState] = {}
-        params = inspect.signature(self._model.forward).parameters
-        self._keep_arg = next(
-            (n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None
-        )
 
     def _new_rows(self, specs: Sequence[RowSpec]) -> None:
         for spec in specs:
             self.rows[spec.key] = new_row(spec.key, spec.request, self.vocab, self.device)
-
-    def _forward(self, **kwargs: Any) -> Any:
-        if self._keep_arg is not None:
-            kwargs[self._keep_arg] = 1
-        return self._model(use_cache=True, **kwargs)
 
     def release_memory(self) -> None:
         """After an OOM, hand cached blocks back so the next step does not fragment."""
@@ -216,6 +204,10 @@ class SerialRunner(_ModelCalls):
         super().__init__(loaded)
         self.info = ArenaInfo("serial", 1, tokens_per_slot, 0, reason)
         self._length: dict[int, int] = {}
+        params = inspect.signature(self._model.forward).parameters
+        self._keep_arg = next(
+            (n for n in ("logits_to_keep", "num_logits_to_keep") if n in params), None
+        )
 
     @property
     def kv_tokens_used(self) -> int:
@@ -247,6 +239,11 @@ class SerialRunner(_ModelCalls):
             steps += self._chooser.choose([row], logits)
             self._length[key] += 1
         return steps
+
+    def _forward(self, **kwargs: Any) -> Any:
+        if self._keep_arg is not None:
+            kwargs[self._keep_arg] = 1
+        return self._model(use_cache=True, **kwargs)
 
     def _step(self, row: RowState, ids: torch.Tensor, start: int) -> torch.Tensor:
         past = row.extra.get("past")

@@ -310,7 +310,7 @@ class Scheduler:
                         self._release(job)
                         job.sink(GenerationFailed(job.request.request_id, exc))
                 self._fail_all(exc)
-            self._step_s = 0.8 * self._step_s + 0.2 * (time.monotonic() - started)
+            self._step_s = _average(self._step_s, time.monotonic() - started)
 
     def _admit_locked(self) -> list[RequestRecord]:
         """Take waiting jobs (FIFO) while a slot is free and the work cap allows."""
@@ -535,7 +535,7 @@ class Scheduler:
         for row in rows:
             row.streamer.end()
             elapsed = time.monotonic() - (row.request.arrival or time.monotonic())
-            self._recent_seconds = 0.8 * self._recent_seconds + 0.2 * elapsed
+            self._recent_seconds = _average(self._recent_seconds, elapsed)
         self._remove(rows)
 
     def _remove(self, rows: list[RequestRecord]) -> None:
