@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
 import grpc  # noqa: E402
-from stream import model_dirs, start_server  # noqa: E402
+from stream import gaps_around, model_dirs, start_server  # noqa: E402
 from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
 from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
 
@@ -294,11 +294,7 @@ def itl_while_long_prompt_joins(stub: Any, tokenizer: Any, running: int = 4) -> 
     prefilled_at = time.perf_counter()
     for t in threads:
         t.join()
-    steady, joining = [], []
-    for r in results:
-        gaps = list(zip(r["arrivals"], r["arrivals"][1:], strict=False))
-        steady += [b - a for a, b in gaps if b < joined_at]
-        joining += [b - a for a, b in gaps if a >= joined_at - 0.001 and b <= prefilled_at + 0.5]
+    steady, joining = gaps_around([r["arrivals"] for r in results], joined_at, prefilled_at)
     steady_ms = statistics.median(steady) * 1000
     join_ms = max(joining) * 1000 if joining else float("nan")
     return {

@@ -50,6 +50,7 @@ from gpu_quant import (  # noqa: E402
     work_dir,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from stream import gaps_around  # noqa: E402
 from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
 from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
 from zopilot_server.app import start_server  # noqa: E402
@@ -62,6 +63,10 @@ def prompts(n: int, scale: int) -> list[str]:
     return [" ".join([PROMPT] * (1 + (i % 4) * scale)) for i in range(n)]
 
 
+# Streams decoding while the long prompt joins (long_prompt_joins).
+JOIN_STREAMS = 4
+
+
 def config_for(args: argparse.Namespace, model_dir: Path, mode: str, **extra: Any) -> ServerConfig:
     return ServerConfig(
         host="127.0.0.1",
@@ -71,7 +76,7 @@ def config_for(args: argparse.Namespace, model_dir: Path, mode: str, **extra: An
         dtype="bfloat16" if args.device == "cuda" else "float32",
         quantize=mode,
         doc_workers=1,
-        max_batch_size=max(args.streams),
+        max_batch_size=max(*args.streams, JOIN_STREAMS + 1),  # the join needs a free slot
         max_queue=4 * max(args.streams),
         **extra,
     )
@@ -132,19 +137,13 @@ async def long_prompt_joins(stub: Any, args: argparse.Namespace, tokens: int) ->
     its TTFT, and the running streams' worst gap while it is prefilled against their
     steady median (the packed step keeps that within --max-step-stall, default 2)."""
     length = max(4 * args.tokens, 256)  # long enough to outlast the join
-    running = [asyncio.create_task(stream(stub, p, length)) for p in prompts(4, 1)]
+    running = [asyncio.create_task(stream(stub, p, length)) for p in prompts(JOIN_STREAMS, 1)]
     await asyncio.sleep(2.0 if args.device == "cuda" else 0.3)  # steady decoding
     joined = time.perf_counter()
     long_run = await stream(stub, " ".join([PROMPT] * max(1, tokens // 32)), 1)
     prefilled = time.perf_counter()
     runs = await asyncio.gather(*running)
-    steady, during = [], []
-    for run in runs:
-        for a, b in zip(run["arrivals"], run["arrivals"][1:], strict=False):
-            if b < joined:
-                steady.append(b - a)
-            elif a >= joined and b <= prefilled:
-                during.append(b - a)
+    steady, during = gaps_around([run["arrivals"] for run in runs], joined, prefilled)
     if not steady or not during:  # the streams ended first: nothing to compare (JSON null)
         return {"long_prompt_ttft_ms": round(long_run["ttft_ms"], 1), "itl_join_ratio": None}
     steady_ms = statistics.median(steady) * 1000

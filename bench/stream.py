@@ -19,6 +19,7 @@ ratios from the same run, never absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -154,6 +155,21 @@ def start_server(
     # logging calls, stalling its steps mid-benchmark. ``process.log_tail``: the last lines.
     process.log_tail = drain(process)  # type: ignore[attr-defined]
     return process, f"127.0.0.1:{port}"
+
+
+def gaps_around(
+    arrivals: Sequence[Sequence[float]], joined: float, prefilled: float
+) -> tuple[list[float], list[float]]:
+    """Running streams' inter-token gaps (seconds) before a prompt joined at ``joined``,
+    and while it was prefilled until ``prefilled`` (plus half a second for the step that
+    was under way): the two sides of a join-stall ratio."""
+    steady: list[float] = []
+    joining: list[float] = []
+    for times in arrivals:
+        gaps = list(itertools.pairwise(times))
+        steady += [b - a for a, b in gaps if b < joined]
+        joining += [b - a for a, b in gaps if a >= joined - 0.001 and b <= prefilled + 0.5]
+    return steady, joining
 
 
 def drain(process: subprocess.Popen[str]) -> deque[str]:
