@@ -156,6 +156,10 @@ class Usage(_Result):
     input_truncated: bool
     #: Of ``input_tokens``, those the server's prefix cache held (not recomputed).
     cached_input_tokens: int = 0
+    #: Speculative decoding: tokens drafted from the request's own text and verified,
+    #: and of those the ones the model agreed with (each one a decoding step saved).
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
 
 
 @dataclass(frozen=True)

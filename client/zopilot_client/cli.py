@@ -96,6 +96,7 @@ GENERATION_SWITCHES: tuple[tuple[str, str], ...] = (
     ("include_stop_sequence", "keep the matched stop sequence at the end of the text"),
     ("ignore_eos", "keep generating after the end-of-sequence token"),
     ("skip_prefix_cache", "neither reuse nor leave cached prompt KV on the server"),
+    ("skip_speculation", "no speculative drafts for this request (same output)"),
     ("return_token_details", "return id, text and logprob of every token (with --json)"),
     ("special_tokens_as_text", "tokenize special-token text in the input as plain text"),
 )

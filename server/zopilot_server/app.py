@@ -316,6 +316,7 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
             limits=batch_limits(config),
             budget=arena_budget(config),
             prefix_cache=config.prefix_cache == "on",
+            speculative_ngram=(config.speculative_ngram_min, config.speculative_ngram_max),
             stream_interval_s=config.stream_interval_ms / 1000,
         )
 

@@ -138,6 +138,23 @@ class ServerConfig:
         "steadier streams",
         2.0,
     )
+    # Speculative decoding (README "Batching"): drafts from the request's own text.
+    speculative_tokens: int = _opt(
+        "most draft tokens a decoding request verifies per step (n-gram speculation: "
+        "tokens that followed the text's latest n tokens earlier in the prompt or "
+        "output, checked in the same forward; greedy text is unchanged, and a seed gives "
+        "the same text); drafts shrink per request as they get rejected and as the batch "
+        "grows; 0 = off",
+        4,
+    )
+    speculative_ngram_max: int = _opt(
+        "longest n-gram the draft proposer matches (the longest match wins)", 4
+    )
+    speculative_ngram_min: int = _opt(
+        "shortest n-gram the draft proposer matches: lower drafts more often and is "
+        "right less often",
+        2,
+    )
     # The KV arena (README "Batching": how to size it on a GPU).
     kv_cache_memory_fraction: float = _opt(
         "CUDA: share of the GPU memory free after loading the model that the KV arena "
@@ -273,6 +290,12 @@ class ServerConfig:
             (self.kv_slot_tokens >= 0, "--kv-slot-tokens must be >= 0"),
             (self.max_prefill_tokens >= 1, "--max-prefill-tokens must be >= 1"),
             (1.0 <= self.max_step_stall <= 100.0, "--max-step-stall must be in [1, 100]"),
+            (0 <= self.speculative_tokens <= 64, "--speculative-tokens must be in [0, 64]"),
+            (
+                1 <= self.speculative_ngram_min <= self.speculative_ngram_max <= 16,
+                "--speculative-ngram-min and --speculative-ngram-max must satisfy "
+                "1 <= min <= max <= 16",
+            ),
             (self.bnb_int8_threshold >= 0, "--bnb-int8-threshold must be >= 0"),
             (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),
             (self.stream_interval_ms >= 0, "--stream-interval-ms must be >= 0"),

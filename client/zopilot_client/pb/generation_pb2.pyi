@@ -35,7 +35,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop_sequences", "include_stop_sequence", "ignore_eos", "skip_prefix_cache", "truncate_input_tokens", "time_limit_ms", "return_token_details", "top_n_tokens", "special_tokens_as_text", "json_schema", "regex", "choice", "json_object")
+    __slots__ = ("request_id", "prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop_sequences", "include_stop_sequence", "ignore_eos", "skip_prefix_cache", "skip_speculation", "truncate_input_tokens", "time_limit_ms", "return_token_details", "top_n_tokens", "special_tokens_as_text", "json_schema", "regex", "choice", "json_object")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class GenerateRequest(_message.Message):
     INCLUDE_STOP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     SKIP_PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_SPECULATION_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_MS_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKEN_DETAILS_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +74,7 @@ class GenerateRequest(_message.Message):
     include_stop_sequence: bool
     ignore_eos: bool
     skip_prefix_cache: bool
+    skip_speculation: bool
     truncate_input_tokens: int
     time_limit_ms: int
     return_token_details: bool
@@ -82,7 +84,7 @@ class GenerateRequest(_message.Message):
     regex: str
     choice: Choice
     json_object: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., include_stop_sequence: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., skip_prefix_cache: _Optional[bool] = ..., truncate_input_tokens: _Optional[int] = ..., time_limit_ms: _Optional[int] = ..., return_token_details: _Optional[bool] = ..., top_n_tokens: _Optional[int] = ..., special_tokens_as_text: _Optional[bool] = ..., json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., choice: _Optional[_Union[Choice, _Mapping]] = ..., json_object: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., include_stop_sequence: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., skip_prefix_cache: _Optional[bool] = ..., skip_speculation: _Optional[bool] = ..., truncate_input_tokens: _Optional[int] = ..., time_limit_ms: _Optional[int] = ..., return_token_details: _Optional[bool] = ..., top_n_tokens: _Optional[int] = ..., special_tokens_as_text: _Optional[bool] = ..., json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., choice: _Optional[_Union[Choice, _Mapping]] = ..., json_object: _Optional[bool] = ...) -> None: ...
 
 class Choice(_message.Message):
     __slots__ = ("options",)
@@ -113,16 +115,20 @@ class TokenDetail(_message.Message):
     def __init__(self, id: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., top_tokens: _Optional[_Iterable[_Union[TopToken, _Mapping]]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "generated_tokens", "input_truncated", "cached_input_tokens")
+    __slots__ = ("input_tokens", "generated_tokens", "input_truncated", "cached_input_tokens", "draft_tokens", "accepted_draft_tokens")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     generated_tokens: int
     input_truncated: bool
     cached_input_tokens: int
-    def __init__(self, input_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., input_truncated: _Optional[bool] = ..., cached_input_tokens: _Optional[int] = ...) -> None: ...
+    draft_tokens: int
+    accepted_draft_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., input_truncated: _Optional[bool] = ..., cached_input_tokens: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_ms", "time_to_first_token_ms", "generation_ms", "tokens_per_second", "total_ms")
@@ -259,7 +265,7 @@ class ModelInfo(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ..., constrained_decoding: _Optional[bool] = ..., constraint_engine: _Optional[str] = ..., max_constraint_bytes: _Optional[int] = ..., served_model_name: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCache, _Mapping]] = ...) -> None: ...
 
 class KvCache(_message.Message):
-    __slots__ = ("mode", "slots", "tokens_per_slot", "bytes", "serial_reason", "prefix_cache", "prefix_block_tokens", "packed_step", "max_step_stall", "max_prefill_tokens")
+    __slots__ = ("mode", "slots", "tokens_per_slot", "bytes", "serial_reason", "prefix_cache", "prefix_block_tokens", "packed_step", "max_step_stall", "max_prefill_tokens", "speculative_tokens", "speculative_ngram_min", "speculative_ngram_max")
     MODE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_SLOT_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +276,9 @@ class KvCache(_message.Message):
     PACKED_STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_STEP_STALL_FIELD_NUMBER: _ClassVar[int]
     MAX_PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_NGRAM_MIN_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_NGRAM_MAX_FIELD_NUMBER: _ClassVar[int]
     mode: str
     slots: int
     tokens_per_slot: int
@@ -280,4 +289,7 @@ class KvCache(_message.Message):
     packed_step: bool
     max_step_stall: float
     max_prefill_tokens: int
-    def __init__(self, mode: _Optional[str] = ..., slots: _Optional[int] = ..., tokens_per_slot: _Optional[int] = ..., bytes: _Optional[int] = ..., serial_reason: _Optional[str] = ..., prefix_cache: _Optional[bool] = ..., prefix_block_tokens: _Optional[int] = ..., packed_step: _Optional[bool] = ..., max_step_stall: _Optional[float] = ..., max_prefill_tokens: _Optional[int] = ...) -> None: ...
+    speculative_tokens: int
+    speculative_ngram_min: int
+    speculative_ngram_max: int
+    def __init__(self, mode: _Optional[str] = ..., slots: _Optional[int] = ..., tokens_per_slot: _Optional[int] = ..., bytes: _Optional[int] = ..., serial_reason: _Optional[str] = ..., prefix_cache: _Optional[bool] = ..., prefix_block_tokens: _Optional[int] = ..., packed_step: _Optional[bool] = ..., max_step_stall: _Optional[float] = ..., max_prefill_tokens: _Optional[int] = ..., speculative_tokens: _Optional[int] = ..., speculative_ngram_min: _Optional[int] = ..., speculative_ngram_max: _Optional[int] = ...) -> None: ...

@@ -103,6 +103,8 @@ class GenerationRequest:
     constraint: CompiledConstraint | None = None
     # Neither reuse another request's cached prompt KV nor leave ours for others.
     private: bool = False
+    # May draft tokens from its own text for verification (--speculative-tokens > 0).
+    speculative: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class Usage:
     generated_tokens: int
     input_truncated: bool
     cached_input_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    draft_tokens: int = 0  # speculative decoding: tokens proposed from the request's text
+    accepted_draft_tokens: int = 0  # of those, the ones the model agreed with
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,8 @@ class EngineLoad:
     kv_bytes: int = 0
     prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache, in total
     prefix_hit_tokens: int = 0  # of those, served from it
+    draft_tokens: int = 0  # speculative decoding: tokens drafted and verified, in total
+    accepted_draft_tokens: int = 0  # of those, the ones the model agreed with
 
 
 class QueueFull(Exception):

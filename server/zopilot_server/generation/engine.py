@@ -60,6 +60,7 @@ def batch_limits(config: ServerConfig) -> BatchLimits:
         max_prefill_tokens=config.max_prefill_tokens,
         max_queue=config.max_queue,
         max_step_stall=config.max_step_stall,
+        speculative_tokens=config.speculative_tokens,
     )
 
 
@@ -83,12 +84,17 @@ class GenerationEngine:
         limits: BatchLimits | None = None,
         budget: ArenaBudget | None = None,
         prefix_cache: bool = True,
+        speculative_ngram: tuple[int, int] = (2, 4),
         stream_interval_s: float = 0.0,
     ) -> None:
         limits = limits or batch_limits(ServerConfig())
         budget = budget or arena_budget(ServerConfig())
         size = _arena_size(loaded, limits, budget)
-        runner = build_runner(loaded, size, prefix_cache=prefix_cache)
+        ngram = speculative_ngram if limits.speculative_tokens else None
+        runner = build_runner(loaded, size, prefix_cache=prefix_cache, ngram=ngram)
+        if runner.info.mode != "arena":  # drafts are verified in the packed step only
+            limits = dataclasses.replace(limits, speculative_tokens=0)
+        self.speculative_ngram = ngram if limits.speculative_tokens else None
         self.arena: ArenaInfo = runner.info
         # A request may use what one slot holds: validation and ModelInfo see that.
         context = min(loaded.max_context_length, self.arena.tokens_per_slot)
@@ -109,6 +115,13 @@ class GenerationEngine:
             else "off",
             f" ({self.arena.reason})" if self.arena.reason else "",
         )
+        if limits.speculative_tokens:
+            log.info(
+                "speculative decoding: up to %d draft tokens per row and step, from "
+                "%d..%d-token n-grams of the request's own text",
+                limits.speculative_tokens,
+                *speculative_ngram,
+            )
         self.scheduler = Scheduler(runner, self._streamer_for, limits)
 
     # The scheduler's public face, so callers need not know the engine is composed.

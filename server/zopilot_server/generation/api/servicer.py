@@ -116,6 +116,7 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
     loaded = engine.loaded
     quant = loaded.quantization
     tokenizer = loaded.tokenizer
+    ngram = engine.speculative_ngram
     return pb.ModelInfo(
         model_id=loaded.model_id,
         architecture=loaded.architecture,
@@ -155,6 +156,9 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
             packed_step=engine.arena.mode == "arena",
             max_step_stall=engine.limits.max_step_stall,
             max_prefill_tokens=engine.limits.max_prefill_tokens,
+            speculative_tokens=engine.limits.speculative_tokens,
+            speculative_ngram_min=ngram[0] if ngram else 0,
+            speculative_ngram_max=ngram[1] if ngram else 0,
         ),
     )
 
@@ -189,6 +193,8 @@ def completion_to_pb(completion: Completion, response: pb.GenerateResponse) -> N
             generated_tokens=usage.generated_tokens,
             input_truncated=usage.input_truncated,
             cached_input_tokens=usage.cached_input_tokens,
+            draft_tokens=usage.draft_tokens,
+            accepted_draft_tokens=usage.accepted_draft_tokens,
         )
     )
     response.timings.CopyFrom(

@@ -127,6 +127,7 @@ def to_generation_request(
         include_stop_sequence=message.include_stop_sequence,
         ignore_eos=message.ignore_eos,
         private=message.skip_prefix_cache,
+        speculative=not message.skip_speculation,
         token_details=message.return_token_details or top_n > 0,
         top_n_tokens=top_n,
         deadline=_deadline(message, config, arrival, grpc_time_remaining),

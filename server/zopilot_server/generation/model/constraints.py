@@ -47,6 +47,10 @@ class ConstraintState:
         if not self._matcher.consume_token(token_id):
             raise InvalidConstraint(self.kind.value, f"the grammar engine stopped: {self.error}")
 
+    def rollback(self, tokens: int) -> None:
+        """Undo the last ``tokens`` advances (a speculative step that is retried)."""
+        self._matcher.rollback(tokens)
+
     @property
     def accepting(self) -> bool:
         """The output so far is complete: it may end here (and may go on)."""

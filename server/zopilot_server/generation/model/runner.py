@@ -32,6 +32,7 @@ from ..kv.prefix_cache import BLOCK_TOKENS, PrefixIndex
 from ..loading.model_loader import LoadedModel
 from ..sched.plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
 from . import packed
+from .ngram import NgramProposer
 from .sampling import RowState, TokenChooser, new_row
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,16 @@ class _ModelCalls:
 class ModelRunner(_ModelCalls):
     """Every step in one packed forward over the KV arena (the scheduler's Runner)."""
 
-    def __init__(self, loaded: LoadedModel, size: ArenaSize, *, prefix_cache: bool = True) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        size: ArenaSize,
+        *,
+        prefix_cache: bool = True,
+        ngram: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(loaded)
+        self._ngram = ngram  # (min n, max n) of the draft proposer; None: no speculation
         shape = arena_shape(loaded.model)
         assert shape is not None
         identity = f"{loaded.model_id}|{loaded.dtype}|{loaded.quantization.describe()}"
@@ -116,6 +125,15 @@ class ModelRunner(_ModelCalls):
                 spec.key, request.input_ids, private=request.private
             )
         self._new_rows(specs)
+        if self._ngram is not None:
+            for spec in specs:
+                if spec.request.speculative:
+                    self.rows[spec.key].proposer = NgramProposer(
+                        spec.request.input_ids,
+                        min_n=self._ngram[0],
+                        max_n=self._ngram[1],
+                        vocab=self.vocab,
+                    )
         return cached
 
     @_inference
@@ -125,33 +143,67 @@ class ModelRunner(_ModelCalls):
 
     @_inference
     def step(self, plan: Plan) -> list[Step]:
-        """One packed forward: a token for every decoding row, the chunks' prompt tokens,
-        and the first token of each row whose prompt the step completes."""
+        """One packed forward: a token for every decoding row (several for a row whose
+        drafted tokens the model agrees with), the chunks' prompt tokens, and the first
+        token of each row whose prompt the step completes."""
         arena = self.arena
         decode = sorted(plan.decode, key=arena.slot_of.__getitem__)
-        fed = [self.rows[key].next_input for key in decode]
+        allowed = dict(plan.drafts)
+        drafts = {key: self._propose(key, allowed[key]) for key in decode if key in allowed}
+        plain = [key for key in decode if not drafts.get(key)]
+        drafting = [key for key in decode if drafts.get(key)]
+        fed = {key: [self.rows[key].next_input, *drafts.get(key, ())] for key in decode}
         prompts = [self.rows[c.key].request.input_ids[c.start : c.end] for c in plan.chunks]
+        # A drafting row is laid out like a prompt chunk: its fed token and its draft
+        # attend to its columns with an offset-causal mask, one prediction per token.
+        verifying = [(arena.slot_of[k], arena.length[k], arena.length[k] + len(fed[k])) for k in drafting]
         layout = packed.StepLayout(
             arena,
-            [(arena.slot_of[key], arena.length[key]) for key in decode],
-            [(arena.slot_of[c.key], c.start, c.end) for c in plan.chunks],
+            [(arena.slot_of[key], arena.length[key]) for key in plain],
+            [*verifying, *((arena.slot_of[c.key], c.start, c.end) for c in plan.chunks)],
             window=self._window,
             device=self.device,
         )
-        ids = [*fed, *(token for prompt in prompts for token in prompt)]
-        choose = list(range(len(decode)))  # the tokens whose logits pick a next token
-        keys = list(decode)
-        for chunk, span in zip(plan.chunks, layout.chunks, strict=True):
+        ids = [
+            *(fed[key][0] for key in plain),
+            *(token for key in drafting for token in fed[key]),
+            *(token for prompt in prompts for token in prompt),
+        ]
+        keys, choose, offsets = list(plain), list(range(len(plain))), list(range(len(plain)))
+        for key, span in zip(drafting, layout.chunks, strict=False):
+            keys.append(key)
+            offsets.append(len(choose))
+            choose += range(span.offset, span.offset + span.count)
+        for chunk, span in zip(plan.chunks, layout.chunks[len(drafting) :], strict=True):
             if chunk.end == len(self.rows[chunk.key].request.input_ids):
-                choose.append(span.offset + span.count - 1)
                 keys.append(chunk.key)
+                offsets.append(len(choose))
+                choose.append(span.offset + span.count - 1)
         logits = self._logits(ids, layout, choose)
-        steps = self._chooser.choose([self.rows[k] for k in keys], logits) if keys else []
-        for key, token in zip(decode, fed, strict=True):  # the fed tokens' KV is in the slots
-            arena.wrote(key, [token])
+        rows = [self.rows[k] for k in keys]
+        steps = (
+            self._chooser.verify(rows, logits, offsets, [drafts.get(k, ()) for k in keys])
+            if keys
+            else []
+        )
+        accepted = {s.key: s.accepted for s in steps if s.drafted}
+        for key in decode:  # the fed tokens' KV is in the slots, and the agreed drafts'
+            arena.wrote(key, fed[key][: 1 + accepted.get(key, 0)])
         for chunk, prompt in zip(plan.chunks, prompts, strict=True):
             arena.wrote(chunk.key, prompt)
+        for step in steps:
+            proposer = self.rows[step.key].proposer
+            if proposer is not None:
+                proposer.extend((step.token_id,))
         return steps
+
+    def _propose(self, key: int, limit: int) -> list[int]:
+        """Row ``key``'s draft: at most ``limit`` tokens, and never past its slot."""
+        row = self.rows[key]
+        if row.proposer is None:
+            return []
+        room = self.arena.size.tokens_per_slot - self.arena.length[key] - 1
+        return row.proposer.propose(min(limit, room))
 
     def remove(self, keys: Collection[int]) -> None:
         """Free the rows' slots; their columns stay as a prefix cache (no row is moved
@@ -300,7 +352,11 @@ def self_test(runner: ModelRunner, loaded: LoadedModel) -> str:
 
 
 def build_runner(
-    loaded: LoadedModel, size: ArenaSize | None, *, prefix_cache: bool = True
+    loaded: LoadedModel,
+    size: ArenaSize | None,
+    *,
+    prefix_cache: bool = True,
+    ngram: tuple[int, int] | None = None,
 ) -> ModelRunner | SerialRunner:
     """The arena runner when the architecture supports it, else the serial one (logged)."""
     model_type = getattr(loaded.model.config, "model_type", "")
@@ -313,7 +369,7 @@ def build_runner(
         reason = f"{model_type}'s forward takes no Cache object in this transformers"
     if not reason:
         assert size is not None
-        runner = ModelRunner(loaded, size, prefix_cache=prefix_cache)
+        runner = ModelRunner(loaded, size, prefix_cache=prefix_cache, ngram=ngram)
         reason = self_test(runner, loaded)
         if not reason:
             return runner

@@ -7,6 +7,14 @@ per sampling row from that row's own ``torch.Generator``, so a seed gives the sa
 alone or in a busy batch. The chosen tokens cross to the host in one transfer per step;
 only rows that asked for token details pay for more.
 
+The draw is one uniform number per token, mapped through the distribution's cumulative
+sum (inverse transform sampling). That makes speculative decoding exact twice over: a
+drafted token is accepted when the draw lands on it (probability p(token), the standard
+rejection rule for a deterministic draft, and on rejection the token drawn is one from
+the residual distribution), and since a row consumes one number per output token
+whether or not a draft was proposed, a seed gives the same text with speculation on or
+off (``verify``).
+
 A failure (an out-of-memory in the middle of a step, say) must not change what the
 survivors generate when the step is retried: the generators' states are restored and
 no row's state is touched before every token is chosen.
@@ -14,6 +22,8 @@ no row's state is touched before every token is chosen.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +33,7 @@ import torch
 from ..domain import GenerationRequest, InvalidConstraint, TokenDetail
 from ..sched.plan import Step
 from .constraints import ConstraintState
+from .ngram import NgramProposer
 from .token_details import token_detail
 
 
@@ -39,6 +50,7 @@ class RowState:
     failure: Exception | None = None  # set when the constraint can no longer be followed
     next_input: int = -1  # the token chosen last, fed to the next decode step
     extra: dict[str, Any] = field(default_factory=dict)  # runner-specific (serial cache)
+    proposer: NgramProposer | None = None  # its drafts, when it may speculate
 
 
 def new_row(key: int, request: GenerationRequest, vocab: int, device: torch.device) -> RowState:
@@ -54,12 +66,31 @@ def new_row(key: int, request: GenerationRequest, vocab: int, device: torch.devi
     return RowState(key, request, seen, generator, constraint)
 
 
+class _Snapshot:
+    """A drafting row's state before ``verify``: a failure halfway through the positions
+    (after some were chosen) puts the row back, so the retried step chooses the same."""
+
+    def __init__(self, row: RowState) -> None:
+        self.generator = row.generator.get_state() if row.generator is not None else None
+        self.seen = row.seen.clone()
+        self.produced, self.next_input, self.failure = row.produced, row.next_input, row.failure
+
+    def restore(self, row: RowState, *, advanced: int) -> None:
+        if row.generator is not None and self.generator is not None:
+            row.generator.set_state(self.generator)
+        row.seen.copy_(self.seen)
+        row.produced, row.next_input, row.failure = self.produced, self.next_input, self.failure
+        if row.constraint is not None and advanced:
+            row.constraint.rollback(advanced)
+
+
 class TokenChooser:
     """Chooses the next token of every row of a step (the runner's last phase)."""
 
     def __init__(self, tokenizer: Any, eos_token_ids: Sequence[int]) -> None:
         self._tokenizer = tokenizer
         self._eos = sorted(eos_token_ids)
+        self._eos_set = frozenset(self._eos)
 
     def choose(self, rows: Sequence[RowState], logits: torch.Tensor) -> list[Step]:
         """``logits``: [len(rows), vocab], row i for rows[i]. Rows' states advance only
@@ -78,6 +109,59 @@ class TokenChooser:
             self._advance(r, t, details.get(i))
             for i, (r, t) in enumerate(zip(rows, tokens, strict=True))
         ]
+
+    def verify(
+        self,
+        rows: Sequence[RowState],
+        logits: torch.Tensor,
+        offsets: Sequence[int],
+        drafts: Sequence[Sequence[int]],
+    ) -> list[Step]:
+        """Token choice for a step in which some rows proposed draft tokens: rows[i]'s
+        logits are ``logits[offsets[i] : offsets[i] + len(drafts[i]) + 1]``, the model's
+        prediction after the fed token and after each drafted one. Position by position,
+        each row chooses exactly as ``choose`` would without speculation (the same
+        processors on the same state, the same draw); while the chosen token is the
+        drafted one, the next position's prediction is valid and the row goes on; the
+        first disagreement (or the end of the draft) gives the row's last token. So
+        greedy text is what decoding one token a step gives, and sampled text too, for
+        the same seed. Returns the Steps in order, each row's in sequence; a row's first
+        Step says how many tokens it drafted and how many were accepted."""
+        snapshots = {i: _Snapshot(rows[i]) for i, draft in enumerate(drafts) if draft}
+        chosen: list[list[Step]] = [[] for _ in rows]
+        alive = list(range(len(rows)))
+        try:
+            for position in itertools.count():
+                where = torch.tensor([offsets[i] + position for i in alive], device=logits.device)
+                steps = self.choose([rows[i] for i in alive], logits[where])
+                going = []
+                for i, step in zip(alive, steps, strict=True):
+                    chosen[i].append(step)
+                    if position < len(drafts[i]) and self._continues(rows[i], step, drafts[i][position]):
+                        going.append(i)
+                if not going:
+                    break
+                alive = going
+        except BaseException:
+            for i, snapshot in snapshots.items():
+                snapshot.restore(rows[i], advanced=sum(s.failure is None for s in chosen[i]))
+            raise
+        out = []
+        for row_steps, draft in zip(chosen, drafts, strict=True):
+            if draft:
+                first = row_steps[0]
+                row_steps[0] = dataclasses.replace(
+                    first, drafted=len(draft), accepted=len(row_steps) - 1
+                )
+            out += row_steps
+        return out
+
+    def _continues(self, row: RowState, step: Step, drafted: int) -> bool:
+        """Whether the row's next position was computed on the right token: the draft
+        agreed and the row can go on (not ended by EOS, its constraint or a failure)."""
+        if step.token_id != drafted or step.final or step.failure is not None:
+            return False
+        return row.request.ignore_eos or step.token_id not in self._eos_set
 
     # -- processors ----------------------------------------------------------------------
     def _process(self, rows: Sequence[RowState], scores: torch.Tensor) -> torch.Tensor:
@@ -167,12 +251,15 @@ class TokenChooser:
             remove = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
             remove[:, -1] = False  # always keep the most likely token
             warped = warped.masked_fill(remove.scatter(1, order, remove), float("-inf"))
-        probs = torch.softmax(warped, dim=-1)
-        draws = [
-            torch.multinomial(probs[j], 1, generator=rows[i].generator)
-            for j, i in enumerate(sampled)
-        ]
-        tokens[idx] = torch.cat(draws)
+        cumulative = torch.softmax(warped, dim=-1).cumsum(-1)
+        uniform = torch.cat(
+            [torch.rand(1, generator=rows[i].generator, device=device) for i in sampled]
+        )
+        total = cumulative[:, -1:]
+        # strictly below the total, so the draw never lands past the last likely token
+        at = torch.minimum(uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        drawn = torch.searchsorted(cumulative, at, right=True)[:, 0].clamp_(max=vocab - 1)
+        tokens[idx] = drawn
         return tokens
 
     # -- after the choice ------------------------------------------------------------------

@@ -160,6 +160,8 @@ class TokenStreamer(TextIteratorStreamer):
                 generated_tokens=self.generated_tokens,
                 input_truncated=self.request.input_truncated,
                 cached_input_tokens=self.control.cached_tokens,
+                draft_tokens=self.control.draft_tokens,
+                accepted_draft_tokens=self.control.accepted_draft_tokens,
             ),
             timings=Timings(
                 queue_ms=(self.started_at - arrival) * 1000,

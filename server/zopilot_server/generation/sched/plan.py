@@ -1,10 +1,11 @@
 """What the scheduler hands the runner each step, and what comes back (torch-free).
 
 The pipeline of one step: the scheduler (scheduler.py) owns every row's progress and
-writes a Plan: these rows decode one token, these prompt chunks are prefilled. The
+writes a Plan: these rows decode one token (some may also verify draft tokens), these
+prompt chunks are prefilled. The
 runner (runner.py) computes all of it in one packed forward over the KV arena
 (packed.py, kv_arena.py), chooses tokens (sampling.py) and returns one Step per token
-produced; the scheduler then decides, in
+produced (several for a row whose draft was accepted); the scheduler then decides, in
 one place, whether each row goes on (``finish_reason``).
 """
 
@@ -41,6 +42,9 @@ class Plan:
 
     decode: tuple[int, ...] = ()
     chunks: tuple[PrefillChunk, ...] = ()
+    # Speculative decoding: (row, most draft tokens) for decoding rows that may propose
+    # tokens from their own text (ngram.py) to be verified in this step's forward.
+    drafts: tuple[tuple[int, int], ...] = ()
 
     @property
     def prompt_tokens(self) -> int:
@@ -63,6 +67,10 @@ class Step:
     detail: TokenDetail | None = None
     final: bool = False
     failure: Exception | None = None
+    # Speculative decoding, on a row's first Step of a step: tokens it drafted and, of
+    # those, how many the model agreed with (the Steps after this one in the same step).
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ grammar matcher) lives in the runner, keyed by ``key``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..domain import FinishReason, GenerationRequest, Sink, TokenDetail
 from .run_control import RunControl
+from .speculation import DraftStats
 
 
 class Streamer(Protocol):
@@ -43,6 +44,7 @@ class RequestRecord:
     # is prefilling; it waits for them instead of computing them twice.
     leader: int | None = None
     share: int = 0
+    drafts: DraftStats = field(default_factory=DraftStats)  # speculative decoding
 
     @property
     def cost(self) -> int:

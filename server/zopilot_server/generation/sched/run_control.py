@@ -25,6 +25,9 @@ class RunControl:
         self._step_estimate = 0.0
         # Prompt tokens whose KV the prefix cache held (set when the row starts).
         self.cached_tokens = 0
+        # Speculative decoding: tokens drafted from its text, and those accepted.
+        self.draft_tokens = 0
+        self.accepted_draft_tokens = 0
 
     def cancel(self) -> None:
         self._cancelled.set()

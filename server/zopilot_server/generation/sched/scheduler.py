@@ -45,6 +45,7 @@ from .plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
 from .record import Job as Job  # re-exported: what submit returns
 from .record import RequestRecord, Streamer
 from .run_control import RunControl
+from .speculation import DraftPolicy, DraftRow
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class BatchLimits:
     max_prefill_tokens: int = 512
     max_queue: int = 32
     max_step_stall: float = 2.0  # a step carrying prefill, over a pure decode step
+    speculative_tokens: int = 0  # most draft tokens a row verifies per step; 0: off
 
 
 class Runner(Protocol):
@@ -176,6 +178,9 @@ class Scheduler:
         self._idle_cap = IDLE_PREFILL_TOKENS
         self._prefix_queries = 0  # prompt tokens looked up in the prefix cache
         self._prefix_hits = 0  # of those, found there
+        self._drafts = DraftPolicy(limits.speculative_tokens)
+        self._drafted = 0  # draft tokens verified, in total
+        self._accepted = 0  # of those, accepted
         self._step_s = 0.0  # moving average of one iteration, for shutdown timing
         self._recent_seconds = 1.0  # moving average of request durations, for retry hints
         self._step_observers: list[Callable[[int], None]] = []
@@ -242,6 +247,8 @@ class Scheduler:
                 kv_bytes=self.arena.bytes,
                 prefix_query_tokens=self._prefix_queries,
                 prefix_hit_tokens=self._prefix_hits,
+                draft_tokens=self._drafted,
+                accepted_draft_tokens=self._accepted,
             )
 
     # -- shutdown --------------------------------------------------------------------------
@@ -392,24 +399,28 @@ class Scheduler:
         self._end_rows(self._interrupted())
         decoding = [r.key for r in self._rows.values() if not r.prefilling]
         ready = [r for r in self._rows.values() if r.prefilling and self._ready_to_prefill(r)]
-        chunks = self._plan_prefill(ready, decoding=len(decoding)) if ready else []
+        budget = self._step_budget(decoding=len(decoding))
+        chunks = self._plan_prefill(ready, budget) if ready else []
         if not decoding and not chunks:
             return
-        steps = self._run_step(Plan(tuple(decoding), tuple(chunks)))
+        drafts = self._plan_drafts(decoding, budget - sum(c.end - c.start for c in chunks))
+        steps = self._run_step(Plan(tuple(decoding), tuple(chunks), drafts))
         if decoding and steps:
             for observe in self._step_observers:
                 observe(len(decoding))
         self._deliver(steps)
 
-    def _plan_prefill(self, rows: list[RequestRecord], *, decoding: int) -> list[PrefillChunk]:
-        """This step's prompt chunks, oldest request first, sharing one budget: while
-        rows decode, as many prompt tokens as keep the step within ``max_step_stall``
-        times a pure decode step (StepCost); with nobody decoding, whole prompts up to
-        IDLE_PREFILL_TOKENS. The oldest always gets at least MIN_CHUNK: never starved."""
+    def _step_budget(self, *, decoding: int) -> int:
+        """Query tokens a step may carry beyond one per decoding row: while rows decode,
+        as many as keep the step within ``max_step_stall`` times a pure decode step
+        (StepCost); with nobody decoding, whole prompts up to IDLE_PREFILL_TOKENS."""
         if decoding:
-            budget = self._cost.prompt_budget(self.limits.max_step_stall, self._prefill_cap)
-        else:
-            budget = self._idle_cap
+            return self._cost.prompt_budget(self.limits.max_step_stall, self._prefill_cap)
+        return self._idle_cap
+
+    def _plan_prefill(self, rows: list[RequestRecord], budget: int) -> list[PrefillChunk]:
+        """This step's prompt chunks, oldest request first, sharing the step's budget.
+        The oldest always gets at least MIN_CHUNK: never starved."""
         chunks = []
         for row in sorted(rows, key=lambda r: r.key):
             take = min(row.prompt_left, budget)
@@ -418,6 +429,18 @@ class Scheduler:
             chunks.append(PrefillChunk(row.key, row.computed, row.computed + take))
             budget -= take
         return chunks
+
+    def _plan_drafts(self, decoding: list[int], budget: int) -> tuple[tuple[int, int], ...]:
+        """Speculative decoding: how many tokens each decoding row may draft from its own
+        text, within what the prompt chunks left of the step's budget (speculation.py)."""
+        rows = [
+            DraftRow(key, row.drafts, row.request.max_new_tokens - row.produced)
+            for key in decoding
+            if (row := self._rows[key]).request.speculative
+        ]
+        return self._drafts.allowances(
+            rows, decode_s=self._cost.decode_s, token_s=self._cost.token_s, budget=budget
+        )
 
     def _interrupted(self) -> list[RequestRecord]:
         """Rows to end before the next step: cancelled, out of time, or shutting down."""
@@ -458,11 +481,13 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - handed to the affected requests
             self._on_failure(exc, [self._rows[key] for key in plan.keys], plan)
             return []
+        drafted = sum(step.drafted for step in steps)
         self._cost.observe(
             time.monotonic() - started,
             decode_rows=len(plan.decode),
-            prompt_tokens=plan.prompt_tokens,
+            prompt_tokens=plan.prompt_tokens + drafted,
         )
+        self._drafts.stepped(plan.prompt_tokens + drafted)
         for chunk in plan.chunks:
             self._rows[chunk.key].computed = chunk.end
         return steps
@@ -510,24 +535,46 @@ class Scheduler:
             log.exception("could not drop the failed rows")
 
     def _deliver(self, steps: list[Step]) -> None:
+        """Hand each Step's token to its row, in order. A row that drafted gets several
+        in one step; once one of them ends it (a stop sequence, max_new_tokens, EOS), the
+        rest are dropped, as if they had never been computed."""
         ended, failed = [], []
+        done: set[int] = set()
+        ticked: set[int] = set()
         now = time.monotonic()
         for step in steps:
             row = self._rows[step.key]
+            if step.drafted:
+                self._verified(row, step)
+            if step.key in done:
+                continue
             if step.failure is not None:
                 log.warning("request %s: %s", row.request.request_id, step.failure)
                 row.sink(step.failure)
                 failed.append(row)
+                done.add(step.key)
                 continue
             row.produced += 1
             row.streamer.put_token(step.token_id, step.detail)
-            row.control.tick(now)
+            if step.key not in ticked:  # once per step: the time between two steps
+                row.control.tick(now)
+                ticked.add(step.key)
             reason = self._finish_reason(row, step, now)
             if reason is not None:
                 row.control.finish(reason)
                 ended.append(row)
+                done.add(step.key)
         self._remove(failed)
         self._end_rows(ended)
+
+    def _verified(self, row: RequestRecord, step: Step) -> None:
+        row.drafts.verified(step.drafted, step.accepted)
+        row.control.draft_tokens, row.control.accepted_draft_tokens = (
+            row.drafts.drafted,
+            row.drafts.accepted,
+        )
+        self._drafted += step.drafted
+        self._accepted += step.accepted
 
     def _end_rows(self, rows: list[RequestRecord]) -> None:
         if not rows:
