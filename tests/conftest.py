@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import InProcessServer, build_tiny_llama
+from support import InProcessServer, build_tiny_llama, tiny_architecture_config
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading import default_model
@@ -84,3 +84,27 @@ def tiny_stub(tiny_server: InProcessServer) -> Iterator[generation_pb2_grpc.Gene
 def smollm2_stub(smollm2_server: InProcessServer) -> Iterator[generation_pb2_grpc.GenerationStub]:
     with grpc.insecure_channel(smollm2_server.target) as channel:
         yield generation_pb2_grpc.GenerationStub(channel)
+
+
+@pytest.fixture(scope="session")
+def model_dirs(
+    smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """Random-weight models of other architectures, built on first use."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    made: dict[str, Path] = {}
+
+    def build(name: str) -> Path:
+        if name not in made:
+            out = tmp_path_factory.mktemp(name)
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(tiny_architecture_config(name, tokenizer))
+            model.save_pretrained(str(out))
+            tokenizer.save_pretrained(str(out))
+            made[name] = out
+        return made[name]
+
+    return build

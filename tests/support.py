@@ -378,3 +378,43 @@ def load_script(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_architecture_config(name: str, tokenizer: Any) -> Any:
+    """A two-layer random-weight config of architecture ``name`` on ``tokenizer``'s vocabulary:
+    qwen2, mistral (a sliding window shorter than test prompts), phi3, gpt2, gpt_neox."""
+    import transformers
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    llama_like = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        **common,
+    )
+    if name == "qwen2":
+        return transformers.Qwen2Config(**llama_like)
+    if name == "mistral":  # a window shorter than the prompts: the mask must apply it
+        return transformers.MistralConfig(sliding_window=24, **llama_like)
+    if name == "phi3":
+        return transformers.Phi3Config(**llama_like)
+    if name == "gpt2":
+        return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=1024, **common)
+    if name == "gpt_neox":
+        return transformers.GPTNeoXConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            **common,
+        )
+    raise AssertionError(name)

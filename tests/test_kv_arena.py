@@ -37,66 +37,6 @@ PROMPTS = [
 ]
 
 
-def _config(name: str, tokenizer: Any) -> Any:
-    import transformers
-
-    common = dict(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    llama_like = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        **common,
-    )
-    if name == "qwen2":
-        return transformers.Qwen2Config(**llama_like)
-    if name == "mistral":  # a window shorter than the prompts: the mask must apply it
-        return transformers.MistralConfig(sliding_window=24, **llama_like)
-    if name == "phi3":
-        return transformers.Phi3Config(**llama_like)
-    if name == "gpt2":
-        return transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=1024, **common)
-    if name == "gpt_neox":
-        return transformers.GPTNeoXConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=1024,
-            **common,
-        )
-    raise AssertionError(name)
-
-
-@pytest.fixture(scope="module")
-def model_dirs(
-    smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], Path]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
-    made: dict[str, Path] = {}
-
-    def build(name: str) -> Path:
-        if name not in made:
-            out = tmp_path_factory.mktemp(name)
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(_config(name, tokenizer))
-            model.save_pretrained(str(out))
-            tokenizer.save_pretrained(str(out))
-            made[name] = out
-        return made[name]
-
-    return build
-
-
 def _engine(model_dir: Path, cache: Path, **limits: Any) -> GenerationEngine:
     budget = limits.pop("budget", ArenaBudget(memory_mib=64))
     loaded = load_model(ServerConfig(model=str(model_dir), cache_dir=str(cache)))

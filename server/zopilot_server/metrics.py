@@ -180,6 +180,8 @@ class _LoadCollector(Collector):
         busy, queued = parser if parser is not None else (0, 0)
         queries = engine.prefix_query_tokens if engine is not None else 0
         hits = engine.prefix_hit_tokens if engine is not None else 0
+        drafted = engine.draft_tokens if engine is not None else 0
+        accepted = engine.accepted_draft_tokens if engine is not None else 0
         for name, doc, total in (
             (
                 "zopilot_prefix_cache_queries",
@@ -187,6 +189,16 @@ class _LoadCollector(Collector):
                 queries,
             ),
             ("zopilot_prefix_cache_hits", "Prompt tokens served from the prefix cache", hits),
+            (
+                "zopilot_spec_decode_num_draft_tokens",
+                "Speculative decoding: tokens drafted from requests' own text and verified",
+                drafted,
+            ),
+            (
+                "zopilot_spec_decode_num_accepted_tokens",
+                "Speculative decoding: drafted tokens the model agreed with",
+                accepted,
+            ),
         ):
             counter = CounterMetricFamily(name, doc, labels=[MODEL])
             counter.add_metric([_model_name], float(total))
@@ -196,6 +208,11 @@ class _LoadCollector(Collector):
                 "zopilot_prefix_cache_hit_rate",
                 "Share of prompt tokens served from the prefix cache since start (0..1)",
                 hits / queries if queries else 0.0,
+            ),
+            (
+                "zopilot_spec_decode_acceptance_rate",
+                "Share of drafted tokens accepted since start (0..1)",
+                accepted / drafted if drafted else 0.0,
             ),
             ("zopilot_num_requests_waiting", "Generations queued, not yet running", waiting),
             ("zopilot_num_requests_running", "Generations running now", running),

@@ -24,7 +24,9 @@ class NgramProposer:
 
     def __init__(self, tokens: Iterable[int], *, min_n: int, max_n: int, vocab: int) -> None:
         if not 1 <= min_n <= max_n:
-            raise ValueError(f"n-gram sizes must satisfy 1 <= min_n <= max_n (got {min_n}, {max_n})")
+            raise ValueError(
+                f"n-gram sizes must satisfy 1 <= min_n <= max_n (got {min_n}, {max_n})"
+            )
         self.min_n, self.max_n, self._vocab = min_n, max_n, vocab
         self._tokens: list[int] = []
         # n -> n-gram -> where the token after its latest occurrence is (only n-grams

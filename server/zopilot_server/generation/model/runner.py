@@ -156,7 +156,9 @@ class ModelRunner(_ModelCalls):
         prompts = [self.rows[c.key].request.input_ids[c.start : c.end] for c in plan.chunks]
         # A drafting row is laid out like a prompt chunk: its fed token and its draft
         # attend to its columns with an offset-causal mask, one prediction per token.
-        verifying = [(arena.slot_of[k], arena.length[k], arena.length[k] + len(fed[k])) for k in drafting]
+        verifying = [
+            (arena.slot_of[k], arena.length[k], arena.length[k] + len(fed[k])) for k in drafting
+        ]
         layout = packed.StepLayout(
             arena,
             [(arena.slot_of[key], arena.length[key]) for key in plain],

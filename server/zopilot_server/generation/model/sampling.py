@@ -137,7 +137,9 @@ class TokenChooser:
                 going = []
                 for i, step in zip(alive, steps, strict=True):
                     chosen[i].append(step)
-                    if position < len(drafts[i]) and self._continues(rows[i], step, drafts[i][position]):
+                    if position < len(drafts[i]) and self._continues(
+                        rows[i], step, drafts[i][position]
+                    ):
                         going.append(i)
                 if not going:
                     break
@@ -257,7 +259,9 @@ class TokenChooser:
         )
         total = cumulative[:, -1:]
         # strictly below the total, so the draw never lands past the last likely token
-        at = torch.minimum(uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        at = torch.minimum(
+            uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total))
+        )
         drawn = torch.searchsorted(cumulative, at, right=True)[:, 0].clamp_(max=vocab - 1)
         tokens[idx] = drawn
         return tokens

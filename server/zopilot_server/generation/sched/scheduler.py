@@ -88,11 +88,12 @@ StreamerFactory = Callable[[RequestRecord], Streamer]
 
 
 class StepCost:
-    """What a step costs, learned as the server runs: a step of the decoding rows alone
-    (``decode_s``: the weight-read floor plus their attention) and each prompt token
-    packed beside them (``token_s``). A step carrying ``p`` prompt tokens costs about
-    ``decode_s + p * token_s``, so the prompt tokens a step may carry within a stall
-    factor ``f`` are ``(f - 1) * decode_s / token_s``.
+    """What a step costs, learned as the server runs: a step of ``n`` decoding rows alone
+    (``decode_s(n)``: the weight-read floor plus their attention, learned per batch size)
+    and each query token packed beside them (``token_s``: a prompt token or a draft
+    token). A step carrying ``p`` such tokens costs about ``decode_s(n) + p * token_s``,
+    so the tokens a step may carry within a stall factor ``f`` are
+    ``(f - 1) * decode_s(n) / token_s``.
 
     ``token_s`` is learned from steps that carry both, the steps it sizes: a prompt token
     is cheaper in a large pass with nobody decoding (on 2 CPU cores ~25 us per matrix
@@ -100,31 +101,42 @@ class StepCost:
     steps beside decoding rows. Until one such step was seen, MIN_CHUNK."""
 
     def __init__(self) -> None:
-        self.decode_s: float | None = None
+        self._decode: dict[int, float] = {}  # pure decode step seconds per batch size
         self.token_s: float | None = None
         self.token_dev = 0.0  # mean deviation of the per-token cost from token_s
+
+    def decode_s(self, rows: int) -> float | None:
+        """A pure decode step of ``rows`` rows: as measured, else the nearest batch size
+        measured (None before any)."""
+        if rows in self._decode:
+            return self._decode[rows]
+        if not self._decode:
+            return None
+        return self._decode[min(self._decode, key=lambda n: (abs(n - rows), n))]
 
     def observe(self, seconds: float, *, decode_rows: int, prompt_tokens: int) -> None:
         if not decode_rows:
             return
+        decode_s = self.decode_s(decode_rows)
         if not prompt_tokens:
-            self.decode_s = _average(self.decode_s, seconds)
-        elif self.decode_s is not None:
-            per = max(seconds - self.decode_s, 0.0) / prompt_tokens
+            self._decode[decode_rows] = _average(self._decode.get(decode_rows), seconds)
+        elif decode_s is not None:
+            per = max(seconds - decode_s, 0.0) / prompt_tokens
             if self.token_s is not None:
                 self.token_dev = _average(self.token_dev, abs(per - self.token_s))
             self.token_s = _average(self.token_s, per)
 
-    def prompt_budget(self, stall: float, cap: int) -> int:
+    def prompt_budget(self, stall: float, cap: int, *, rows: int) -> int:
         """Prompt tokens for a step beside decoding rows, within [MIN_CHUNK, cap]. The
         per-token cost is taken one mean deviation high (as TCP sizes its retransmission
         timeout): steps vary, and it is the slowest ones the stall bound is about."""
-        if self.decode_s is None or self.token_s is None:
+        decode_s = self.decode_s(rows)
+        if decode_s is None or self.token_s is None:
             return MIN_CHUNK
         per = self.token_s + self.token_dev
         if per <= 0:
             return cap
-        fits = int((stall - 1.0) * self.decode_s / per)
+        fits = int((stall - 1.0) * decode_s / per)
         return max(MIN_CHUNK, min(cap, fits))
 
 
@@ -415,7 +427,9 @@ class Scheduler:
         as many as keep the step within ``max_step_stall`` times a pure decode step
         (StepCost); with nobody decoding, whole prompts up to IDLE_PREFILL_TOKENS."""
         if decoding:
-            return self._cost.prompt_budget(self.limits.max_step_stall, self._prefill_cap)
+            return self._cost.prompt_budget(
+                self.limits.max_step_stall, self._prefill_cap, rows=decoding
+            )
         return self._idle_cap
 
     def _plan_prefill(self, rows: list[RequestRecord], budget: int) -> list[PrefillChunk]:
@@ -439,7 +453,10 @@ class Scheduler:
             if (row := self._rows[key]).request.speculative
         ]
         return self._drafts.allowances(
-            rows, decode_s=self._cost.decode_s, token_s=self._cost.token_s, budget=budget
+            rows,
+            decode_s=self._cost.decode_s(len(decoding)),
+            token_s=self._cost.token_s,
+            budget=budget,
         )
 
     def _interrupted(self) -> list[RequestRecord]:

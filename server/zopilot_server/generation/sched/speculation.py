@@ -29,7 +29,7 @@ PROBE_EVERY = 32
 PRIOR_RATE = 0.7
 PRIOR_WEIGHT = 2.0
 # How fast old evidence fades: per verification, and per step a row could not draft.
-DECAY = 0.8
+DECAY = 0.9
 IDLE_DECAY = 0.95
 
 
