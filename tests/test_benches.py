@@ -247,3 +247,22 @@ def test_structured_bench_reports_ratios_and_compile_times(model_cache_dir):
     compiled = report["compile"]
     assert compiled["cached_median_ms"] < compiled["uncached_median_ms"]
     assert compiled["mask_per_step_median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_speculative_bench_compares_on_and_off_with_identical_text(model_cache_dir):
+    report = run_bench(
+        "speculative.py", "--model", "tiny", "--streams", "1", "2", "--tokens", "8",
+        "--repeats", "1", "--warm", "1", "--workloads", "copy", "chat",
+        cache_dir=model_cache_dir,
+    )  # fmt: skip
+    assert report["speculative_tokens"] > 0
+    assert set(report["workloads"]) == {"copy", "chat"}
+    for rows in report["workloads"].values():
+        assert [r["streams"] for r in rows] == [1, 2]
+        for r in rows:
+            assert r["identical_text"] is True
+            assert r["tokens_per_s_ratio"] == pytest.approx(
+                r["on"]["tokens_per_s"] / r["off"]["tokens_per_s"]
+            )
+            assert 0.0 <= r["acceptance_rate"] <= 1.0

@@ -269,6 +269,7 @@ def spec_server(smollm2_dir: Path, model_cache_dir: Path) -> Iterator[InProcessS
         ServerConfig(cache_dir=str(model_cache_dir), metrics_port=port, speculative_tokens=6)
     )
     server.metrics_port = port  # type: ignore[attr-defined]
+    server.running.engine.scheduler._drafts = EagerDrafts(6)
     yield server
     server.stop()
 

@@ -145,7 +145,7 @@ class ServerConfig:
         "output, checked in the same forward; greedy text is unchanged, and a seed gives "
         "the same text); drafts shrink per request as they get rejected and as the batch "
         "grows; 0 = off",
-        4,
+        8,
     )
     speculative_ngram_max: int = _opt(
         "longest n-gram the draft proposer matches (the longest match wins)", 4

@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,6 +75,24 @@ class _ModelCalls:
         """After an OOM, hand cached blocks back so the next step does not fragment."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+@dataclass
+class _Packing:
+    """One step's packed sequence: its tokens and layout, and which rows choose tokens
+    from which positions (``offsets[i]``: where row ``keys[i]``'s positions start in
+    ``choose``; a drafting row has one per fed token)."""
+
+    layout: packed.StepLayout
+    ids: list[int]
+    keys: list[int]
+    choose: list[int]
+    offsets: list[int]
+
+    def choose_from(self, key: int, positions: Iterable[int]) -> None:
+        self.keys.append(key)
+        self.offsets.append(len(self.choose))
+        self.choose += positions
 
 
 class ModelRunner(_ModelCalls):
@@ -147,50 +166,26 @@ class ModelRunner(_ModelCalls):
         drafted tokens the model agrees with), the chunks' prompt tokens, and the first
         token of each row whose prompt the step completes."""
         arena = self.arena
-        decode = sorted(plan.decode, key=arena.slot_of.__getitem__)
         allowed = dict(plan.drafts)
-        drafts = {key: self._propose(key, allowed[key]) for key in decode if key in allowed}
-        plain = [key for key in decode if not drafts.get(key)]
-        drafting = [key for key in decode if drafts.get(key)]
-        fed = {key: [self.rows[key].next_input, *drafts.get(key, ())] for key in decode}
+        # Each decoding row feeds the token chosen last, then its draft (if any).
+        fed = {
+            key: [self.rows[key].next_input, *self._propose(key, allowed.get(key, 0))]
+            for key in sorted(plan.decode, key=arena.slot_of.__getitem__)
+        }
         prompts = [self.rows[c.key].request.input_ids[c.start : c.end] for c in plan.chunks]
-        # A drafting row is laid out like a prompt chunk: its fed token and its draft
-        # attend to its columns with an offset-causal mask, one prediction per token.
-        verifying = [
-            (arena.slot_of[k], arena.length[k], arena.length[k] + len(fed[k])) for k in drafting
-        ]
-        layout = packed.StepLayout(
-            arena,
-            [(arena.slot_of[key], arena.length[key]) for key in plain],
-            [*verifying, *((arena.slot_of[c.key], c.start, c.end) for c in plan.chunks)],
-            window=self._window,
-            device=self.device,
-        )
-        ids = [
-            *(fed[key][0] for key in plain),
-            *(token for key in drafting for token in fed[key]),
-            *(token for prompt in prompts for token in prompt),
-        ]
-        keys, choose, offsets = list(plain), list(range(len(plain))), list(range(len(plain)))
-        for key, span in zip(drafting, layout.chunks, strict=False):
-            keys.append(key)
-            offsets.append(len(choose))
-            choose += range(span.offset, span.offset + span.count)
-        for chunk, span in zip(plan.chunks, layout.chunks[len(drafting) :], strict=True):
-            if chunk.end == len(self.rows[chunk.key].request.input_ids):
-                keys.append(chunk.key)
-                offsets.append(len(choose))
-                choose.append(span.offset + span.count - 1)
-        logits = self._logits(ids, layout, choose)
-        rows = [self.rows[k] for k in keys]
-        steps = (
-            self._chooser.verify(rows, logits, offsets, [drafts.get(k, ()) for k in keys])
-            if keys
-            else []
-        )
+        packing = self._pack(fed, plan.chunks, prompts)
+        logits = self._logits(packing.ids, packing.layout, packing.choose)
+        steps = []
+        if packing.keys:
+            rows = [self.rows[k] for k in packing.keys]
+            drafts = [fed[k][1:] if k in fed else () for k in packing.keys]
+            steps = self._chooser.verify(rows, logits, packing.offsets, drafts)
         accepted = {s.key: s.accepted for s in steps if s.drafted}
-        for key in decode:  # the fed tokens' KV is in the slots, and the agreed drafts'
-            arena.wrote(key, fed[key][: 1 + accepted.get(key, 0)])
+        for (
+            key,
+            tokens,
+        ) in fed.items():  # the fed tokens' KV is in the slots, and the agreed drafts'
+            arena.wrote(key, tokens[: 1 + accepted.get(key, 0)])
         for chunk, prompt in zip(plan.chunks, prompts, strict=True):
             arena.wrote(chunk.key, prompt)
         for step in steps:
@@ -198,6 +193,46 @@ class ModelRunner(_ModelCalls):
             if proposer is not None:
                 proposer.extend((step.token_id,))
         return steps
+
+    def _pack(
+        self,
+        fed: dict[int, list[int]],
+        chunks: Sequence[PrefillChunk],
+        prompts: Sequence[Sequence[int]],
+    ) -> _Packing:
+        """The step's tokens as one sequence: rows decoding one token first (attending
+        together), then drafting rows and prompt chunks (each over its own slot with an
+        offset-causal mask: a drafting row is laid out like a prompt chunk, one prediction
+        per token); and where the logits that choose tokens are."""
+        arena = self.arena
+        plain = [key for key, tokens in fed.items() if len(tokens) == 1]
+        drafting = [key for key, tokens in fed.items() if len(tokens) > 1]
+        spans = [
+            (arena.slot_of[k], arena.length[k], arena.length[k] + len(fed[k])) for k in drafting
+        ]
+        layout = packed.StepLayout(
+            arena,
+            [(arena.slot_of[key], arena.length[key]) for key in plain],
+            [*spans, *((arena.slot_of[c.key], c.start, c.end) for c in chunks)],
+            window=self._window,
+            device=self.device,
+        )
+        packing = _Packing(
+            layout,
+            ids=[*(fed[k][0] for k in plain), *(t for k in drafting for t in fed[k])],
+            keys=list(plain),
+            choose=list(range(len(plain))),
+            offsets=list(range(len(plain))),
+        )
+        for key, span in zip(drafting, layout.chunks[: len(drafting)], strict=True):
+            packing.choose_from(key, range(span.offset, span.offset + span.count))
+        for chunk, prompt, span in zip(
+            chunks, prompts, layout.chunks[len(drafting) :], strict=True
+        ):
+            packing.ids += prompt
+            if chunk.end == len(self.rows[chunk.key].request.input_ids):
+                packing.choose_from(chunk.key, [span.offset + span.count - 1])
+        return packing
 
     def _propose(self, key: int, limit: int) -> list[int]:
         """Row ``key``'s draft: at most ``limit`` tokens, and never past its slot."""

@@ -128,6 +128,8 @@ class TokenChooser:
         the same seed. Returns the Steps in order, each row's in sequence; a row's first
         Step says how many tokens it drafted and how many were accepted."""
         snapshots = {i: _Snapshot(rows[i]) for i, draft in enumerate(drafts) if draft}
+        if not snapshots:  # nobody drafted: one position per row, in order
+            return self.choose(rows, logits)
         chosen: list[list[Step]] = [[] for _ in rows]
         alive = list(range(len(rows)))
         try:

@@ -1,12 +1,11 @@
 """What the scheduler hands the runner each step, and what comes back (torch-free).
 
 The pipeline of one step: the scheduler (scheduler.py) owns every row's progress and
-writes a Plan: these rows decode one token (some may also verify draft tokens), these
-prompt chunks are prefilled. The
-runner (runner.py) computes all of it in one packed forward over the KV arena
-(packed.py, kv_arena.py), chooses tokens (sampling.py) and returns one Step per token
-produced (several for a row whose draft was accepted); the scheduler then decides, in
-one place, whether each row goes on (``finish_reason``).
+writes a Plan: these rows decode one token (and may verify draft tokens), these prompt
+chunks are prefilled. The runner (runner.py) computes all of it in one packed forward
+over the KV arena (packed.py, kv_arena.py), chooses tokens (sampling.py) and returns one
+Step per token produced (several for a row whose draft was accepted); the scheduler then
+decides, in one place, whether each row goes on (``finish_reason``).
 """
 
 from __future__ import annotations
