@@ -221,7 +221,7 @@ def _oracle_drafts(engine: GenerationEngine, outputs: dict[tuple[int, ...], list
 
     def propose(key: int, limit: int) -> list[int]:
         row = runner.rows[key]
-        draft = outputs[row.request.input_ids][row.produced : row.produced + limit]
+        draft = list(outputs[row.request.input_ids][row.produced : row.produced + limit])
         if next(calls) % 3 == 0 and len(draft) > 2:
             draft[2] = (draft[2] + 1) % runner.vocab
         return draft
@@ -255,6 +255,47 @@ def test_other_architectures_decode_the_same_with_drafts(
             )
         drafted, accepted = _drafted(on)
         assert 0 < accepted < drafted, (drafted, accepted)
+    finally:
+        engine.close()
+
+
+def test_seeded_sampling_gives_the_same_text_with_drafts_for_every_seed(
+    tiny_model_dir: Path, model_cache_dir: Path
+) -> None:
+    """The token distribution of a sampled row does not change with speculation: for 40
+    seeds at temperature 1 (a flat distribution, where drafts are often rejected), the
+    text with drafts is the text without them, token for token."""
+    engine = _engine(tiny_model_dir, model_cache_dir, max_batch_size=8, max_queue=64)
+    try:
+        requests = [
+            _request(engine, COPY, n=12, rid=f"s{seed}", token_details=True,
+                     sampling=SamplingParams(1.0, top_k=50, seed=seed))
+            for seed in range(40)
+        ]  # fmt: skip
+        off = _run(engine, [_replace(r, speculative=False) for r in requests])
+        # Drafts: the greedy continuation, which sampling mostly does not follow.
+        greedy = _run(engine, [_replace(r, sampling=SamplingParams()) for r in requests[:1]])
+        _oracle_drafts(engine, {requests[0].input_ids: [t.id for t in greedy[0].tokens]})
+        on = _run(engine, [_replace(r) for r in requests])
+        assert [[t.id for t in c.tokens] for c in on] == [[t.id for t in c.tokens] for c in off]
+        assert len({c.text for c in on}) > 20  # the seeds do sample different texts
+        assert _drafted(on)[0] > 0
+    finally:
+        engine.close()
+
+
+def test_the_serial_runner_does_not_speculate(
+    model_dirs: Callable[[str], Path], model_cache_dir: Path
+) -> None:
+    config = ServerConfig(model=str(model_dirs("gpt2")), cache_dir=str(model_cache_dir))
+    engine = GenerationEngine(load_model(config), limits=BatchLimits(speculative_tokens=8))
+    try:
+        if engine.arena.mode != "serial":
+            pytest.skip("this transformers serves GPT-2 in the packed step")
+        assert engine.limits.speculative_tokens == 0 and engine.speculative_ngram is None
+        [chunk] = _run(engine, [_request(engine, COPY, n=8, min_new_tokens=8)])
+        assert chunk.completion.usage.generated_tokens == 8
+        assert _drafted([chunk]) == (0, 0)
     finally:
         engine.close()
 
