@@ -210,12 +210,12 @@ def main() -> None:
             info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).kv_cache
             warm(stub, args.warm)
             texts = workloads()
-            results = {
-                name: [
-                    compare(stub, texts[name], n, args.tokens, args.repeats) for n in args.streams
-                ]
-                for name in args.workloads
-            }
+            results: dict[str, list[dict[str, Any]]] = {}
+            for name in args.workloads:
+                for n in args.streams:
+                    row = compare(stub, texts[name], n, args.tokens, args.repeats)
+                    results.setdefault(name, []).append(row)
+                    print(f"{name} x{n}: {row['tokens_per_s_ratio']:.2f}x", file=sys.stderr)
         finally:
             process.terminate()
             process.wait(60)
