@@ -130,14 +130,16 @@ def stream_once(stub: Any, request: pb.GenerateRequest, start: threading.Barrier
 
 
 def start_streams(
-    stub: Any, requests: list[pb.GenerateRequest]
+    stub: Any, requests: list[pb.GenerateRequest], call: Any = None
 ) -> tuple[list[threading.Thread], list[dict[str, Any]]]:
-    """One thread per request, all released together; each fills its result as it ends."""
+    """One thread per request, all released together; each fills its result as it ends.
+    ``call(stub, request, barrier)`` streams one (default ``stream_once``)."""
+    call = call or stream_once
     barrier = threading.Barrier(len(requests))
     results: list[dict[str, Any]] = [{} for _ in requests]
 
     def run(i: int) -> None:
-        results[i] = stream_once(stub, requests[i], barrier)
+        results[i] = call(stub, requests[i], barrier)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
     for t in threads:

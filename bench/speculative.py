@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
 import grpc  # noqa: E402
-from concurrency import PROMPTS  # noqa: E402
+from concurrency import PROMPTS, start_streams  # noqa: E402
 from stream import model_dirs, start_server  # noqa: E402
 from zopilot_client.pb import generation_pb2 as pb  # noqa: E402
 from zopilot_client.pb import generation_pb2_grpc  # noqa: E402
@@ -110,15 +110,7 @@ def stream_one(stub: Any, request: pb.GenerateRequest, start: threading.Barrier)
 
 
 def run_streams(stub: Any, requests: list[pb.GenerateRequest]) -> list[dict[str, Any]]:
-    barrier = threading.Barrier(len(requests))
-    results: list[dict[str, Any]] = [{} for _ in requests]
-
-    def run(i: int) -> None:
-        results[i] = stream_one(stub, requests[i], barrier)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
+    threads, results = start_streams(stub, requests, call=stream_one)
     for t in threads:
         t.join()
     return results
