@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from support import load_script
@@ -258,3 +261,85 @@ def test_flags_in_docs_exist():
         if flag not in known
     }
     assert not unknown, f"flags the docs name that no code defines: {sorted(unknown)}"
+
+
+def test_metric_names_in_docs_exist():
+    """Every ``zopilot_*`` name the docs give (metrics, gauges) is defined by the server."""
+    source = "\n".join(path.read_text() for path in (REPO / "server").rglob("*.py"))
+    named = {name for text in _texts().values() for name in re.findall(r"\bzopilot_\w+", text)}
+    assert "zopilot_num_requests_waiting" in named
+    # prometheus-client adds _total to a counter's name.
+    missing = sorted(n for n in named if n not in source and n.removesuffix("_total") not in source)
+    assert not missing, f"names the docs give that the server does not define: {missing}"
+
+
+# The repository folders whose files the docs name by path.
+_PATH = re.compile(r"`((?:bench|tests|tests_quant|scripts|deploy|protos|docker|docs)/[^`\s*{]*)`")
+
+
+def test_file_paths_in_docs_exist():
+    named = {path for text in _texts().values() for path in _PATH.findall(text)}
+    assert "deploy/kubernetes/" in named
+    missing = sorted(path for path in named if not (REPO / path).exists())
+    assert not missing, f"paths the docs name that do not exist: {missing}"
+
+
+# --- The benchmark figures: bench/plot.py draws them from the JSON committed beside them.
+FIGURES = DOCS / "figures"
+
+
+def _plot_module() -> ModuleType:
+    """``bench/plot.py`` imported (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_plot", REPO / "bench" / "plot.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plot_reads_the_benches_figures(tmp_path):
+    plot = _plot_module()
+    report = {
+        "benchmark": "concurrency",
+        "results": [
+            {"n": 8, "grpc": {"tokens_per_s": 70.0}, "in_process": {"tokens_per_s": 80.0}},
+            {"n": 1, "grpc": {"tokens_per_s": 19.0}, "in_process": {"tokens_per_s": 20.0}},
+        ],
+    }
+    assert plot.tokens_per_s_series(report) == {
+        "n": [1, 8],
+        "grpc": [19.0, 70.0],
+        "in_process": [20.0, 80.0],
+    }
+    figures = {"ttft_p50_s": 0.2, "ttft_p90_s": 0.3, "itl_p50_ms": 80, "itl_p99_ms": 140}
+    serving = {
+        "benchmark": "serving",
+        "reuse_on": {"warm": {"requests": 24}, "chats": figures},
+        "reuse_on_stall_1.5": {"chats": figures},
+        "reuse_off": {"chats": figures},
+    }
+    labels = [row["label"] for row in plot.latency_rows(serving)]
+    assert labels == ["chats", "chats (stall_1.5)"]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(serving))
+    with pytest.raises(ValueError, match=re.escape("not the JSON of bench/concurrency.py")):
+        plot.load_report(wrong, "concurrency")
+    with pytest.raises(ValueError, match="no prefix-cache-on"):
+        plot.latency_rows({"benchmark": "serving", "reuse_off": {"chats": figures}})
+
+
+def test_benchmarks_page_shows_every_figure_drawn_from_committed_json(tmp_path):
+    plot = _plot_module()
+    page = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    for name in plot.FIGURES.values():
+        assert f"](figures/{name})" in page, f"docs/benchmarks.md does not show {name}"
+        assert (FIGURES / name).is_file(), name
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "plot.py"), "--out", str(tmp_path), "--label", "t",
+         "--concurrency", str(FIGURES / "concurrency.json"),
+         "--serving", str(FIGURES / "serving.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in plot.FIGURES.values():
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), name
