@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# zopilotgpu: the verified CUDA image. README.md ("Docker image") says how to build and run.
+# zopilotgpu: the verified CUDA image. docs/docker.md says how to build and run.
 #
 # The layers follow the build hierarchy, each tier proven before the next builds on it:
 #   1. CUDA 12.4.1 devel base; Python 3.10 and Tesseract (bundled OCR) from apt, in a venv;

@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install run test proto proto-baseline lint format check clean
+.PHONY: help install run test proto proto-baseline lint format check docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -70,7 +70,12 @@ format: install ## ruff fix + format
 
 check: lint test ## everything a reviewer runs
 
-# --- The CUDA image (README.md, "Docker image"). CI has no Docker: `make test` runs the
+# The docs site (mkdocs.yml, docs/). `make test` runs the same strict build in
+# tests/test_docs.py: a broken link or anchor, or a page missing from nav, fails.
+docs: install ## build the docs site into site/ (mkdocs --strict)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# --- The CUDA image (docs/docker.md). CI has no Docker: `make test` runs the
 # image checks (tests/test_image_*.py) and verify-env; docker-build needs a Docker engine.
 IMAGE ?= zopilotgpu:latest
 DOCKER_BUILD_ARGS ?=
@@ -91,7 +96,7 @@ verify-env: install ## check .venv against constraints.txt (dev profile: CPU tor
 image-check: install ## the image checks CI runs without Docker (static + pip dry-run)
 	$(PY) scripts/image_checks.py
 
-# --- Quantization (README.md, "Quantization"). The image's bitsandbytes 0.45 quantizes
+# --- Quantization (docs/concepts/quantization.md). The image's bitsandbytes 0.45 quantizes
 # on CUDA only; a second venv with transformers 4.57.6 and bitsandbytes 0.50.2 (pins in
 # constraints-quant.txt, same CPU torch) runs 8-bit / 4-bit for real on CPU. About a
 # minute to install, once; `make test` runs this suite after the main one.
@@ -118,4 +123,4 @@ bench-documents: install ## DocumentParse docs/s: gRPC workers vs docstrange in-
 	$(PY) bench/documents.py
 
 clean: ## remove the venv and caches
-	rm -rf $(VENV) $(QVENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(QVENV) .cache .pytest_cache .ruff_cache site

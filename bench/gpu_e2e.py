@@ -1,7 +1,7 @@
 """End to end on a GPU: the KV arena serving bf16, 8-bit and 4-bit against in-process generate.
 
 Prepared for the sessions that are lent a GPU (run it once and paste the JSON into the
-README's Benchmarks table). For each mode (none = bf16, 8bit, 4bit) on a random-weight
+table in docs/benchmarks.md). For each mode (none = bf16, 8bit, 4bit) on a random-weight
 model of Llama-3-8B's shape (bench/gpu_quant.py builds and saves it once):
 
 1. in process: the model loaded as the server loads it, ``generate`` over N prompts of

@@ -1,4 +1,4 @@
-"""The README's module table names every server module, and only modules that exist.
+"""The module map of docs/architecture.md names every server module, and only those.
 
 A new module without a row fails here, by name, until its row is written: the table is
 the map a newcomer reads first, and a map that leaves out a module misleads.
@@ -11,21 +11,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "server" / "zopilot_server"
-README = ROOT / "README.md"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 _ROW = re.compile(r"^\|(?P<first>[^|]*)\|")
 _NAME = re.compile(r"`([^`]+\.py)`")
 
 
-def table_modules(readme: str) -> list[str]:
-    """Module paths (relative to the package) from the README table headed ``| module |``.
+def table_modules(page: str) -> list[str]:
+    """Module paths (relative to the package) from the table headed ``| module |``.
 
     The first cell of a row names one or more modules in backticks; a name without a
     folder shares the folder of the name before it (``generation/a.py``, ``b.py``).
     """
-    lines = readme.splitlines()
+    lines = page.splitlines()
     header = [i for i, line in enumerate(lines) if re.match(r"^\|\s*module\s*\|", line)]
-    assert len(header) == 1, f"expected one README table headed '| module |', found {len(header)}"
+    assert len(header) == 1, f"expected one table headed '| module |', found {len(header)}"
     names: list[str] = []
     for line in lines[header[0] + 2 :]:  # past the header and its --- row
         row = _ROW.match(line)
@@ -50,7 +50,7 @@ def package_modules() -> list[str]:
 
 
 def test_table_parsing_reads_folders_and_shared_rows():
-    readme = "\n".join(
+    page = "\n".join(
         [
             "text | with a bar",
             "| module | what it owns |",
@@ -62,7 +62,7 @@ def test_table_parsing_reads_folders_and_shared_rows():
             "| `after.py` | another table |",
         ]
     )
-    assert table_modules(readme) == [
+    assert table_modules(page) == [
         "app.py",
         "generation/a.py",
         "generation/b.py",
@@ -70,8 +70,8 @@ def test_table_parsing_reads_folders_and_shared_rows():
     ]
 
 
-def test_readme_module_table_matches_the_tree():
-    listed = table_modules(README.read_text(encoding="utf-8"))
+def test_module_map_matches_the_tree():
+    listed = table_modules(ARCHITECTURE.read_text(encoding="utf-8"))
     on_disk = package_modules()
     repeated = sorted({name for name in listed if listed.count(name) > 1})
     missing = [name for name in on_disk if name not in listed]
@@ -79,13 +79,14 @@ def test_readme_module_table_matches_the_tree():
     problems = []
     if missing:
         problems.append(
-            "server modules with no row in README.md's module table (## Development): "
-            + ", ".join(missing)
+            "server modules with no row in docs/architecture.md's module map: " + ", ".join(missing)
         )
     if stale:
         problems.append(
-            "README.md's module table names modules that do not exist: " + ", ".join(stale)
+            "docs/architecture.md's module map names modules that do not exist: " + ", ".join(stale)
         )
     if repeated:
-        problems.append("README.md's module table lists more than once: " + ", ".join(repeated))
+        problems.append(
+            "docs/architecture.md's module map lists more than once: " + ", ".join(repeated)
+        )
     assert not problems, "\n".join(problems)

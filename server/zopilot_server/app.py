@@ -161,11 +161,11 @@ class RunningServer:
         task.add_done_callback(self._health_tasks.discard)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain so that no answer is lost (README "Shutdown"): NOT_SERVING; requests still
-        queued are refused at once (UNAVAILABLE + RetryInfo: another replica takes them);
-        running generations finish, or end with SHUTDOWN and their text shortly before the
-        grace runs out; then the server stops and the scheduler thread is joined, so no
-        model step is running when the process exits."""
+        """Drain so that no answer is lost (docs/operations.md, "Draining"): NOT_SERVING;
+        requests still queued are refused at once (UNAVAILABLE + RetryInfo: another
+        replica takes them); running generations finish, or end with SHUTDOWN and their
+        text shortly before the grace runs out; then the server stops and the scheduler
+        thread is joined, so no model step is running when the process exits."""
         grace = self.config.grace_period_s if grace is None else grace
         log.info("draining (grace %.1f s)", grace)
         await self.health.enter_graceful_shutdown()

@@ -49,7 +49,7 @@ class ServerConfig:
     )
     log_level: str = _opt("log level", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
-    # --- operations: metrics, TLS, key file, tracing (README: Metrics / TLS / Tracing) ---
+    # --- operations: metrics, TLS, key file, tracing (docs/operations.md) ---
     metrics_port: int = _opt("Prometheus /metrics HTTP port on --host (0 = off)", 0)
     tls_cert: str = _opt("PEM server certificate chain; with --tls-key serves TLS", "")
     tls_key: str = _opt("PEM private key of --tls-cert", "")
@@ -90,7 +90,7 @@ class ServerConfig:
     bnb_double_quant: bool = _opt("4-bit: quantize the quantization constants too", False)
     bnb_int8_threshold: float = _opt("8-bit: LLM.int8() outlier threshold", 6.0)
 
-    # --- other protocols on the same port (README "Other protocols") ---
+    # --- other protocols on the same port (docs/api/kserve.md, docs/api/tgis.md) ---
     protocols: str = _opt(
         "comma-separated APIs to serve besides health and reflection: zopilot (zopilot.v1), "
         "kserve (KServe v2 / Triton inference.GRPCInferenceService), tgis "
@@ -116,7 +116,7 @@ class ServerConfig:
     max_queue: int = _opt(
         "requests that may wait to join the running batch; beyond it RESOURCE_EXHAUSTED", 32
     )
-    # Continuous batching (README "Batching" says how to size these on a GPU).
+    # Continuous batching (docs/operations.md, "Sizing a GPU", says how to size these).
     max_batch_size: int = _opt(
         "requests decoded together in one step (continuous batching); 1 = one at a time", 16
     )
@@ -138,7 +138,7 @@ class ServerConfig:
         "steadier streams",
         2.0,
     )
-    # Speculative decoding (README "Batching"): drafts from the request's own text.
+    # Speculative decoding (docs/concepts/speculative.md): drafts from the request's own text.
     speculative_tokens: int = _opt(
         "most draft tokens a decoding request verifies per step (n-gram speculation: "
         "tokens that followed the text's latest n tokens earlier in the prompt or "
@@ -155,7 +155,7 @@ class ServerConfig:
         "right less often",
         2,
     )
-    # The KV arena (README "Batching": how to size it on a GPU).
+    # The KV arena (docs/operations.md, "Sizing a GPU": how to size it).
     kv_cache_memory_fraction: float = _opt(
         "CUDA: share of the GPU memory free after loading the model that the KV arena "
         "takes (like vLLM's gpu_memory_utilization)",

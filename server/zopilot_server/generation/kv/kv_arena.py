@@ -13,7 +13,7 @@ would have to be gathered into a contiguous tensor for every layer of every step
 which is the copy this arena exists to remove. The price is that every slot reserves
 the full capacity; on CPU the buffers come from calloc'ed pages (numpy), so unused
 columns cost address space, not RSS, and on CUDA the capacity is sized from the
-memory budget (README "Batching" says how).
+memory budget (docs/operations.md, "Sizing a GPU", says how).
 """
 
 from __future__ import annotations

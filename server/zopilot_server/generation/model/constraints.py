@@ -2,7 +2,7 @@
 
 The grammar engine is llguidance (Rust, no dependencies, one abi3 wheel for Python 3.10
 and later, about 0.05 ms per row and step for SmolLM2's 49k vocabulary on one CPU core;
-why not xgrammar or outlines-core: README "Structured output"). A constraint is
+why not xgrammar or outlines-core: docs/concepts/structured-output.md). A constraint is
 compiled once (``ConstraintCompiler``: an LRU of compiled grammars keyed by kind and
 text) into a prototype matcher that is never advanced; each request gets its own copy
 (``Constraint.start``), which the runner asks for the allowed tokens before every step
