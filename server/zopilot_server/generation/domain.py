@@ -79,6 +79,19 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+class LoraAdapter(Protocol):
+    """A loaded LoRA adapter (loading/adapters.Adapter), as a request carries it: the
+    request holds it from validation to its end, so unloading it never pulls the
+    weights from under a request already admitted."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def cache_key(self) -> str: ...
+
+    running: int  # rows in the batch using it (counted by the runner)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """A validated request: prompt already tokenized and truncated, limits resolved."""
@@ -103,6 +116,14 @@ class GenerationRequest:
     constraint: CompiledConstraint | None = None
     # Neither reuse another request's cached prompt KV nor leave ours for others.
     private: bool = False
+    # The LoRA adapter applied to this row's tokens; None = the base model.
+    adapter: LoraAdapter | None = None
+
+    @property
+    def prefix_namespace(self) -> str:
+        """What the prefix cache keys this request's KV under besides its tokens: the
+        same tokens through another adapter have other KV, so they never share."""
+        return self.adapter.cache_key if self.adapter is not None else ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,7 @@ class Usage:
     generated_tokens: int
     input_truncated: bool
     cached_input_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    adapter: str = ""  # the LoRA adapter that served it ("" = the base model)
 
 
 @dataclass(frozen=True)
@@ -256,3 +278,32 @@ class PromptTooLong(ValueError):
 
 class ConstraintUnavailable(Exception):
     """This server cannot enforce constraints (no grammar engine, or a slow tokenizer)."""
+
+
+class AdapterNotFound(LookupError):
+    """No adapter of that name is loaded (NOT_FOUND)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"adapter {name!r} is not loaded (ListAdapters shows those that are)")
+
+
+class AdapterRejected(ValueError):
+    """An adapter that cannot be loaded. ``fits`` False: it does not fit this base model
+    or server (FAILED_PRECONDITION); True: the request or the files are bad
+    (INVALID_ARGUMENT on ``field``)."""
+
+    def __init__(self, message: str, *, field: str = "path", fits: bool = True) -> None:
+        super().__init__(message)
+        self.field, self.message, self.fits = field, message, fits
+
+
+class AdapterExists(ValueError):
+    """LoadAdapter with a name already loaded (ALREADY_EXISTS)."""
+
+
+class AdapterLimit(Exception):
+    """--max-loras adapters are resident already (RESOURCE_EXHAUSTED)."""
+
+
+class AdapterAdminDisabled(Exception):
+    """LoadAdapter / UnloadAdapter without --adapter-admin (PERMISSION_DENIED)."""

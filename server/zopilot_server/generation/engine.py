@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from ..config import ServerConfig
 from .domain import Chunk, EngineLoad, GenerationRequest
 from .kv.kv_arena import ArenaBudget, ArenaSize, arena_shape, budget_bytes, plan_size
+from .loading.adapters import AdapterRegistry
 from .loading.model_loader import LoadedModel
+from .model import lora
 from .model.constraints import ConstraintCompiler
 from .model.runner import build_runner
 from .output.chunk_channel import ChunkChannel, ResultCollector
@@ -84,6 +87,9 @@ class GenerationEngine:
         budget: ArenaBudget | None = None,
         prefix_cache: bool = True,
         stream_interval_s: float = 0.0,
+        adapters: Sequence[tuple[str, str]] = (),
+        max_loras: int = 8,
+        max_lora_rank: int = 64,
     ) -> None:
         limits = limits or batch_limits(ServerConfig())
         budget = budget or arena_budget(ServerConfig())
@@ -109,6 +115,17 @@ class GenerationEngine:
             else "off",
             f" ({self.arena.reason})" if self.arena.reason else "",
         )
+        self.adapters = AdapterRegistry(
+            loaded.model,
+            max_loras,
+            max_lora_rank,
+            unavailable=""
+            if self.arena.mode == "arena"
+            else "this model runs serially (one request at a time, the model's own forward)",
+        )
+        self.adapters.on_load.append(functools.partial(lora.install, loaded.model))
+        for name, path in adapters:  # --lora: a bad one stops the start, naming why
+            self.adapters.load(name, path)
         self.scheduler = Scheduler(runner, self._streamer_for, limits)
 
     # The scheduler's public face, so callers need not know the engine is composed.

@@ -62,6 +62,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             config=self._config,
             constraints=engine.constraints,
             grpc_time_remaining=context.time_remaining(),
+            adapters=engine.adapters,
         )
         log.debug("request %s: %d input tokens", domain.request_id, len(domain.input_ids))
         return engine, domain
@@ -189,6 +190,7 @@ def completion_to_pb(completion: Completion, response: pb.GenerateResponse) -> N
             generated_tokens=usage.generated_tokens,
             input_truncated=usage.input_truncated,
             cached_input_tokens=usage.cached_input_tokens,
+            adapter=usage.adapter,
         )
     )
     response.timings.CopyFrom(

@@ -31,7 +31,7 @@ from ..kv.kv_arena import ArenaSize, KVArena, arena_shape
 from ..kv.prefix_cache import BLOCK_TOKENS, PrefixIndex
 from ..loading.model_loader import LoadedModel
 from ..sched.plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
-from . import packed
+from . import lora, packed
 from .sampling import RowState, TokenChooser, new_row
 
 log = logging.getLogger(__name__)
@@ -113,15 +113,21 @@ class ModelRunner(_ModelCalls):
         for spec in specs:
             request = spec.request
             cached[spec.key] = self.arena.assign(
-                spec.key, request.input_ids, private=request.private
+                spec.key,
+                request.input_ids,
+                private=request.private,
+                namespace=request.prefix_namespace,
             )
+            if request.adapter is not None:
+                request.adapter.running += 1
         self._new_rows(specs)
         return cached
 
     @_inference
     def reuse(self, key: int) -> int:
         """The prompt tokens row ``key`` now finds cached (it waited for a prefix)."""
-        return self.arena.refresh(key, self.rows[key].request.input_ids)
+        request = self.rows[key].request
+        return self.arena.refresh(key, request.input_ids, namespace=request.prefix_namespace)
 
     @_inference
     def step(self, plan: Plan) -> list[Step]:
@@ -145,7 +151,11 @@ class ModelRunner(_ModelCalls):
             if chunk.end == len(self.rows[chunk.key].request.input_ids):
                 choose.append(span.offset + span.count - 1)
                 keys.append(chunk.key)
-        logits = self._logits(ids, layout, choose)
+        adapters = [self.rows[key].request.adapter for key in decode]
+        for chunk in plan.chunks:
+            adapters += [self.rows[chunk.key].request.adapter] * (chunk.end - chunk.start)
+        with lora.applying(lora.token_groups(adapters, self.device)):  # type: ignore[arg-type]
+            logits = self._logits(ids, layout, choose)
         steps = self._chooser.choose([self.rows[k] for k in keys], logits) if keys else []
         for key, token in zip(decode, fed, strict=True):  # the fed tokens' KV is in the slots
             arena.wrote(key, [token])
@@ -158,7 +168,9 @@ class ModelRunner(_ModelCalls):
         into them: the packed step reads any set of slots in place)."""
         for key in keys:
             self.arena.release(key)
-            self.rows.pop(key, None)
+            row = self.rows.pop(key, None)
+            if row is not None and row.request.adapter is not None:
+                row.request.adapter.running -= 1
 
     @_inference
     def probe(self, key: int, token: int) -> torch.Tensor:

@@ -160,6 +160,7 @@ class TokenStreamer(TextIteratorStreamer):
                 generated_tokens=self.generated_tokens,
                 input_truncated=self.request.input_truncated,
                 cached_input_tokens=self.control.cached_tokens,
+                adapter=self.request.adapter.name if self.request.adapter is not None else "",
             ),
             timings=Timings(
                 queue_ms=(self.started_at - arrival) * 1000,

@@ -367,6 +367,8 @@ class Scheduler:
             prompt = row.request.input_ids
             best, share = None, 0
             for leader in leaders:
+                if leader.request.prefix_namespace != row.request.prefix_namespace:
+                    continue  # another adapter's KV is not this row's
                 shared = _shared_blocks(prompt, leader.request.input_ids, block)
                 if shared > share:
                     best, share = leader, shared
