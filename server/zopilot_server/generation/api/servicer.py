@@ -16,12 +16,20 @@ from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 
 from ...config import ServerConfig
-from ..domain import Chunk, Completion, GenerationRequest, ModelLoading, TokenDetail
+from ..domain import (
+    AdapterAdminDisabled,
+    Chunk,
+    Completion,
+    GenerationRequest,
+    ModelLoading,
+    TokenDetail,
+)
 from ..engine import (
     GenerationEngine,
     complete_generation,
     stream_chunks,
 )
+from ..loading.adapters import Adapter, AdapterRegistry
 from ..loading.model_loader import LoadedModel
 from .requests import truncate_left
 from .send_deadline import sent_within
@@ -94,6 +102,36 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     ) -> pb.ModelInfo:
         return model_info(self.ready_engine(), self._config)
 
+    async def LoadAdapter(
+        self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdapterInfo:
+        registry = self._admin_registry()
+        # Reading and checking the files takes a while: not on the event loop.
+        return adapter_to_pb(await asyncio.to_thread(registry.load, request.name, request.path))
+
+    async def UnloadAdapter(
+        self, request: pb.UnloadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadAdapterResponse:
+        adapter = self._admin_registry().unload(request.name)
+        return pb.UnloadAdapterResponse(running_requests=adapter.running)
+
+    async def ListAdapters(
+        self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAdaptersResponse:
+        registry = self.ready_engine().adapters
+        return pb.ListAdaptersResponse(
+            adapters=[adapter_to_pb(a) for a in registry.list()],
+            max_loras=registry.max_loras,
+            max_lora_rank=registry.max_rank,
+        )
+
+    def _admin_registry(self) -> AdapterRegistry:
+        if not self._config.adapter_admin:
+            raise AdapterAdminDisabled(
+                "loading and unloading adapters is off on this server (--adapter-admin)"
+            )
+        return self.ready_engine().adapters
+
 
 def tokenize(engine: GenerationEngine, request: pb.TokenizeRequest) -> pb.TokenizeResponse:
     tokenizer = engine.loaded.tokenizer
@@ -157,6 +195,21 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
             max_step_stall=engine.limits.max_step_stall,
             max_prefill_tokens=engine.limits.max_prefill_tokens,
         ),
+        adapters=[adapter_to_pb(a) for a in engine.adapters.list()],
+        max_loras=engine.adapters.max_loras,
+        max_lora_rank=engine.adapters.max_rank,
+    )
+
+
+def adapter_to_pb(adapter: Adapter) -> pb.AdapterInfo:
+    return pb.AdapterInfo(
+        name=adapter.name,
+        path=adapter.path,
+        rank=adapter.rank,
+        scaling=adapter.scaling,
+        target_modules=list(adapter.target_modules),
+        bytes=adapter.bytes,
+        base_model=adapter.base_model,
     )
 
 

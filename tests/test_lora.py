@@ -1,0 +1,433 @@
+"""LoRA adapters per request (docs/adapters.md): adapters made here with peft on the tiny
+random Llama (random A and B, so the text changes), served over real gRPC, each row's
+greedy tokens compared with transformers' ``generate`` of the base with that adapter
+merged (peft's ``merge_and_unload``), alone and mixed in one packed forward; then every
+hostile case of the flags, fields and RPCs, the server serving on after each."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import torch
+from support import InProcessServer, field_violations, wait_until
+from zopilot_client.pb import generation_pb2 as pb
+from zopilot_client.pb import generation_pb2_grpc
+from zopilot_server.config import ServerConfig, load_config
+from zopilot_server.generation.domain import AdapterRejected, GenerationRequest
+from zopilot_server.generation.kv.kv_arena import ArenaSize
+from zopilot_server.generation.kv.prefix_cache import BLOCK_TOKENS, PrefixIndex
+from zopilot_server.generation.loading.adapters import AdapterRegistry
+from zopilot_server.generation.loading.model_loader import load_model
+from zopilot_server.generation.model import lora
+from zopilot_server.generation.model.runner import ModelRunner
+from zopilot_server.generation.sched.plan import Plan, PrefillChunk, RowSpec
+
+ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROMPT = "The old lighthouse keeper wrote"
+N = 12  # tokens per comparison
+
+
+def make_adapter(base_dir: Path, out: Path, *, rank: int, targets: list[str], seed: int) -> Path:
+    """A peft LoRA adapter with random A and B (init_lora_weights=False) saved in ``out``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False
+    )
+    get_peft_model(base, config).save_pretrained(str(out))
+    return out
+
+
+def merged_greedy(base_dir: Path, adapter_dir: Path | None, ids: list[int], n: int) -> list[int]:
+    """transformers' greedy tokens of the base, with ``adapter_dir`` merged into it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    prompt = torch.tensor([ids])
+    with torch.inference_mode():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=model.generation_config.pad_token_id,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    made = {
+        "alpha": make_adapter(tiny_model_dir, root / "alpha", rank=8, targets=ALL_MODULES, seed=1),
+        "beta": make_adapter(
+            tiny_model_dir, root / "beta", rank=4, targets=["q_proj", "v_proj"], seed=2
+        ),
+        "big": make_adapter(tiny_model_dir, root / "big", rank=16, targets=["q_proj"], seed=3),
+    }
+    # Another base: the same architecture and module names, hidden size 32 instead of 64.
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    other = LlamaConfig.from_pretrained(str(tiny_model_dir))
+    other.hidden_size, other.intermediate_size = 32, 64
+    other_dir = root / "other-base"
+    AutoModelForCausalLM.from_config(other).save_pretrained(str(other_dir))
+    made["wrong-base"] = make_adapter(
+        other_dir, root / "wrong-base", rank=4, targets=["q_proj"], seed=4
+    )
+    corrupt = root / "corrupt"
+    shutil.copytree(made["alpha"], corrupt)
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\xff" * 64 + b"not safetensors")
+    made["corrupt"] = corrupt
+    made["empty"] = root / "empty"
+    made["empty"].mkdir()
+    no_weights = root / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(made["alpha"] / "adapter_config.json", no_weights)
+    made["no-weights"] = no_weights
+    return made
+
+
+@pytest.fixture(scope="module")
+def server(tiny_config: ServerConfig, adapters: dict[str, Path]) -> Iterator[InProcessServer]:
+    config = dataclasses.replace(
+        tiny_config,
+        lora=(f"alpha={adapters['alpha']}", f"beta={adapters['beta']}"),
+        max_loras=3,
+        max_lora_rank=8,
+        adapter_admin=True,
+    )
+    running = InProcessServer(config)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def stub(server: InProcessServer) -> Iterator[generation_pb2_grpc.GenerationStub]:
+    with server.channel() as channel:
+        yield generation_pb2_grpc.GenerationStub(channel)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(server: InProcessServer) -> list[int]:
+    with server.channel() as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        return list(stub.Tokenize(pb.TokenizeRequest(text=PROMPT)).ids)
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tiny_model_dir: Path, adapters: dict[str, Path], prompt_ids: list[int]
+) -> dict[str, list[int]]:
+    return {
+        name: merged_greedy(tiny_model_dir, adapters.get(name), prompt_ids, N)
+        for name in ("alpha", "beta", "")
+    }
+
+
+def generate(stub: Any, adapter: str, prompt: str = PROMPT, n: int = N, **kw: Any) -> Any:
+    request = pb.GenerateRequest(
+        prompt=prompt,
+        adapter=adapter,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        return_token_details=True,
+        **kw,
+    )
+    return stub.Generate(request, timeout=60)
+
+
+def ids(response: Any) -> list[int]:
+    return [t.id for t in response.tokens]
+
+
+# -- exactness -------------------------------------------------------------------------
+def test_each_adapter_alone_equals_the_merged_model(
+    stub: Any, reference: dict[str, list[int]]
+) -> None:
+    assert len({tuple(v) for v in reference.values()}) == 3, "the adapters must change the text"
+    for name in ("alpha", "beta", ""):
+        response = generate(stub, name)
+        assert ids(response) == reference[name], name
+        assert response.usage.adapter == name
+
+
+def test_concurrent_requests_with_different_adapters_each_equal_the_merged_model(
+    server: InProcessServer, reference: dict[str, list[int]]
+) -> None:
+    names = ["alpha", "beta", "", "alpha", "beta", ""]
+    got: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        with server.channel() as channel:
+            got[i] = ids(generate(generation_pb2_grpc.GenerationStub(channel), names[i]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert {i: got.get(i) for i in range(len(names))} == {
+        i: reference[name] for i, name in enumerate(names)
+    }
+
+
+def test_one_packed_forward_mixing_adapters_and_base_rows_is_exact(
+    tiny_model_dir: Path,
+    model_cache_dir: Path,
+    adapters: dict[str, Path],
+    prompt_ids: list[int],
+    reference: dict[str, list[int]],
+) -> None:
+    """The runner itself: three rows (alpha, beta, none) prefilled in one forward, then
+    decoded together, every step one packed forward with three token groups."""
+    loaded = load_model(ServerConfig(model=str(tiny_model_dir), cache_dir=str(model_cache_dir)))
+    runner = ModelRunner(loaded, ArenaSize(slots=4, tokens_per_slot=64, bytes=0))
+    registry = AdapterRegistry(loaded.model, max_loras=2, max_rank=8)
+    registry.on_load.append(lambda adapter: lora.install(loaded.model, adapter))
+    chosen = {
+        "alpha": registry.load("alpha", str(adapters["alpha"])),
+        "beta": registry.load("beta", str(adapters["beta"])),
+        "": None,
+    }
+    keys = {name: i for i, name in enumerate(chosen)}
+    runner.add(
+        [
+            RowSpec(keys[name], GenerationRequest(name, tuple(prompt_ids), False, N, adapter=a))
+            for name, a in chosen.items()
+        ]
+    )
+    out: dict[int, list[int]] = {k: [] for k in keys.values()}
+    plan = Plan(chunks=tuple(PrefillChunk(k, 0, len(prompt_ids)) for k in keys.values()))
+    for _ in range(N):
+        for step in runner.step(plan):
+            out[step.key].append(step.token_id)
+            runner.rows[step.key].next_input = step.token_id
+        plan = Plan(decode=tuple(keys.values()))
+    assert {name: out[k] for name, k in keys.items()} == reference
+    assert chosen["alpha"].running == 1  # type: ignore[union-attr]
+    runner.remove(list(keys.values()))
+    assert chosen["alpha"].running == 0  # type: ignore[union-attr]
+
+
+# -- the prefix cache --------------------------------------------------------------------
+def test_prefix_index_keeps_namespaces_apart() -> None:
+    index = PrefixIndex(3, "m")
+    prompt = list(range(3 * BLOCK_TOKENS + 1))
+    index.claim(0, 0, private=False, namespace="lora:a#1")
+    index.extend(0, prompt)
+    assert index.longest(prompt, namespace="lora:a#1").tokens == 3 * BLOCK_TOKENS  # type: ignore[union-attr]
+    assert index.longest(prompt) is None
+    assert index.longest(prompt, namespace="lora:b#2") is None
+    index.released(0)
+    index.claim(0, 2 * BLOCK_TOKENS, private=False)  # taken by a base row: nothing kept
+    assert index.longest(prompt, namespace="lora:a#1") is None
+
+
+def test_prefix_reuse_never_crosses_adapters(stub: Any, reference: dict[str, list[int]]) -> None:
+    long_prompt = "A shared system prompt that many users send, word after word. " * 6
+    base = generate(stub, "", prompt=long_prompt, n=4)
+    again = generate(stub, "", prompt=long_prompt, n=4)
+    assert again.usage.cached_input_tokens >= BLOCK_TOKENS, "the base rows share their prefix"
+    first = generate(stub, "alpha", prompt=long_prompt, n=4)
+    assert first.usage.cached_input_tokens == 0, "alpha must not read the base rows' KV"
+    other = generate(stub, "beta", prompt=long_prompt, n=4)
+    assert other.usage.cached_input_tokens == 0, "beta must not read alpha's KV"
+    second = generate(stub, "alpha", prompt=long_prompt, n=4)
+    assert second.usage.cached_input_tokens >= BLOCK_TOKENS
+    assert ids(second) == ids(first) and ids(again) == ids(base)
+    assert ids(first) != ids(base)
+
+
+# -- visible ---------------------------------------------------------------------------
+def test_model_info_and_list_adapters(stub: Any, adapters: dict[str, Path]) -> None:
+    info = stub.GetModelInfo(pb.GetModelInfoRequest())
+    listed = stub.ListAdapters(pb.ListAdaptersRequest())
+    assert info.max_loras == listed.max_loras == 3
+    assert info.max_lora_rank == listed.max_lora_rank == 8
+    by_name = {a.name: a for a in listed.adapters}
+    assert {"alpha", "beta"} <= set(by_name)
+    alpha, beta = by_name["alpha"], by_name["beta"]
+    assert alpha.rank == 8 and alpha.scaling == pytest.approx(2.0)
+    assert sorted(alpha.target_modules) == sorted(ALL_MODULES)
+    assert sorted(beta.target_modules) == ["q_proj", "v_proj"] and beta.rank == 4
+    assert alpha.path == str(adapters["alpha"])
+    # alpha: 2 layers x 7 modules x r x (in + out) floats
+    hidden, inter, kv = 64, 128, 32
+    sizes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden)]
+    sizes += [(hidden, inter), (hidden, inter), (inter, hidden)]
+    assert alpha.bytes == 2 * sum(8 * (i + o) * 4 for i, o in sizes)
+    assert {a.name for a in info.adapters} == set(by_name)
+
+
+# -- load, use, unload -----------------------------------------------------------------
+def test_unload_while_streaming_lets_the_stream_finish(
+    server: InProcessServer, stub: Any, adapters: dict[str, Path]
+) -> None:
+    loaded = stub.LoadAdapter(pb.LoadAdapterRequest(name="gamma", path=str(adapters["beta"])))
+    assert loaded.name == "gamma" and loaded.rank == 4
+    plain = ids(generate(stub, "gamma"))
+    assert plain == ids(generate(stub, "beta")), "the same files give the same text"
+    request = pb.GenerateRequest(
+        prompt=PROMPT, adapter="gamma", max_new_tokens=300, ignore_eos=True
+    )
+    stream = stub.GenerateStream(request, timeout=120)
+    next(stream)  # it runs
+    unloaded = stub.UnloadAdapter(pb.UnloadAdapterRequest(name="gamma"))
+    assert unloaded.running_requests == 1
+    with pytest.raises(grpc.RpcError) as refused:
+        generate(stub, "gamma")
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "gamma" in refused.value.details()
+    chunks = list(stream)
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    assert chunks[-1].usage.generated_tokens == 300 and chunks[-1].usage.adapter == "gamma"
+    with pytest.raises(grpc.RpcError) as again:
+        stub.UnloadAdapter(pb.UnloadAdapterRequest(name="gamma"))
+    assert again.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "gamma" not in {a.name for a in stub.ListAdapters(pb.ListAdaptersRequest()).adapters}
+    # the name is free again
+    stub.LoadAdapter(pb.LoadAdapterRequest(name="gamma", path=str(adapters["alpha"])))
+    assert ids(generate(stub, "gamma")) == ids(generate(stub, "alpha"))
+    stub.UnloadAdapter(pb.UnloadAdapterRequest(name="gamma"))
+
+
+def test_a_cancelled_stream_releases_its_adapter(server: InProcessServer, stub: Any) -> None:
+    engine = server.running.generation.engine
+    alpha = engine.adapters.get("alpha")
+    request = pb.GenerateRequest(
+        prompt=PROMPT, adapter="alpha", max_new_tokens=2000, ignore_eos=True
+    )
+    stream = stub.GenerateStream(request, timeout=120)
+    next(stream)
+    assert alpha.running == 1
+    stream.cancel()
+    assert wait_until(lambda: alpha.running == 0, timeout=20)
+    assert ids(generate(stub, "alpha")) == ids(generate(stub, "alpha"))
+
+
+# -- hostile ---------------------------------------------------------------------------
+def _code(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value.code(), error.value.details()
+
+
+def test_bad_adapter_fields_in_generate(stub: Any, reference: dict[str, list[int]]) -> None:
+    code, details = _code(lambda: generate(stub, "nope"))
+    assert code == grpc.StatusCode.NOT_FOUND and "'nope' is not loaded" in details
+    for bad in ("x" * 65, "a\nb", "../alpha", "alpha beta"):
+        with pytest.raises(grpc.RpcError) as error:
+            generate(stub, bad)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "adapter" in field_violations(error.value)
+        assert "\n" not in error.value.details()
+    assert ids(generate(stub, "alpha")) == reference["alpha"], "the server serves on"
+
+
+@pytest.mark.parametrize(
+    ("adapter", "code", "words"),
+    [
+        ("wrong-base", grpc.StatusCode.FAILED_PRECONDITION, "64 -> 64 in the base model but 32"),
+        (
+            "big",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "rank 16 is over this server's --max-lora-rank 8",
+        ),
+        ("corrupt", grpc.StatusCode.INVALID_ARGUMENT, "not a valid safetensors file"),
+        ("empty", grpc.StatusCode.INVALID_ARGUMENT, "adapter_config.json is missing"),
+        ("no-weights", grpc.StatusCode.INVALID_ARGUMENT, "adapter_model.safetensors is missing"),
+        ("/no/such/dir", grpc.StatusCode.INVALID_ARGUMENT, "not a directory"),
+    ],
+)
+def test_load_adapter_refuses_what_does_not_fit(
+    stub: Any, adapters: dict[str, Path], adapter: str, code: grpc.StatusCode, words: str
+) -> None:
+    path = str(adapters.get(adapter, adapter))
+    got, details = _code(lambda: stub.LoadAdapter(pb.LoadAdapterRequest(name="x", path=path)))
+    assert got == code and words in details, details
+    assert "x" not in {a.name for a in stub.ListAdapters(pb.ListAdaptersRequest()).adapters}
+    assert len(generate(stub, "beta", n=2).tokens) == 2, "the server serves on"
+
+
+def test_load_adapter_names_and_limits(stub: Any, adapters: dict[str, Path]) -> None:
+    alpha = str(adapters["alpha"])
+    code, _ = _code(lambda: stub.LoadAdapter(pb.LoadAdapterRequest(name="alpha", path=alpha)))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    for bad in ("", "a/b", "x" * 65):
+        code, _ = _code(
+            lambda bad=bad: stub.LoadAdapter(pb.LoadAdapterRequest(name=bad, path=alpha))
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # Two loads of one name at once: one wins, the other is told it exists.
+    results: list[Any] = []
+
+    def load() -> None:
+        try:
+            results.append(stub.LoadAdapter(pb.LoadAdapterRequest(name="twin", path=alpha)).name)
+        except grpc.RpcError as error:
+            results.append(error.code())
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(map(str, results)) == sorted(["twin", str(grpc.StatusCode.ALREADY_EXISTS)])
+    # alpha, beta, twin: --max-loras 3 is reached
+    code, details = _code(lambda: stub.LoadAdapter(pb.LoadAdapterRequest(name="four", path=alpha)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-loras" in details
+    stub.UnloadAdapter(pb.UnloadAdapterRequest(name="twin"))
+    code, _ = _code(lambda: stub.UnloadAdapter(pb.UnloadAdapterRequest(name="never")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_admin_rpcs_are_off_without_the_flag(
+    tiny_server: InProcessServer, adapters: dict[str, Path]
+) -> None:
+    with tiny_server.channel() as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        request = pb.LoadAdapterRequest(name="alpha", path=str(adapters["alpha"]))
+        code, details = _code(lambda: stub.LoadAdapter(request))
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "--adapter-admin" in details
+        code, _ = _code(lambda: stub.UnloadAdapter(pb.UnloadAdapterRequest(name="alpha")))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert list(stub.ListAdapters(pb.ListAdaptersRequest()).adapters) == []
+
+
+def test_lora_flag_parsing() -> None:
+    config = load_config(["--lora", "a=/x", "--lora", "b=/y=z"], env={})
+    assert config.lora_adapters == [("a", "/x"), ("b", "/y=z")]
+    assert load_config([], env={"ZOPILOT_LORA": "a=/x,b=/y"}).lora == ("a=/x", "b=/y")
+    assert load_config([], env={}).lora == ()
+    for argv in (["--lora", "nopath"], ["--lora", "a="], ["--lora", "a=/x", "--lora", "a=/y"]):
+        with pytest.raises(SystemExit):
+            load_config(argv, env={})
+    with pytest.raises(SystemExit):
+        load_config(["--lora", "a=/x", "--lora", "b=/y", "--max-loras", "1"], env={})
+
+
+def test_a_bad_adapter_at_start_stops_the_start(
+    tiny_config: ServerConfig, adapters: dict[str, Path]
+) -> None:
+    config = dataclasses.replace(tiny_config, lora=(f"bad={adapters['wrong-base']}",))
+    server = InProcessServer(config, wait_ready=False)
+    try:
+        with pytest.raises(AdapterRejected, match="trained for another base"):
+            server.wait_ready()
+    finally:
+        server.stop()
