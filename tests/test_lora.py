@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from support import InProcessServer, field_violations, wait_until
+from support import InProcessServer, field_violations, free_port, wait_until
+from test_tgis import tgis  # noqa: F401 - the TGIS client generated from protos/fmaas
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig, load_config
@@ -110,6 +111,7 @@ def server(tiny_config: ServerConfig, adapters: dict[str, Path]) -> Iterator[InP
         max_loras=3,
         max_lora_rank=8,
         adapter_admin=True,
+        metrics_port=free_port(),
     )
     running = InProcessServer(config)
     yield running
@@ -274,6 +276,42 @@ def test_model_info_and_list_adapters(stub: Any, adapters: dict[str, Path]) -> N
     assert {a.name for a in info.adapters} == set(by_name)
 
 
+def _scrape(port: int, name: str) -> list[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        return [line for line in reply.read().decode().splitlines() if line.startswith(name)]
+
+
+def test_metrics_per_adapter_and_lora_requests_info(server: InProcessServer, stub: Any) -> None:
+    port = server.config.metrics_port
+
+    def requests_of(adapter: str) -> float:
+        lines = _scrape(port, "zopilot_lora_requests_total")
+        return sum(float(x.rsplit(" ", 1)[1]) for x in lines if f'adapter="{adapter}"' in x)
+
+    before = requests_of("beta")
+    generate(stub, "beta", n=3)
+    generate(stub, "", n=3)
+    assert wait_until(lambda: requests_of("beta") == before + 1, timeout=10)
+    tokens = _scrape(port, "zopilot_lora_generation_tokens_total")
+    assert any('adapter="beta"' in line for line in tokens)
+    assert not any('adapter=""' in line for line in tokens), "base rows are not an adapter"
+    request = pb.GenerateRequest(
+        prompt=PROMPT, adapter="alpha", max_new_tokens=2000, ignore_eos=True
+    )
+    stream = stub.GenerateStream(request, timeout=120)
+    next(stream)
+    (info,) = _scrape(port, "zopilot_lora_requests_info{")
+    assert 'running_lora_adapters="alpha"' in info and 'max_lora="3"' in info
+    assert 'waiting_lora_adapters=""' in info
+    stream.cancel()
+    engine = server.running.generation.engine
+    assert wait_until(lambda: engine.load().running_adapters == (), timeout=20)
+    (info,) = _scrape(port, "zopilot_lora_requests_info{")
+    assert 'running_lora_adapters=""' in info
+
+
 # -- load, use, unload -----------------------------------------------------------------
 def test_unload_while_streaming_lets_the_stream_finish(
     server: InProcessServer, stub: Any, adapters: dict[str, Path]
@@ -431,3 +469,57 @@ def test_a_bad_adapter_at_start_stops_the_start(
             server.wait_ready()
     finally:
         server.stop()
+
+
+# -- the other protocols -------------------------------------------------------------
+def test_tgis_adapter_id_routes_to_the_adapter(
+    tgis: Any,  # noqa: F811 - the fixture imported above
+    server: InProcessServer,
+    stub: Any,
+) -> None:
+    tpb, tgrpc = tgis
+    want = {name: generate(stub, name).text for name in ("alpha", "beta", "")}
+    params = tpb.Parameters(stopping=tpb.StoppingCriteria(max_new_tokens=N, min_new_tokens=N))
+    with server.channel() as channel:
+        tgis_stub = tgrpc.GenerationServiceStub(channel)
+        for name in ("alpha", "beta", ""):
+            single = tpb.SingleGenerationRequest(
+                adapter_id=name, request=tpb.GenerationRequest(text=PROMPT), params=params
+            )
+            assert "".join(r.text for r in tgis_stub.GenerateStream(single)) == want[name]
+        batch = tpb.BatchedGenerationRequest(
+            adapter_id="beta", requests=[tpb.GenerationRequest(text=PROMPT)] * 2, params=params
+        )
+        assert [r.text for r in tgis_stub.Generate(batch).responses] == [want["beta"]] * 2
+        unknown = tpb.SingleGenerationRequest(
+            adapter_id="nope", request=tpb.GenerationRequest(text=PROMPT), params=params
+        )
+        code, _ = _code(lambda: list(tgis_stub.GenerateStream(unknown)))
+        assert code == grpc.StatusCode.NOT_FOUND
+        bad = tpb.SingleGenerationRequest(
+            adapter_id="a b", request=tpb.GenerationRequest(text=PROMPT), params=params
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            list(tgis_stub.GenerateStream(bad))
+        assert "adapter_id" in field_violations(error.value)
+
+
+def test_kserve_lora_name_routes_to_the_adapter(server: InProcessServer, stub: Any) -> None:
+    import tritonclient.grpc as triton
+    from test_kserve import llm_inputs, model_name
+    from tritonclient.utils import InferenceServerException
+
+    name = model_name(server)
+    with triton.InferenceServerClient(server.target) as client:
+        for adapter in ("alpha", "beta"):
+            want = generate(stub, adapter).text
+            inputs = llm_inputs(PROMPT, max_tokens=N, min_tokens=N, lora_name=adapter)
+            got = client.infer(name, inputs).as_numpy("text_output")[0].decode()
+            assert got == PROMPT + want
+        with pytest.raises(InferenceServerException) as unknown:
+            client.infer(name, llm_inputs(PROMPT, max_tokens=2, lora_name="nope"))
+        assert "NOT_FOUND" in str(unknown.value.status())
+        with pytest.raises(InferenceServerException) as bad:
+            client.infer(name, llm_inputs(PROMPT, max_tokens=2, lora_name=5))
+        assert "INVALID_ARGUMENT" in str(bad.value.status())
+        assert "lora_name" in bad.value.message()

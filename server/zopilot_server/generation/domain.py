@@ -194,6 +194,11 @@ class EngineLoad:
     kv_bytes: int = 0
     prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache, in total
     prefix_hit_tokens: int = 0  # of those, served from it
+    # LoRA adapters of the running and the waiting requests, and how many may be resident
+    # (the lora_requests_info gauge gateways route by)
+    running_adapters: tuple[str, ...] = ()
+    waiting_adapters: tuple[str, ...] = ()
+    max_loras: int = 0
 
 
 class QueueFull(Exception):

@@ -133,7 +133,7 @@ class GenerationEngine:
         return self.scheduler.submit(request, sink)
 
     def load(self) -> EngineLoad:
-        return self.scheduler.load()
+        return dataclasses.replace(self.scheduler.load(), max_loras=self.adapters.max_loras)
 
     def drain(self, grace_s: float) -> None:
         self.scheduler.drain(grace_s)

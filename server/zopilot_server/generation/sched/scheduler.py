@@ -26,7 +26,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -142,6 +142,11 @@ def _draining() -> EngineClosed:
     return EngineClosed("server is draining; retry on another replica", retry_after_s=1.0)
 
 
+def _adapter_names(records: Iterable[RequestRecord]) -> tuple[str, ...]:
+    """The LoRA adapters ``records`` use, each once, sorted."""
+    return tuple(sorted({r.request.adapter.name for r in records if r.request.adapter is not None}))
+
+
 def _shared_blocks(a: Sequence[int], b: Sequence[int], block: int) -> int:
     """Tokens of whole ``block``s that prompt ``a`` shares with ``b`` from the start, at
     most ``len(a) - 1`` (a prompt's last token is always computed)."""
@@ -242,6 +247,8 @@ class Scheduler:
                 kv_bytes=self.arena.bytes,
                 prefix_query_tokens=self._prefix_queries,
                 prefix_hit_tokens=self._prefix_hits,
+                running_adapters=_adapter_names(self._rows.values()),
+                waiting_adapters=_adapter_names(self._pending),
             )
 
     # -- shutdown --------------------------------------------------------------------------
