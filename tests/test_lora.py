@@ -523,3 +523,39 @@ def test_kserve_lora_name_routes_to_the_adapter(server: InProcessServer, stub: A
             client.infer(name, llm_inputs(PROMPT, max_tokens=2, lora_name=5))
         assert "INVALID_ARGUMENT" in str(bad.value.status())
         assert "lora_name" in bad.value.message()
+
+
+# -- client library and CLI ------------------------------------------------------------
+def test_client_library_and_cli(server: InProcessServer, stub: Any) -> None:
+    import json
+
+    import zopilot_client as zc
+    from test_cli import run_cli
+
+    want = generate(stub, "alpha").text
+    with zc.Client(server.target, timeout=60) as client:
+        result = client.generate(PROMPT, adapter="alpha", max_new_tokens=N, min_new_tokens=N)
+        assert result.text == want and result.usage.adapter == "alpha"
+        info = client.model_info()
+        assert {"alpha", "beta"} <= {a.name for a in info.adapters}
+        assert info.max_loras == 3 and info.max_lora_rank == 8
+        with pytest.raises(zc.NotFound):
+            client.generate(PROMPT, adapter="nope", max_new_tokens=2)
+    flags = ["--max-new-tokens", str(N), "--min-new-tokens", str(N)]
+    printed = run_cli("generate", PROMPT, "--adapter", "alpha", *flags, target=server.target)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == want + "\n"
+    listed = run_cli("adapters", "--json", target=server.target)
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    assert data["max_loras"] == 3
+    by_name = {a["name"]: a for a in data["adapters"]}
+    assert by_name["alpha"]["rank"] == 8 and by_name["beta"]["target_modules"] == [
+        "q_proj",
+        "v_proj",
+    ]
+    table = run_cli("adapters", target=server.target)
+    assert table.returncode == 0 and "alpha\trank 8\t" in table.stdout
+    refused = run_cli("generate", PROMPT, "--adapter", "nope", target=server.target)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "'nope' is not loaded" in refused.stderr

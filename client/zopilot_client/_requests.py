@@ -55,6 +55,8 @@ class GenerateParams(TypedDict, total=False):
     #: Neither reuse other requests' cached prompt KV nor leave this prompt's for them
     #: (for callers who must not share: a prefix-cache hit shows in timing).
     skip_prefix_cache: bool
+    #: The LoRA adapter to generate with (``model_info().adapters``); "" = the base model.
+    adapter: str
     #: Keep only the last N prompt tokens (0 = a too long prompt is an error).
     truncate_input_tokens: int
     #: Wall-clock limit for generation; ends with FinishReason.TIME_LIMIT, text kept.
