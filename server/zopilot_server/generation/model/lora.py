@@ -67,6 +67,8 @@ def _hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) 
         return output
     name = module.zopilot_lora_name  # type: ignore[attr-defined]
     x = args[0]
+    if not output.is_contiguous():  # added to in place through a flat view below
+        output = output.contiguous()
     flat_x = x.reshape(-1, x.shape[-1])
     flat_out = output.view(-1, output.shape[-1])
     for group in groups:
