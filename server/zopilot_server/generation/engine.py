@@ -124,6 +124,7 @@ class GenerationEngine:
             else "this model runs serially (one request at a time, the model's own forward)",
         )
         self.adapters.on_load.append(functools.partial(lora.install, loaded.model))
+        self.adapters.on_unload.append(lora.forget)
         for name, path in adapters:  # --lora: a bad one stops the start, naming why
             self.adapters.load(name, path)
         self.scheduler = Scheduler(runner, self._streamer_for, limits)

@@ -255,6 +255,7 @@ class AdapterRegistry:
     max_rank: int
     unavailable: str = ""
     on_load: list[Any] = field(default_factory=list)  # called with each new Adapter
+    on_unload: list[Any] = field(default_factory=list)  # ... and each one unloaded
     _by_name: dict[str, Adapter] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -296,6 +297,8 @@ class AdapterRegistry:
             adapter = self._by_name.pop(name, None)
         if adapter is None:
             raise AdapterNotFound(name)
+        for hook in self.on_unload:
+            hook(adapter)
         log.info("adapter %s unloaded (%d requests still running with it)", name, adapter.running)
         return adapter
 

@@ -154,7 +154,7 @@ class ModelRunner(_ModelCalls):
         adapters = [self.rows[key].request.adapter for key in decode]
         for chunk in plan.chunks:
             adapters += [self.rows[chunk.key].request.adapter] * (chunk.end - chunk.start)
-        with lora.applying(lora.token_groups(adapters, self.device)):  # type: ignore[arg-type]
+        with lora.applying(lora.for_step(adapters, self.device)):  # type: ignore[arg-type]
             logits = self._logits(ids, layout, choose)
         steps = self._chooser.choose([self.rows[k] for k in keys], logits) if keys else []
         for key, token in zip(decode, fed, strict=True):  # the fed tokens' KV is in the slots
