@@ -559,3 +559,33 @@ def test_client_library_and_cli(server: InProcessServer, stub: Any) -> None:
     refused = run_cli("generate", PROMPT, "--adapter", "nope", target=server.target)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "'nope' is not loaded" in refused.stderr
+
+
+def test_the_serial_runner_refuses_adapters(
+    smollm2_dir: Path, model_cache_dir: Path, tmp_path: Path, adapters: dict[str, Path]
+) -> None:
+    """GPT-2 takes a legacy tuple cache in transformers 4.45: it runs serially, where
+    adapters are refused (FAILED_PRECONDITION) rather than served by another path."""
+    import transformers
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from zopilot_server.generation.engine import ArenaBudget, GenerationEngine
+
+    if int(transformers.__version__.split(".")[1]) >= 50:
+        pytest.skip("this transformers' GPT-2 takes a Cache: it is not served serially")
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+    loaded = load_model(ServerConfig(model=str(tmp_path), cache_dir=str(model_cache_dir)))
+    engine = GenerationEngine(loaded, budget=ArenaBudget(memory_mib=16))
+    try:
+        assert engine.arena.mode == "serial"
+        for attempt in (
+            lambda: engine.adapters.load("alpha", str(adapters["alpha"])),
+            lambda: engine.adapters.get("alpha"),
+        ):
+            with pytest.raises(AdapterRejected, match="runs serially") as refused:
+                attempt()
+            assert refused.value.fits is False
+    finally:
+        engine.close()
