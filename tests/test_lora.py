@@ -589,3 +589,17 @@ def test_the_serial_runner_refuses_adapters(
             assert refused.value.fits is False
     finally:
         engine.close()
+
+
+def test_an_adapter_on_the_output_head_is_refused(
+    tiny_model_dir: Path, tmp_path: Path, stub: Any
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = make_adapter(tiny_model_dir, tmp_path / "head", rank=4, targets=["lm_head"], seed=5)
+    weights = path / "adapter_model.safetensors"
+    # peft also saves the (tied) head's base weight; keep only its LoRA pair
+    save_file({k: v for k, v in load_file(str(weights)).items() if ".lora_" in k}, str(weights))
+    request = pb.LoadAdapterRequest(name="head", path=str(path))
+    code, details = _code(lambda: stub.LoadAdapter(request))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "output head" in details

@@ -143,7 +143,10 @@ def read_adapter(name: str, path: str, model: torch.nn.Module, *, max_rank: int)
             else ""
         )
         raise AdapterRejected(f"{WEIGHTS_FILE} is missing in the adapter directory{bin_hint}")
-    modules = dict(model.named_modules())
+    # Only the decoder's own modules: the LoRA hooks see the packed step's tokens there,
+    # while the output head runs on the chosen positions only.
+    inner = {id(m) for m in getattr(model, "base_model", model).modules()}
+    modules = {name: m for name, m in model.named_modules() if id(m) in inner}
     device = next(model.parameters()).device
     dtype = compute_dtype(model)
     pairs: dict[str, dict[str, Any]] = {}
@@ -215,8 +218,8 @@ def _check_shapes(
         base = modules.get(module)
         if base is None:
             raise AdapterRejected(
-                f"the base model has no module {_clip(module)}: the adapter was trained "
-                "for another model",
+                f"the base model has no module {_clip(module)} in its decoder: the adapter "
+                "was trained for another model, or targets the output head",
                 fits=False,
             )
         sizes = _linear_sizes(base)
