@@ -603,3 +603,23 @@ def test_an_adapter_on_the_output_head_is_refused(
     request = pb.LoadAdapterRequest(name="head", path=str(path))
     code, details = _code(lambda: stub.LoadAdapter(request))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "output head" in details
+
+
+def test_admin_rpcs_need_the_api_key(tiny_config: ServerConfig, adapters: dict[str, Path]) -> None:
+    key = "lora-admin-key-0123456789"
+    server = InProcessServer(dataclasses.replace(tiny_config, api_key=key, adapter_admin=True))
+    try:
+        with server.channel() as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            request = pb.LoadAdapterRequest(name="alpha", path=str(adapters["alpha"]))
+            for metadata in ((), (("authorization", "Bearer wrong"),)):
+                code, _ = _code(lambda m=metadata: stub.LoadAdapter(request, metadata=m))
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+            right = (("authorization", f"Bearer {key}"),)
+            assert stub.LoadAdapter(request, metadata=right).name == "alpha"
+            code, _ = _code(lambda: stub.UnloadAdapter(pb.UnloadAdapterRequest(name="alpha")))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            listed = stub.ListAdapters(pb.ListAdaptersRequest(), metadata=right)
+            assert [a.name for a in listed.adapters] == ["alpha"]
+    finally:
+        server.stop()
