@@ -158,6 +158,24 @@ def greedy_reference(loaded: Any, request: Any) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
+def greedy_tokens(model: Any, ids: list[int], n: int) -> list[int]:
+    """Exactly ``n`` greedy tokens of ``model`` (EOS held off) after the prompt ``ids``:
+    transformers' own decoding, the reference a served row must reproduce."""
+    import torch
+
+    prompt = torch.tensor([ids], device=model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=model.generation_config.pad_token_id,
+        )
+    return out[0, len(ids) :].tolist()
+
+
 def metric_values(port: int, prefix: str) -> dict[str, float]:
     """The unlabelled value of every ``/metrics`` sample whose name starts with ``prefix``
     (one model, so one sample per name)."""

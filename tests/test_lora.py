@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from support import InProcessServer, field_violations, free_port, wait_until
+from support import InProcessServer, field_violations, free_port, greedy_tokens, wait_until
 from test_tgis import tgis  # noqa: F401 - the TGIS client generated from protos/fmaas
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
@@ -57,17 +57,7 @@ def merged_greedy(base_dir: Path, adapter_dir: Path | None, ids: list[int], n: i
     model = AutoModelForCausalLM.from_pretrained(str(base_dir))
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    prompt = torch.tensor([ids])
-    with torch.inference_mode():
-        out = model.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            pad_token_id=model.generation_config.pad_token_id,
-        )
-    return out[0, len(ids) :].tolist()
+    return greedy_tokens(model, ids, n)
 
 
 @pytest.fixture(scope="module")

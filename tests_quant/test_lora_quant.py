@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import InProcessServer
+from support import InProcessServer, greedy_tokens
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
@@ -59,17 +59,7 @@ def peft_greedy(config: ServerConfig, adapter: Path | None, ids: list[int]) -> l
     model = load_model(config).model
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
-    prompt = torch.tensor([ids])
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=N,
-            min_new_tokens=N,
-            do_sample=False,
-            pad_token_id=model.generation_config.pad_token_id,
-        )
-    return out[0, len(ids) :].tolist()
+    return greedy_tokens(model, ids, N)
 
 
 @pytest.fixture(scope="module", params=sorted(MODES))
