@@ -124,6 +124,8 @@ def main() -> None:
                         for i, p in enumerate(prompts)
                     ]
                     lora_runs.append(grpc_concurrent(stub, mixed))
+                    progress = {"base": base_runs[-1], "lora": lora_runs[-1]}
+                    print(json.dumps(progress), file=sys.stderr, flush=True)  # one line a repeat
                 memory = memory_report(stub)
         finally:
             process.terminate()
