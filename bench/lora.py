@@ -134,7 +134,7 @@ def main() -> None:
         "benchmark": "lora",
         "model": args.model,
         "args": {**vars(args), "streams": STREAMS, "adapters": ADAPTERS},
-        "server_args": [a for a in server_args if not a.startswith("adapter")],
+        "server_args": [a.split("=")[0] if a.startswith("adapter") else a for a in server_args],
         "base": base_runs,
         "lora": lora_runs,
         **ratio_report(base_runs, lora_runs),
