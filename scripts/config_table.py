@@ -25,7 +25,7 @@ def config_table() -> str:
         default = f.default
         if f.name == "cache_dir" and default == _default_cache_dir():
             default = "~/.cache/zopilot"
-        shown = f"`{default}`" if default not in ("", None) else "(empty)"
+        shown = f"`{default}`" if default not in ("", None, ()) else "(empty)"
         choices = f.metadata.get("choices")
         meaning = f.metadata["help"] + (f" ({' / '.join(choices)})" if choices else "")
         flag = "--" + f.name.replace("_", "-")

@@ -158,6 +158,24 @@ def greedy_reference(loaded: Any, request: Any) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
+def greedy_tokens(model: Any, ids: list[int], n: int) -> list[int]:
+    """Exactly ``n`` greedy tokens of ``model`` (EOS held off) after the prompt ``ids``:
+    transformers' own decoding, the reference a served row must reproduce."""
+    import torch
+
+    prompt = torch.tensor([ids], device=model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=model.generation_config.pad_token_id,
+        )
+    return out[0, len(ids) :].tolist()
+
+
 def metric_values(port: int, prefix: str) -> dict[str, float]:
     """The unlabelled value of every ``/metrics`` sample whose name starts with ``prefix``
     (one model, so one sample per name)."""
@@ -418,3 +436,18 @@ def tiny_architecture_config(name: str, tokenizer: Any) -> Any:
             **common,
         )
     raise AssertionError(name)
+
+
+def make_adapter(base_dir: Path, out: Path, *, rank: int, targets: list[str], seed: int) -> Path:
+    """A peft LoRA adapter with random A and B (init_lora_weights=False) saved in ``out``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False
+    )
+    get_peft_model(base, config).save_pretrained(str(out))
+    return out

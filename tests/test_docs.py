@@ -115,7 +115,12 @@ def _triton(out: str) -> None:
     assert all(line.endswith(" False") for line in streamed[:-1]), lines
 
 
+def _adapter(out: str) -> None:
+    assert out.rstrip().endswith(" support"), out  # Usage.adapter names who served it
+
+
 EXPECTED: dict[str, Callable[[str], None]] = {
+    "adapter": _adapter,
     "quick": _finished,
     "library": _library,
     "async": _finished,
@@ -137,12 +142,28 @@ def snippet_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="module")
+def adapter_server(tiny_config, tiny_model_dir, tmp_path_factory):
+    """The tiny model serving one LoRA adapter named "support" (docs/adapters.md)."""
+    import dataclasses
+
+    from support import InProcessServer, make_adapter
+
+    adapter = make_adapter(
+        tiny_model_dir, tmp_path_factory.mktemp("support"), rank=4, targets=["q_proj"], seed=0
+    )
+    server = InProcessServer(dataclasses.replace(tiny_config, lora=(f"support={adapter}",)))
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_snippet_runs(name, tiny_server, snippet_workdir):
+def test_snippet_runs(name, request, snippet_workdir):
     page, code = python_snippets(_texts())[name]
     assert SNIPPET_TARGET in code, f"{page}: snippet {name} names no {SNIPPET_TARGET}"
+    server = request.getfixturevalue("adapter_server" if name == "adapter" else "tiny_server")
     result = subprocess.run(
-        [sys.executable, "-c", code.replace(SNIPPET_TARGET, tiny_server.target)],
+        [sys.executable, "-c", code.replace(SNIPPET_TARGET, server.target)],
         cwd=snippet_workdir,
         capture_output=True,
         text=True,

@@ -34,6 +34,7 @@ from ._exceptions import (
 )
 from ._requests import CallOptions, GenerateOptions, GenerateParams, ParseOptions, TokenizeOptions
 from ._results import (
+    AdapterInfo,
     ChatMessage,
     DocumentChunk,
     DocumentMetadata,
@@ -57,6 +58,7 @@ from ._version import __version__
 __all__ = [
     "DEFAULT_TARGET",
     "TLS",
+    "AdapterInfo",
     "AsyncClient",
     "AsyncGenerateStream",
     "CallOptions",

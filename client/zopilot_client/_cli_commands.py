@@ -256,6 +256,25 @@ def info(client: Client, args: argparse.Namespace) -> int:
     return OK
 
 
+def adapters(client: Client, args: argparse.Namespace) -> int:
+    """One line per loaded adapter (name, rank, target modules, MiB, path)."""
+    model = client.model_info()
+    if args.json:
+        print_json(
+            {
+                "adapters": [a.to_dict() for a in model.adapters],
+                "max_loras": model.max_loras,
+                "max_lora_rank": model.max_lora_rank,
+            }
+        )
+        return OK
+    for a in model.adapters:
+        modules = ",".join(a.target_modules)
+        print(f"{a.name}\trank {a.rank}\t{modules}\t{a.bytes / 2**20:.1f} MiB\t{a.path}")
+    print(f"({len(model.adapters)} of at most {model.max_loras}; rank <= {model.max_lora_rank})")
+    return OK
+
+
 def health(client: Client, args: argparse.Namespace) -> int:
     """Print the status; exit 0 only when SERVING. ``--wait`` polls until then."""
     deadline = time.monotonic() + args.wait

@@ -58,6 +58,8 @@ class GenerateParams(TypedDict, total=False):
     #: Never draft tokens from this request's text (speculative decoding); the output
     #: is the same either way.
     skip_speculation: bool
+    #: The LoRA adapter to generate with (``model_info().adapters``); "" = the base model.
+    adapter: str
     #: Keep only the last N prompt tokens (0 = a too long prompt is an error).
     truncate_input_tokens: int
     #: Wall-clock limit for generation; ends with FinishReason.TIME_LIMIT, text kept.

@@ -160,6 +160,8 @@ class Usage(_Result):
     #: and of those the ones the model agreed with (each one a decoding step saved).
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
+    #: The LoRA adapter that served the request ("" = the base model).
+    adapter: str = ""
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,23 @@ class KvCache(_Result):
 
 
 @dataclass(frozen=True)
+class AdapterInfo(_Result):
+    """A LoRA adapter loaded on the server (``adapter=name`` selects it per request)."""
+
+    name: str
+    path: str
+    rank: int
+    scaling: float
+    target_modules: tuple[str, ...]
+    bytes: int
+    base_model: str = ""
+
+    @classmethod
+    def from_pb(cls, message: generation_pb2.AdapterInfo) -> AdapterInfo:
+        return _copy(cls, message, target_modules=tuple(message.target_modules))
+
+
+@dataclass(frozen=True)
 class ModelInfo(_Result):
     """The served model and the limits a request must respect."""
 
@@ -337,13 +356,25 @@ class ModelInfo(_Result):
     #: The name KServe v2 / Triton and TGIS clients address the model by.
     served_model_name: str = ""
     kv_cache: KvCache | None = None
+    #: LoRA adapters loaded now, and the server's limits for them.
+    adapters: tuple[AdapterInfo, ...] = ()
+    max_loras: int = 0
+    max_lora_rank: int = 0
     raw: generation_pb2.ModelInfo | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_pb(cls, message: generation_pb2.ModelInfo) -> ModelInfo:
         quantization = Quantization.from_pb(message.quantization)
         kv_cache = KvCache.from_pb(message.kv_cache) if message.HasField("kv_cache") else None
-        return _copy(cls, message, quantization=quantization, kv_cache=kv_cache, raw=message)
+        adapters = tuple(AdapterInfo.from_pb(a) for a in message.adapters)
+        return _copy(
+            cls,
+            message,
+            quantization=quantization,
+            kv_cache=kv_cache,
+            adapters=adapters,
+            raw=message,
+        )
 
 
 # ------------------------------------------------------------------------ documents

@@ -91,6 +91,7 @@ GENERATION_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("time_limit_ms", int, "stop generating after this many milliseconds (text is kept)"),
     ("top_n_tokens", int, "with token details: also return N alternatives per token"),
     ("request_id", str, "an id for the server's logs (default: the server makes one)"),
+    ("adapter", str, "generate with this LoRA adapter (`zopilot adapters` lists them)"),
 )
 GENERATION_SWITCHES: tuple[tuple[str, str], ...] = (
     ("include_stop_sequence", "keep the matched stop sequence at the end of the text"),
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = command("info", commands.info, "describe the served model and limits")
     _output_modes(info, jsonl=False)
+
+    adapters = command("adapters", commands.adapters, "list the LoRA adapters requests may name")
+    _output_modes(adapters, jsonl=False)
 
     health = command("health", commands.health, "check the server's health (exit 0 if serving)")
     health.add_argument("--service", default="", help="a service name (default: the server)")

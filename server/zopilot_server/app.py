@@ -318,6 +318,9 @@ async def _load(running: RunningServer, loader: ModelLoader) -> None:
             prefix_cache=config.prefix_cache == "on",
             speculative_ngram=(config.speculative_ngram_min, config.speculative_ngram_max),
             stream_interval_s=config.stream_interval_ms / 1000,
+            adapters=config.lora_adapters,
+            max_loras=config.max_loras,
+            max_lora_rank=config.max_lora_rank,
         )
 
     # The engine is built (arena, self test) in the load thread too, which then ends: the

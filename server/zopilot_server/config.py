@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "ZOPILOT_"
+# What a LoRA adapter may be called (--lora NAME=PATH, LoadAdapter).
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PROTOCOLS = ("zopilot", "kserve", "tgis")
 MIB = 1024 * 1024
 # Streams a connection may hold beyond what admission holds: health Watch streams,
@@ -101,6 +104,21 @@ class ServerConfig:
         "the model name KServe / Triton and TGIS clients send (also in GetModelInfo); "
         "empty = the model directory's name",
         "",
+    )
+
+    # --- LoRA adapters (docs/adapters.md) ---
+    lora: tuple[str, ...] = _opt(
+        "serve a PEFT LoRA adapter directory (adapter_config.json + "
+        "adapter_model.safetensors) as NAME=PATH, which GenerateRequest.adapter selects; "
+        "repeat the flag for more (in the env variable: comma-separated)",
+        (),
+    )
+    max_loras: int = _opt("LoRA adapters resident at once (--lora and LoadAdapter)", 8)
+    max_lora_rank: int = _opt("largest LoRA rank an adapter may have", 64)
+    adapter_admin: bool = _opt(
+        "serve LoadAdapter / UnloadAdapter (behind --api-key when one is set); off = "
+        "PERMISSION_DENIED, the adapters are the --lora ones",
+        False,
     )
 
     # --- generation limits ---
@@ -297,6 +315,9 @@ class ServerConfig:
                 "1 <= min <= max <= 16",
             ),
             (self.bnb_int8_threshold >= 0, "--bnb-int8-threshold must be >= 0"),
+            (self.max_loras >= 1, "--max-loras must be >= 1"),
+            (self.max_lora_rank >= 1, "--max-lora-rank must be >= 1"),
+            (len(self.lora) <= self.max_loras, "--lora: more adapters than --max-loras"),
             (self.deadline_margin_ms >= 0, "--deadline-margin-ms must be >= 0"),
             (self.stream_interval_ms >= 0, "--stream-interval-ms must be >= 0"),
             (self.doc_max_bytes >= 1, "--doc-max-bytes must be >= 1"),
@@ -335,7 +356,25 @@ class ServerConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.lora_adapters  # noqa: B018 - raises ValueError naming a bad --lora
         return self
+
+    @property
+    def lora_adapters(self) -> list[tuple[str, str]]:
+        """The --lora values as (name, path); ValueError naming a malformed one."""
+        pairs = []
+        for spec in self.lora:
+            name, sep, path = spec.partition("=")
+            if not sep or not path or not ADAPTER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"--lora {spec!r}: expected NAME=PATH, NAME 1..64 letters, digits, '.', "
+                    "'_' or '-'"
+                )
+            pairs.append((name, path))
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError("--lora: the same adapter name is given twice")
+        return pairs
 
     @property
     def protocol_set(self) -> frozenset[str]:
@@ -386,6 +425,8 @@ def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
         return int(raw)
     if kind == "float":
         return float(raw)
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
 
 
@@ -412,7 +453,17 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         help_text = f"{f.metadata['help']} [env {env_name}]"
         choices = f.metadata.get("choices")
         kind = f.type if isinstance(f.type, str) else f.type.__name__
-        if kind == "bool":
+        if kind.startswith("tuple"):  # repeatable; the env variable is comma-separated
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                action="append",
+                default=None,
+                help=help_text,
+                metavar="VALUE",
+            )
+            parser.set_defaults(**{f"_{f.name}_default": default})
+        elif kind == "bool":
             parser.add_argument(
                 _flag(f.name),
                 dest=f.name,
@@ -438,9 +489,14 @@ def load_config(
 ) -> ServerConfig:
     """Parse flags (falling back to env, then defaults) into a validated ServerConfig."""
     parser = build_parser(env)
-    namespace = parser.parse_args(argv)
+    values = vars(parser.parse_args(argv))
+    for name in [key for key in values if key.startswith("_") and key.endswith("_default")]:
+        default = values.pop(name)
+        field_name = name[1 : -len("_default")]
+        given = values[field_name]
+        values[field_name] = tuple(given) if given is not None else default
     try:
-        return ServerConfig(**vars(namespace)).validated()
+        return ServerConfig(**values).validated()
     except ValueError as exc:
         parser.error(str(exc))
         raise  # pragma: no cover - parser.error exits

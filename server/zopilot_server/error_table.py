@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import grpc
+
 from .documents.domain import (
     DocumentRejected,
     OcrModelsMissing,
@@ -29,6 +31,11 @@ from .errors import (
     internal_error,
 )
 from .generation.domain import (
+    AdapterAdminDisabled,
+    AdapterExists,
+    AdapterLimit,
+    AdapterNotFound,
+    AdapterRejected,
     ConstraintUnavailable,
     EngineClosed,
     GenerationFailed,
@@ -39,6 +46,14 @@ from .generation.domain import (
     QueueFull,
     RequestTooLong,
 )
+
+
+def _adapter_rejected(exc: AdapterRejected, _: str) -> ServiceError:
+    """Bad files or request: INVALID_ARGUMENT on the field; does not fit: FAILED_PRECONDITION."""
+    if exc.fits:
+        return InvalidArgument.single(exc.field, exc.message)
+    return FailedPrecondition(exc.message)
+
 
 _OUT_OF_MEMORY = "out of memory while generating; retry with a shorter request"
 
@@ -55,6 +70,14 @@ STATUS_TABLE: tuple[tuple[type[BaseException], Callable[[Any, str], ServiceError
     (InvalidConstraint, lambda e, _: InvalidArgument.single(e.field, e.message)),
     (RequestTooLong, lambda e, _: InvalidArgument.single("max_new_tokens", str(e))),
     (ConstraintUnavailable, lambda e, _: FailedPrecondition(str(e))),
+    (AdapterNotFound, lambda e, _: ServiceError(str(e), code=grpc.StatusCode.NOT_FOUND)),
+    (AdapterRejected, _adapter_rejected),
+    (AdapterExists, lambda e, _: ServiceError(str(e), code=grpc.StatusCode.ALREADY_EXISTS)),
+    (AdapterLimit, lambda e, _: ResourceExhausted(str(e))),
+    (
+        AdapterAdminDisabled,
+        lambda e, _: ServiceError(str(e), code=grpc.StatusCode.PERMISSION_DENIED),
+    ),
     (PromptTooLong, lambda e, _: InvalidArgument.single("prompt", str(e))),
     (DocumentRejected, lambda e, _: InvalidArgument.single(e.field, e.message)),
     (OcrModelsMissing, lambda e, _: FailedPrecondition(str(e))),

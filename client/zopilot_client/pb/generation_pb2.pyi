@@ -35,7 +35,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop_sequences", "include_stop_sequence", "ignore_eos", "skip_prefix_cache", "skip_speculation", "truncate_input_tokens", "time_limit_ms", "return_token_details", "top_n_tokens", "special_tokens_as_text", "json_schema", "regex", "choice", "json_object")
+    __slots__ = ("request_id", "prompt", "messages", "max_new_tokens", "min_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "stop_sequences", "include_stop_sequence", "ignore_eos", "skip_prefix_cache", "skip_speculation", "adapter", "truncate_input_tokens", "time_limit_ms", "return_token_details", "top_n_tokens", "special_tokens_as_text", "json_schema", "regex", "choice", "json_object")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class GenerateRequest(_message.Message):
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     SKIP_PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     SKIP_SPECULATION_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_MS_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKEN_DETAILS_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +76,7 @@ class GenerateRequest(_message.Message):
     ignore_eos: bool
     skip_prefix_cache: bool
     skip_speculation: bool
+    adapter: str
     truncate_input_tokens: int
     time_limit_ms: int
     return_token_details: bool
@@ -84,7 +86,7 @@ class GenerateRequest(_message.Message):
     regex: str
     choice: Choice
     json_object: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., include_stop_sequence: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., skip_prefix_cache: _Optional[bool] = ..., skip_speculation: _Optional[bool] = ..., truncate_input_tokens: _Optional[int] = ..., time_limit_ms: _Optional[int] = ..., return_token_details: _Optional[bool] = ..., top_n_tokens: _Optional[int] = ..., special_tokens_as_text: _Optional[bool] = ..., json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., choice: _Optional[_Union[Choice, _Mapping]] = ..., json_object: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., min_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., include_stop_sequence: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., skip_prefix_cache: _Optional[bool] = ..., skip_speculation: _Optional[bool] = ..., adapter: _Optional[str] = ..., truncate_input_tokens: _Optional[int] = ..., time_limit_ms: _Optional[int] = ..., return_token_details: _Optional[bool] = ..., top_n_tokens: _Optional[int] = ..., special_tokens_as_text: _Optional[bool] = ..., json_schema: _Optional[str] = ..., regex: _Optional[str] = ..., choice: _Optional[_Union[Choice, _Mapping]] = ..., json_object: _Optional[bool] = ...) -> None: ...
 
 class Choice(_message.Message):
     __slots__ = ("options",)
@@ -115,20 +117,22 @@ class TokenDetail(_message.Message):
     def __init__(self, id: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., top_tokens: _Optional[_Iterable[_Union[TopToken, _Mapping]]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "generated_tokens", "input_truncated", "cached_input_tokens", "draft_tokens", "accepted_draft_tokens")
+    __slots__ = ("input_tokens", "generated_tokens", "input_truncated", "cached_input_tokens", "draft_tokens", "accepted_draft_tokens", "adapter")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     generated_tokens: int
     input_truncated: bool
     cached_input_tokens: int
     draft_tokens: int
     accepted_draft_tokens: int
-    def __init__(self, input_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., input_truncated: _Optional[bool] = ..., cached_input_tokens: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ...) -> None: ...
+    adapter: str
+    def __init__(self, input_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., input_truncated: _Optional[bool] = ..., cached_input_tokens: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_draft_tokens: _Optional[int] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("queue_ms", "time_to_first_token_ms", "generation_ms", "tokens_per_second", "total_ms")
@@ -217,7 +221,7 @@ class Quantization(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., quant_type: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., double_quant: _Optional[bool] = ..., int8_threshold: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "architecture", "parameter_count", "dtype", "device", "quantization", "memory_footprint_bytes", "max_context_length", "has_chat_template", "eos_token", "eos_token_id", "vocab_size", "default_max_new_tokens", "max_new_tokens_limit", "max_stop_sequences", "max_top_n_tokens", "load_seconds", "constrained_decoding", "constraint_engine", "max_constraint_bytes", "served_model_name", "kv_cache")
+    __slots__ = ("model_id", "architecture", "parameter_count", "dtype", "device", "quantization", "memory_footprint_bytes", "max_context_length", "has_chat_template", "eos_token", "eos_token_id", "vocab_size", "default_max_new_tokens", "max_new_tokens_limit", "max_stop_sequences", "max_top_n_tokens", "load_seconds", "constrained_decoding", "constraint_engine", "max_constraint_bytes", "served_model_name", "kv_cache", "adapters", "max_loras", "max_lora_rank")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +244,9 @@ class ModelInfo(_message.Message):
     MAX_CONSTRAINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     architecture: str
     parameter_count: int
@@ -262,7 +269,62 @@ class ModelInfo(_message.Message):
     max_constraint_bytes: int
     served_model_name: str
     kv_cache: KvCache
-    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ..., constrained_decoding: _Optional[bool] = ..., constraint_engine: _Optional[str] = ..., max_constraint_bytes: _Optional[int] = ..., served_model_name: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCache, _Mapping]] = ...) -> None: ...
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterInfo]
+    max_loras: int
+    max_lora_rank: int
+    def __init__(self, model_id: _Optional[str] = ..., architecture: _Optional[str] = ..., parameter_count: _Optional[int] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ..., memory_footprint_bytes: _Optional[int] = ..., max_context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., vocab_size: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_new_tokens_limit: _Optional[int] = ..., max_stop_sequences: _Optional[int] = ..., max_top_n_tokens: _Optional[int] = ..., load_seconds: _Optional[float] = ..., constrained_decoding: _Optional[bool] = ..., constraint_engine: _Optional[str] = ..., max_constraint_bytes: _Optional[int] = ..., served_model_name: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCache, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., max_loras: _Optional[int] = ..., max_lora_rank: _Optional[int] = ...) -> None: ...
+
+class AdapterInfo(_message.Message):
+    __slots__ = ("name", "path", "rank", "scaling", "target_modules", "bytes", "base_model")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SCALING_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    rank: int
+    scaling: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    bytes: int
+    base_model: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., rank: _Optional[int] = ..., scaling: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., base_model: _Optional[str] = ...) -> None: ...
+
+class LoadAdapterRequest(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
+class UnloadAdapterRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnloadAdapterResponse(_message.Message):
+    __slots__ = ("running_requests",)
+    RUNNING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    running_requests: int
+    def __init__(self, running_requests: _Optional[int] = ...) -> None: ...
+
+class ListAdaptersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAdaptersResponse(_message.Message):
+    __slots__ = ("adapters", "max_loras", "max_lora_rank")
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedCompositeFieldContainer[AdapterInfo]
+    max_loras: int
+    max_lora_rank: int
+    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., max_loras: _Optional[int] = ..., max_lora_rank: _Optional[int] = ...) -> None: ...
 
 class KvCache(_message.Message):
     __slots__ = ("mode", "slots", "tokens_per_slot", "bytes", "serial_reason", "prefix_cache", "prefix_block_tokens", "packed_step", "max_step_stall", "max_prefill_tokens", "speculative_tokens", "speculative_ngram_min", "speculative_ngram_max")

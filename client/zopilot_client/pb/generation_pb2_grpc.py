@@ -55,6 +55,21 @@ class GenerationStub:
                 request_serializer=zopilot__client_dot_pb_dot_generation__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=zopilot__client_dot_pb_dot_generation__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.LoadAdapter = channel.unary_unary(
+                '/zopilot.v1.Generation/LoadAdapter',
+                request_serializer=zopilot__client_dot_pb_dot_generation__pb2.LoadAdapterRequest.SerializeToString,
+                response_deserializer=zopilot__client_dot_pb_dot_generation__pb2.AdapterInfo.FromString,
+                _registered_method=True)
+        self.UnloadAdapter = channel.unary_unary(
+                '/zopilot.v1.Generation/UnloadAdapter',
+                request_serializer=zopilot__client_dot_pb_dot_generation__pb2.UnloadAdapterRequest.SerializeToString,
+                response_deserializer=zopilot__client_dot_pb_dot_generation__pb2.UnloadAdapterResponse.FromString,
+                _registered_method=True)
+        self.ListAdapters = channel.unary_unary(
+                '/zopilot.v1.Generation/ListAdapters',
+                request_serializer=zopilot__client_dot_pb_dot_generation__pb2.ListAdaptersRequest.SerializeToString,
+                response_deserializer=zopilot__client_dot_pb_dot_generation__pb2.ListAdaptersResponse.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -95,6 +110,35 @@ class GenerationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadAdapter(self, request, context):
+        """Loads a PEFT LoRA adapter directory (adapter_config.json +
+        adapter_model.safetensors) under a name that GenerateRequest.adapter then
+        selects. Only with --adapter-admin (and the API key when one is set):
+        PERMISSION_DENIED otherwise. ALREADY_EXISTS for a name in use; INVALID_ARGUMENT
+        for a bad name, missing or corrupt files, a rank over --max-lora-rank;
+        FAILED_PRECONDITION when it does not fit the base model (its modules or their
+        sizes) or the server cannot apply adapters; RESOURCE_EXHAUSTED at --max-loras.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadAdapter(self, request, context):
+        """Unloads an adapter: new requests naming it get NOT_FOUND at once, requests
+        already admitted with it run to their end. NOT_FOUND for an unknown name.
+        Only with --adapter-admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdapters(self, request, context):
+        """Lists the adapters requests may name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +161,21 @@ def add_GenerationServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=zopilot__client_dot_pb_dot_generation__pb2.GetModelInfoRequest.FromString,
                     response_serializer=zopilot__client_dot_pb_dot_generation__pb2.ModelInfo.SerializeToString,
+            ),
+            'LoadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadAdapter,
+                    request_deserializer=zopilot__client_dot_pb_dot_generation__pb2.LoadAdapterRequest.FromString,
+                    response_serializer=zopilot__client_dot_pb_dot_generation__pb2.AdapterInfo.SerializeToString,
+            ),
+            'UnloadAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadAdapter,
+                    request_deserializer=zopilot__client_dot_pb_dot_generation__pb2.UnloadAdapterRequest.FromString,
+                    response_serializer=zopilot__client_dot_pb_dot_generation__pb2.UnloadAdapterResponse.SerializeToString,
+            ),
+            'ListAdapters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdapters,
+                    request_deserializer=zopilot__client_dot_pb_dot_generation__pb2.ListAdaptersRequest.FromString,
+                    response_serializer=zopilot__client_dot_pb_dot_generation__pb2.ListAdaptersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +287,87 @@ class Generation:
             '/zopilot.v1.Generation/GetModelInfo',
             zopilot__client_dot_pb_dot_generation__pb2.GetModelInfoRequest.SerializeToString,
             zopilot__client_dot_pb_dot_generation__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zopilot.v1.Generation/LoadAdapter',
+            zopilot__client_dot_pb_dot_generation__pb2.LoadAdapterRequest.SerializeToString,
+            zopilot__client_dot_pb_dot_generation__pb2.AdapterInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zopilot.v1.Generation/UnloadAdapter',
+            zopilot__client_dot_pb_dot_generation__pb2.UnloadAdapterRequest.SerializeToString,
+            zopilot__client_dot_pb_dot_generation__pb2.UnloadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdapters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zopilot.v1.Generation/ListAdapters',
+            zopilot__client_dot_pb_dot_generation__pb2.ListAdaptersRequest.SerializeToString,
+            zopilot__client_dot_pb_dot_generation__pb2.ListAdaptersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -79,6 +79,19 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+class LoraAdapter(Protocol):
+    """A loaded LoRA adapter (loading/adapters.Adapter), as a request carries it: the
+    request holds it from validation to its end, so unloading it never pulls the
+    weights from under a request already admitted."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def cache_key(self) -> str: ...
+
+    running: int  # rows in the batch using it (counted by the runner)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """A validated request: prompt already tokenized and truncated, limits resolved."""
@@ -105,6 +118,14 @@ class GenerationRequest:
     private: bool = False
     # May draft tokens from its own text for verification (--speculative-tokens > 0).
     speculative: bool = True
+    # The LoRA adapter applied to this row's tokens; None = the base model.
+    adapter: LoraAdapter | None = None
+
+    @property
+    def prefix_namespace(self) -> str:
+        """What the prefix cache keys this request's KV under besides its tokens: the
+        same tokens through another adapter have other KV, so they never share."""
+        return self.adapter.cache_key if self.adapter is not None else ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,7 @@ class Usage:
     cached_input_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     draft_tokens: int = 0  # speculative decoding: tokens proposed from the request's text
     accepted_draft_tokens: int = 0  # of those, the ones the model agreed with
+    adapter: str = ""  # the LoRA adapter that served it ("" = the base model)
 
 
 @dataclass(frozen=True)
@@ -178,6 +200,11 @@ class EngineLoad:
     prefix_hit_tokens: int = 0  # of those, served from it
     draft_tokens: int = 0  # speculative decoding: tokens drafted and verified, in total
     accepted_draft_tokens: int = 0  # of those, the ones the model agreed with
+    # LoRA adapters of the running and the waiting requests, and how many may be resident
+    # (the lora_requests_info gauge gateways route by)
+    running_adapters: tuple[str, ...] = ()
+    waiting_adapters: tuple[str, ...] = ()
+    max_loras: int = 0
 
 
 class QueueFull(Exception):
@@ -262,3 +289,32 @@ class PromptTooLong(ValueError):
 
 class ConstraintUnavailable(Exception):
     """This server cannot enforce constraints (no grammar engine, or a slow tokenizer)."""
+
+
+class AdapterNotFound(LookupError):
+    """No adapter of that name is loaded (NOT_FOUND)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"adapter {name!r} is not loaded (ListAdapters shows those that are)")
+
+
+class AdapterRejected(ValueError):
+    """An adapter that cannot be loaded. ``fits`` False: it does not fit this base model
+    or server (FAILED_PRECONDITION); True: the request or the files are bad
+    (INVALID_ARGUMENT on ``field``)."""
+
+    def __init__(self, message: str, *, field: str = "path", fits: bool = True) -> None:
+        super().__init__(message)
+        self.field, self.message, self.fits = field, message, fits
+
+
+class AdapterExists(ValueError):
+    """LoadAdapter with a name already loaded (ALREADY_EXISTS)."""
+
+
+class AdapterLimit(Exception):
+    """--max-loras adapters are resident already (RESOURCE_EXHAUSTED)."""
+
+
+class AdapterAdminDisabled(Exception):
+    """LoadAdapter / UnloadAdapter without --adapter-admin (PERMISSION_DENIED)."""

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from ..config import ServerConfig
 from .domain import Chunk, EngineLoad, GenerationRequest
 from .kv.kv_arena import ArenaBudget, ArenaSize, arena_shape, budget_bytes, plan_size
+from .loading.adapters import AdapterRegistry
 from .loading.model_loader import LoadedModel
+from .model import lora
 from .model.constraints import ConstraintCompiler
 from .model.runner import build_runner
 from .output.chunk_channel import ChunkChannel, ResultCollector
@@ -86,6 +89,9 @@ class GenerationEngine:
         prefix_cache: bool = True,
         speculative_ngram: tuple[int, int] = (2, 4),
         stream_interval_s: float = 0.0,
+        adapters: Sequence[tuple[str, str]] = (),
+        max_loras: int = 8,
+        max_lora_rank: int = 64,
     ) -> None:
         limits = limits or batch_limits(ServerConfig())
         budget = budget or arena_budget(ServerConfig())
@@ -122,6 +128,18 @@ class GenerationEngine:
                 limits.speculative_tokens,
                 *speculative_ngram,
             )
+        self.adapters = AdapterRegistry(
+            loaded.model,
+            max_loras,
+            max_lora_rank,
+            unavailable=""
+            if self.arena.mode == "arena"
+            else "this model runs serially (one request at a time, the model's own forward)",
+        )
+        self.adapters.on_load.append(functools.partial(lora.install, loaded.model))
+        self.adapters.on_unload.append(lora.forget)
+        for name, path in adapters:  # --lora: a bad one stops the start, naming why
+            self.adapters.load(name, path)
         self.scheduler = Scheduler(runner, self._streamer_for, limits)
 
     # The scheduler's public face, so callers need not know the engine is composed.
@@ -129,7 +147,7 @@ class GenerationEngine:
         return self.scheduler.submit(request, sink)
 
     def load(self) -> EngineLoad:
-        return self.scheduler.load()
+        return dataclasses.replace(self.scheduler.load(), max_loras=self.adapters.max_loras)
 
     def drain(self, grace_s: float) -> None:
         self.scheduler.drain(grace_s)

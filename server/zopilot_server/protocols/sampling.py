@@ -69,6 +69,12 @@ def _strings(value: Any) -> list[str]:
     raise ValueError("must be a string or a list of strings")
 
 
+def _string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError("must be a string")
+
+
 def _int32(value: Any) -> int:
     number = _integer(value)
     if not -(2**31) <= number < 2**31:
@@ -88,6 +94,8 @@ MAPPED: dict[str, tuple[Callable[[Any], Any], str]] = {
     "stop": (_strings, "stop_sequences"),
     "ignore_eos": (_boolean, "ignore_eos"),
     "include_stop_str_in_output": (_boolean, "include_stop_sequence"),
+    # vLLM's Triton backend takes the LoRA adapter here too
+    "lora_name": (_string, "adapter"),
 }
 # vLLM keys zopilot has no equivalent for: accepted only at the value that does nothing.
 NO_OP: dict[str, tuple[Callable[[Any], Any], Any]] = {

@@ -50,6 +50,7 @@ FIELD_NAMES = {
     "top_p": "params.sampling.top_p",
     "repetition_penalty": "params.decoding.repetition_penalty",
     "truncate_input_tokens": "params.truncate_input_tokens",
+    "adapter": "adapter_id",
     "top_n_tokens": "params.response.top_n_tokens",
 }
 
@@ -62,6 +63,7 @@ class TgisServicer(tpb_grpc.GenerationServiceServicer, ProtocolAdapter):
     ) -> AsyncIterator[tpb.GenerationResponse]:
         self._check_target(request)
         message, options = to_generate_request(request.request.text, request.params)
+        message.adapter = request.adapter_id
         message.return_token_details = True  # each chunk's tokens: generated_token_count
         engine, domain = await self.domain_request(message, context, FIELD_NAMES)
         yield tpb.GenerationResponse(
@@ -91,6 +93,7 @@ class TgisServicer(tpb_grpc.GenerationServiceServicer, ProtocolAdapter):
         prepared = []
         for index, item in enumerate(request.requests):
             message, options = to_generate_request(item.text, request.params)
+            message.adapter = request.adapter_id
             names = {**FIELD_NAMES, "prompt": f"requests[{index}].text"}
             engine, domain = await self.domain_request(message, context, names)
             prepared.append((engine, domain, options, item.text))

@@ -16,12 +16,20 @@ from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 
 from ...config import ServerConfig
-from ..domain import Chunk, Completion, GenerationRequest, ModelLoading, TokenDetail
+from ..domain import (
+    AdapterAdminDisabled,
+    Chunk,
+    Completion,
+    GenerationRequest,
+    ModelLoading,
+    TokenDetail,
+)
 from ..engine import (
     GenerationEngine,
     complete_generation,
     stream_chunks,
 )
+from ..loading.adapters import Adapter, AdapterRegistry
 from ..loading.model_loader import LoadedModel
 from .requests import truncate_left
 from .send_deadline import sent_within
@@ -62,6 +70,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             config=self._config,
             constraints=engine.constraints,
             grpc_time_remaining=context.time_remaining(),
+            adapters=engine.adapters,
         )
         log.debug("request %s: %d input tokens", domain.request_id, len(domain.input_ids))
         return engine, domain
@@ -92,6 +101,36 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         return model_info(self.ready_engine(), self._config)
+
+    async def LoadAdapter(
+        self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdapterInfo:
+        registry = self._admin_registry()
+        # Reading and checking the files takes a while: not on the event loop.
+        return adapter_to_pb(await asyncio.to_thread(registry.load, request.name, request.path))
+
+    async def UnloadAdapter(
+        self, request: pb.UnloadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadAdapterResponse:
+        adapter = self._admin_registry().unload(request.name)
+        return pb.UnloadAdapterResponse(running_requests=adapter.running)
+
+    async def ListAdapters(
+        self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAdaptersResponse:
+        registry = self.ready_engine().adapters
+        return pb.ListAdaptersResponse(
+            adapters=[adapter_to_pb(a) for a in registry.list()],
+            max_loras=registry.max_loras,
+            max_lora_rank=registry.max_rank,
+        )
+
+    def _admin_registry(self) -> AdapterRegistry:
+        if not self._config.adapter_admin:
+            raise AdapterAdminDisabled(
+                "loading and unloading adapters is off on this server (--adapter-admin)"
+            )
+        return self.ready_engine().adapters
 
 
 def tokenize(engine: GenerationEngine, request: pb.TokenizeRequest) -> pb.TokenizeResponse:
@@ -160,6 +199,21 @@ def model_info(engine: GenerationEngine, config: ServerConfig) -> pb.ModelInfo:
             speculative_ngram_min=ngram[0] if ngram else 0,
             speculative_ngram_max=ngram[1] if ngram else 0,
         ),
+        adapters=[adapter_to_pb(a) for a in engine.adapters.list()],
+        max_loras=engine.adapters.max_loras,
+        max_lora_rank=engine.adapters.max_rank,
+    )
+
+
+def adapter_to_pb(adapter: Adapter) -> pb.AdapterInfo:
+    return pb.AdapterInfo(
+        name=adapter.name,
+        path=adapter.path,
+        rank=adapter.rank,
+        scaling=adapter.scaling,
+        target_modules=list(adapter.target_modules),
+        bytes=adapter.bytes,
+        base_model=adapter.base_model,
     )
 
 
@@ -195,6 +249,7 @@ def completion_to_pb(completion: Completion, response: pb.GenerateResponse) -> N
             cached_input_tokens=usage.cached_input_tokens,
             draft_tokens=usage.draft_tokens,
             accepted_draft_tokens=usage.accepted_draft_tokens,
+            adapter=usage.adapter,
         )
     )
     response.timings.CopyFrom(

@@ -13,10 +13,17 @@ import time
 
 from zopilot_client.pb import generation_pb2 as pb
 
-from ...config import ServerConfig
+from ...config import ADAPTER_NAME, ServerConfig
 from ...errors import FieldViolation, InvalidArgument, Message, request_id_problem
 from ...json_schema_text import SchemaTextProblem, parse_schema
-from ..domain import ConstraintUnavailable, GenerationRequest, SamplingParams
+from ..domain import (
+    AdapterRejected,
+    ConstraintUnavailable,
+    GenerationRequest,
+    LoraAdapter,
+    SamplingParams,
+)
+from ..loading.adapters import AdapterRegistry
 from ..loading.model_loader import LoadedModel
 from ..model.constraints import ConstraintCompiler, ConstraintKind
 from . import special_tokens
@@ -76,6 +83,7 @@ def to_generation_request(
     config: ServerConfig,
     constraints: ConstraintCompiler | None = None,
     grpc_time_remaining: float | None = None,
+    adapters: AdapterRegistry | None = None,
 ) -> GenerationRequest:
     """Validate ``message`` and build the GenerationRequest the engine runs.
 
@@ -91,7 +99,10 @@ def to_generation_request(
     constraint_source = _constraint_source(message, config, v)
     max_chars = input_chars_limit(config, loaded)
     _check_input_chars(message, max_chars, v)
+    if message.adapter and not ADAPTER_NAME.fullmatch(message.adapter):
+        v.add("adapter", "adapter names are 1..64 letters, digits, '.', '_' or '-'")
     v.raise_if_any()
+    adapter = _adapter(message.adapter, adapters)
     text = _render_input(message, loaded, v)
     v.raise_if_any()
 
@@ -133,7 +144,17 @@ def to_generation_request(
         deadline=_deadline(message, config, arrival, grpc_time_remaining),
         arrival=arrival,
         constraint=constraint,
+        adapter=adapter,
     )
+
+
+def _adapter(name: str, adapters: AdapterRegistry | None) -> LoraAdapter | None:
+    """The loaded adapter ``name`` names (None for the base model); AdapterNotFound."""
+    if not name:
+        return None
+    if adapters is None:
+        raise AdapterRejected("this server has no adapter registry", fits=False)
+    return adapters.get(name)
 
 
 def _constraint_source(

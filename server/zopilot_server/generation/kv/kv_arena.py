@@ -143,21 +143,22 @@ class KVArena:
         taken = set(self.slot_of.values())
         return [s for s in range(self.size.slots) if s not in taken]
 
-    def assign(self, key: int, prompt: Sequence[int], *, private: bool) -> int:
+    def assign(self, key: int, prompt: Sequence[int], *, private: bool, namespace: str = "") -> int:
         """Give a new row a free slot; returns how many of its prompt tokens the slot
         already holds. A free slot caching the longest prefix is taken as it is (zero
         copy: a conversation's next turn lands where its history is); a longer prefix in
         another slot is copied over (one copy per layer: a system prompt many users
-        share); otherwise the least recently used free slot."""
+        share); otherwise the least recently used free slot. Only KV computed in the
+        same ``namespace`` (the same LoRA adapter, or none) is reused."""
         free = self.free_slots()
         if not free:
             raise RuntimeError("no free KV slot")
         index = self.prefix
-        at_rest = None if private else index.longest(prompt, among=set(free))
-        anywhere = None if private else index.longest(prompt)
+        at_rest = None if private else index.longest(prompt, among=set(free), namespace=namespace)
+        anywhere = None if private else index.longest(prompt, namespace=namespace)
         if at_rest is not None and (anywhere is None or anywhere.tokens <= at_rest.tokens):
             slot, cached = at_rest.slot, at_rest.tokens
-            index.claim(slot, cached, private=private)
+            index.claim(slot, cached, private=private, namespace=namespace)
         else:
             slot = index.lru(free)
             cached = 0
@@ -166,17 +167,17 @@ class KVArena:
                 self._copy_columns(anywhere.slot, slot, cached)
                 index.copy(anywhere.slot, slot, cached, private=private)
             else:
-                index.claim(slot, 0, private=private)
+                index.claim(slot, 0, private=private, namespace=namespace)
         self.slot_of[key] = slot
         self.length[key] = cached
         return cached
 
-    def refresh(self, key: int, prompt: Sequence[int]) -> int:
+    def refresh(self, key: int, prompt: Sequence[int], *, namespace: str = "") -> int:
         """A row that has computed nothing past its cached prefix takes a longer one that
         another slot now holds (a prefix it waited for); returns its cached tokens."""
         slot, have = self.slot_of[key], self.length[key]
         others = set(range(self.size.slots)) - {slot}
-        match = self.prefix.longest(prompt, among=others)
+        match = self.prefix.longest(prompt, among=others, namespace=namespace)
         if match is None or match.tokens <= have:
             return have
         self._copy_columns(match.slot, slot, match.tokens)

@@ -7,7 +7,9 @@ used first). Contents are indexed by blocks of ``BLOCK_TOKENS`` token ids, each 
 key hashing the block with the key of the one before (vLLM's hash chain), so one lookup
 per block finds every slot whose content starts with the same blocks. Keys are token ids
 seeded with the model's identity (path, dtype, quantization): an index lives and dies
-with one loaded model anyway, and a different model can never hit.
+with one loaded model anyway, and a different model can never hit. A slot's content also
+has a *namespace*, the LoRA adapter its KV was computed with ("" = the base model): it
+seeds the chain too, so the same tokens through two adapters never share KV.
 
 Only whole blocks are reused, and never a prompt's last token: its logits must be
 computed fresh. A request that opts out (``private``) neither reads the index nor
@@ -28,6 +30,7 @@ class _Slot:
     keys: list[int] = field(default_factory=list)  # one chain key per whole block
     private: bool = False
     last_used: int = 0
+    namespace: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,20 @@ class PrefixIndex:
         self._clock = 0
 
     # -- lookups ---------------------------------------------------------------------------
-    def chain(self, tokens: Sequence[int]) -> list[int]:
+    def _start(self, namespace: str) -> int:
+        return hash((self._seed, namespace)) if namespace else self._seed
+
+    def chain(self, tokens: Sequence[int], namespace: str = "") -> list[int]:
         """The chain keys of ``tokens``' whole blocks."""
-        keys, key = [], self._seed
+        keys, key = [], self._start(namespace)
         for start in range(0, len(tokens) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
             key = hash((key, tuple(tokens[start : start + BLOCK_TOKENS])))
             keys.append(key)
         return keys
 
-    def longest(self, prompt: Sequence[int], among: set[int] | None = None) -> Match | None:
+    def longest(
+        self, prompt: Sequence[int], among: set[int] | None = None, *, namespace: str = ""
+    ) -> Match | None:
         """The slot (of ``among``, default all) whose content shares the most whole
         blocks with ``prompt``, at most ``len(prompt) - 1`` tokens; ties go to the least
         recently used slot, then the lowest."""
@@ -65,7 +73,7 @@ class PrefixIndex:
             return None
         best: set[int] = set()
         depth = 0
-        for i, key in enumerate(self.chain(prompt[: max(0, len(prompt) - 1)])):
+        for i, key in enumerate(self.chain(prompt[: max(0, len(prompt) - 1)], namespace)):
             owners = self._owners.get(key, set())
             if among is not None:
                 owners = owners & among
@@ -76,8 +84,9 @@ class PrefixIndex:
             return None
         tokens = depth * BLOCK_TOKENS
         for slot in sorted(best, key=lambda s: (self._slots[s].last_used, s)):
-            if self._slots[slot].content[:tokens] == list(prompt[:tokens]):  # no collision
-                return Match(slot, tokens)
+            state = self._slots[slot]
+            if state.namespace == namespace and state.content[:tokens] == list(prompt[:tokens]):
+                return Match(slot, tokens)  # no collision
         return None
 
     def lru(self, free: Sequence[int]) -> int:
@@ -91,10 +100,12 @@ class PrefixIndex:
         return min(free, key=worth)
 
     # -- updates -----------------------------------------------------------------------------
-    def claim(self, slot: int, keep: int, *, private: bool) -> None:
-        """A new row takes ``slot``, keeping the first ``keep`` tokens of its content."""
-        self._truncate(slot, keep)
+    def claim(self, slot: int, keep: int, *, private: bool, namespace: str = "") -> None:
+        """A new row takes ``slot``, keeping the first ``keep`` tokens of its content
+        (none when its KV was computed in another namespace)."""
         state = self._slots[slot]
+        self._truncate(slot, keep if state.namespace == namespace else 0)
+        state.namespace = namespace
         if private:
             self._truncate(slot, 0)
         state.private = private
@@ -103,6 +114,7 @@ class PrefixIndex:
         """``target`` now holds the first ``tokens`` of ``source``'s content."""
         self._truncate(target, 0)
         self._slots[target].private = private
+        self._slots[target].namespace = self._slots[source].namespace
         self.extend(target, self._slots[source].content[:tokens])
 
     def extend(self, slot: int, tokens: Sequence[int]) -> None:
@@ -112,7 +124,7 @@ class PrefixIndex:
             return
         start = len(state.keys) * BLOCK_TOKENS
         state.content.extend(tokens)
-        key = state.keys[-1] if state.keys else self._seed
+        key = state.keys[-1] if state.keys else self._start(state.namespace)
         for begin in range(start, len(state.content) - BLOCK_TOKENS + 1, BLOCK_TOKENS):
             key = hash((key, tuple(state.content[begin : begin + BLOCK_TOKENS])))
             state.keys.append(key)

@@ -32,7 +32,7 @@ from ..kv.kv_arena import ArenaSize, KVArena, arena_shape
 from ..kv.prefix_cache import BLOCK_TOKENS, PrefixIndex
 from ..loading.model_loader import LoadedModel
 from ..sched.plan import ArenaInfo, Plan, PrefillChunk, RowSpec, Step
-from . import packed
+from . import lora, packed
 from .ngram import NgramProposer
 from .sampling import RowState, TokenChooser, new_row
 
@@ -85,6 +85,7 @@ class _Packing:
 
     layout: packed.StepLayout
     ids: list[int]
+    adapters: list[Any]  # the LoRA adapter of each token (None: the base model)
     keys: list[int]
     choose: list[int]
     offsets: list[int]
@@ -141,8 +142,13 @@ class ModelRunner(_ModelCalls):
         for spec in specs:
             request = spec.request
             cached[spec.key] = self.arena.assign(
-                spec.key, request.input_ids, private=request.private
+                spec.key,
+                request.input_ids,
+                private=request.private,
+                namespace=request.prefix_namespace,
             )
+            if request.adapter is not None:
+                request.adapter.running += 1
         self._new_rows(specs)
         if self._ngram is not None:
             for spec in specs:
@@ -158,7 +164,8 @@ class ModelRunner(_ModelCalls):
     @_inference
     def reuse(self, key: int) -> int:
         """The prompt tokens row ``key`` now finds cached (it waited for a prefix)."""
-        return self.arena.refresh(key, self.rows[key].request.input_ids)
+        request = self.rows[key].request
+        return self.arena.refresh(key, request.input_ids, namespace=request.prefix_namespace)
 
     @_inference
     def step(self, plan: Plan) -> list[Step]:
@@ -174,7 +181,8 @@ class ModelRunner(_ModelCalls):
         }
         prompts = [self.rows[c.key].request.input_ids[c.start : c.end] for c in plan.chunks]
         packing = self._pack(fed, plan.chunks, prompts)
-        logits = self._logits(packing.ids, packing.layout, packing.choose)
+        with lora.applying(lora.for_step(packing.adapters, self.device)):  # type: ignore[arg-type]
+            logits = self._logits(packing.ids, packing.layout, packing.choose)
         steps = []
         if packing.keys:
             rows = [self.rows[k] for k in packing.keys]
@@ -220,6 +228,7 @@ class ModelRunner(_ModelCalls):
         packing = _Packing(
             layout,
             ids=[*(fed[k][0] for k in plain), *(t for k in drafting for t in fed[k])],
+            adapters=[self.rows[k].request.adapter for k in [*plain, *drafting] for _ in fed[k]],
             keys=list(plain),
             choose=list(range(len(plain))),
             offsets=list(range(len(plain))),
@@ -230,6 +239,7 @@ class ModelRunner(_ModelCalls):
             chunks, prompts, layout.chunks[len(drafting) :], strict=True
         ):
             packing.ids += prompt
+            packing.adapters += [self.rows[chunk.key].request.adapter] * len(prompt)
             if chunk.end == len(self.rows[chunk.key].request.input_ids):
                 packing.choose_from(chunk.key, [span.offset + span.count - 1])
         return packing
@@ -247,7 +257,9 @@ class ModelRunner(_ModelCalls):
         into them: the packed step reads any set of slots in place)."""
         for key in keys:
             self.arena.release(key)
-            self.rows.pop(key, None)
+            row = self.rows.pop(key, None)
+            if row is not None and row.request.adapter is not None:
+                row.request.adapter.running -= 1
 
     @_inference
     def probe(self, key: int, token: int) -> torch.Tensor:

@@ -162,6 +162,7 @@ class TokenStreamer(TextIteratorStreamer):
                 cached_input_tokens=self.control.cached_tokens,
                 draft_tokens=self.control.draft_tokens,
                 accepted_draft_tokens=self.control.accepted_draft_tokens,
+                adapter=self.request.adapter.name if self.request.adapter is not None else "",
             ),
             timings=Timings(
                 queue_ms=(self.started_at - arrival) * 1000,

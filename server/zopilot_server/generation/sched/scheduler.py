@@ -26,7 +26,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -156,6 +156,11 @@ def _draining() -> EngineClosed:
     return EngineClosed("server is draining; retry on another replica", retry_after_s=1.0)
 
 
+def _adapter_names(records: Iterable[RequestRecord]) -> tuple[str, ...]:
+    """The LoRA adapters ``records`` use, each once, sorted."""
+    return tuple(sorted({r.request.adapter.name for r in records if r.request.adapter is not None}))
+
+
 def _shared_blocks(a: Sequence[int], b: Sequence[int], block: int) -> int:
     """Tokens of whole ``block``s that prompt ``a`` shares with ``b`` from the start, at
     most ``len(a) - 1`` (a prompt's last token is always computed)."""
@@ -261,6 +266,8 @@ class Scheduler:
                 prefix_hit_tokens=self._prefix_hits,
                 draft_tokens=self._drafted,
                 accepted_draft_tokens=self._accepted,
+                running_adapters=_adapter_names(self._rows.values()),
+                waiting_adapters=_adapter_names(self._pending),
             )
 
     # -- shutdown --------------------------------------------------------------------------
@@ -386,6 +393,8 @@ class Scheduler:
             prompt = row.request.input_ids
             best, share = None, 0
             for leader in leaders:
+                if leader.request.prefix_namespace != row.request.prefix_namespace:
+                    continue  # another adapter's KV is not this row's
                 shared = _shared_blocks(prompt, leader.request.input_ids, block)
                 if shared > share:
                     best, share = leader, shared
