@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import InProcessServer, free_port, metric_values
+from support import InProcessServer, free_port, make_adapter, metric_values
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
@@ -59,11 +59,15 @@ class EagerDrafts(DraftPolicy):
         return tuple((key, n) for key, n in allowed if n > 0)
 
 
-def _engine(model_dir: Path | None, cache: Path, **limits: Any) -> GenerationEngine:
+def _engine(
+    model_dir: Path | None, cache: Path, adapters: Any = (), **limits: Any
+) -> GenerationEngine:
     config = ServerConfig(model=str(model_dir or ""), cache_dir=str(cache))
     limits.setdefault("speculative_tokens", 8)
     budget = limits.pop("budget", ArenaBudget(memory_mib=128))
-    engine = GenerationEngine(load_model(config), limits=BatchLimits(**limits), budget=budget)
+    engine = GenerationEngine(
+        load_model(config), limits=BatchLimits(**limits), budget=budget, adapters=adapters
+    )
     engine.scheduler._drafts = EagerDrafts(limits["speculative_tokens"])
     return engine
 
@@ -212,7 +216,9 @@ def test_a_draft_never_writes_past_the_slot(model_cache_dir) -> None:
         engine.close()
 
 
-def _oracle_drafts(engine: GenerationEngine, outputs: dict[tuple[int, ...], list[int]]) -> None:
+def _oracle_drafts(
+    engine: GenerationEngine, output_of: Callable[[GenerationRequest], list[int]]
+) -> None:
     """Random weights seldom repeat an n-gram, so drafts come from the known output
     instead: right every time, except every third step a wrong third token (a rejection
     in the middle of a draft)."""
@@ -221,7 +227,7 @@ def _oracle_drafts(engine: GenerationEngine, outputs: dict[tuple[int, ...], list
 
     def propose(key: int, limit: int) -> list[int]:
         row = runner.rows[key]
-        draft = list(outputs[row.request.input_ids][row.produced : row.produced + limit])
+        draft = list(output_of(row.request)[row.produced : row.produced + limit])
         if next(calls) % 3 == 0 and len(draft) > 2:
             draft[2] = (draft[2] + 1) % runner.vocab
         return draft
@@ -242,10 +248,10 @@ def test_other_architectures_decode_the_same_with_drafts(
             for i, text in enumerate([COPY, "Tell me about the sea.", INVOICE])
         ]
         off = _run(engine, [_replace(r, speculative=False) for r in requests])
-        _oracle_drafts(
-            engine,
-            {r.input_ids: [t.id for t in c.tokens] for r, c in zip(requests, off, strict=True)},
-        )
+        outputs = {
+            r.input_ids: [t.id for t in c.tokens] for r, c in zip(requests, off, strict=True)
+        }
+        _oracle_drafts(engine, lambda request: outputs[request.input_ids])
         on = _run(engine, [_replace(r) for r in requests])
         assert _texts(on) == _texts(off)
         for a, b in zip(on, off, strict=True):  # token details too: ids and logprobs
@@ -275,11 +281,40 @@ def test_seeded_sampling_gives_the_same_text_with_drafts_for_every_seed(
         off = _run(engine, [_replace(r, speculative=False) for r in requests])
         # Drafts: the greedy continuation, which sampling mostly does not follow.
         greedy = _run(engine, [_replace(r, sampling=SamplingParams()) for r in requests[:1]])
-        _oracle_drafts(engine, {requests[0].input_ids: [t.id for t in greedy[0].tokens]})
+        _oracle_drafts(engine, lambda request: [t.id for t in greedy[0].tokens])
         on = _run(engine, [_replace(r) for r in requests])
         assert [[t.id for t in c.tokens] for c in on] == [[t.id for t in c.tokens] for c in off]
         assert len({c.text for c in on}) > 20  # the seeds do sample different texts
         assert _drafted(on)[0] > 0
+    finally:
+        engine.close()
+
+
+def test_lora_rows_verify_drafts_through_their_adapter(
+    tiny_model_dir: Path, model_cache_dir: Path, tmp_path: Path
+) -> None:
+    """Drafting rows' tokens go through their own adapter: rows with two adapters and the
+    base, drafting in one step, give the text they give without drafts."""
+    targets = ["q_proj", "v_proj", "down_proj"]
+    made = {
+        name: str(make_adapter(tiny_model_dir, tmp_path / name, rank=8, targets=targets, seed=seed))
+        for seed, name in enumerate(["a", "b"], start=1)
+    }
+    engine = _engine(tiny_model_dir, model_cache_dir, adapters=list(made.items()), max_batch_size=4)
+    try:
+        requests = [
+            _request(engine, COPY, n=32, rid=name or "base", min_new_tokens=32, token_details=True,
+                     adapter=engine.adapters.get(name) if name else None)
+            for name in ["a", "b", ""]
+        ]  # fmt: skip
+        off = _run(engine, [_replace(r, speculative=False) for r in requests])
+        assert len({c.text for c in off}) == 3, "the adapters change the text"
+        outputs = {r.adapter: [t.id for t in c.tokens] for r, c in zip(requests, off, strict=True)}
+        _oracle_drafts(engine, lambda request: outputs[request.adapter])
+        on = _run(engine, [_replace(r) for r in requests])
+        assert _texts(on) == _texts(off)
+        drafted, accepted = _drafted(on)
+        assert 0 < accepted < drafted
     finally:
         engine.close()
 
