@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import InProcessServer, wait_until
 from test_server_lifecycle import start_tiny_process
+from transformers import AutoTokenizer
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 from zopilot_server.security import KEY_ON_COMMAND_LINE
@@ -127,7 +128,18 @@ def test_api_key_on_the_command_line_logs_a_warning(
         assert KEY not in log  # the warning does not repeat the key
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.GenerationStub(channel)
-            assert stub.Tokenize(pb.TokenizeRequest(text="hi"), metadata=[RIGHT], timeout=10)
+            # The key from argv is the key in force: without it the call is refused, with
+            # it the reply is the model's own tokenization of the text.
+            request = pb.TokenizeRequest(text="hi there")
+            assert code_of(lambda: stub.Tokenize(request, timeout=10)) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            )
+            reply = stub.Tokenize(request, metadata=[RIGHT], timeout=10)
+            expected = AutoTokenizer.from_pretrained(str(tiny_model_dir))(
+                "hi there", add_special_tokens=False
+            )["input_ids"]
+            assert list(reply.ids) == expected
+            assert reply.token_count == len(expected) >= 1
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
