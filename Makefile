@@ -80,13 +80,13 @@ docker-build: ## build the verified CUDA image $(IMAGE); DOCKER_BUILD_ARGS adds 
 	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
 
 docker-verify: ## re-check $(IMAGE) at run time, on the GPU (docker run --gpus all)
-	docker run --rm --gpus all --entrypoint python $(IMAGE) -m zopilot_server.verify_env --require-gpu --require-ocr
+	docker run --rm --gpus all --entrypoint python $(IMAGE) /opt/zopilot/verify_env.py --require-gpu --require-ocr
 
 # The dev profile checks the constraints this venv was installed with: the output of the
 # one script that swaps the CUDA torch stack for the CPU torch (pipefail: its failure counts).
 verify-env: install ## check .venv against constraints.txt (dev profile: CPU torch, no torchvision)
 	set -o pipefail; $(PY) scripts/dev_constraints.py constraints.txt \
-		| $(PY) -m zopilot_server.verify_env --profile dev --constraints - --require-ocr
+		| $(PY) docker/verify_env.py --profile dev --constraints - --require-ocr
 
 image-check: install ## the image checks CI runs without Docker (static + pip dry-run)
 	$(PY) scripts/image_checks.py

@@ -21,11 +21,11 @@ from pathlib import Path
 import grpc
 import pymupdf
 import pytest
+import verify_env
 from PIL import Image
 from support import InProcessServer
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
-from zopilot_server import verify_env
 from zopilot_server.config import ServerConfig
 
 MAX_PAGES = 3

@@ -18,11 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
+import bake_model  # noqa: E402  (docker/, on the path by pyproject's pytest config)
 import image_checks  # noqa: E402
 from dockerfile_recipe import Recipe, expand, run_commands  # noqa: E402
-
-sys.path.insert(0, str(REPO / "docker"))
-import bake_model  # noqa: E402
 
 FILES = ("Dockerfile", "requirements.txt", "constraints.txt", ".dockerignore")
 TEXT = {name: (REPO / name).read_text(encoding="utf-8") for name in FILES}

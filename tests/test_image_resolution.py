@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from zopilot_server.verify_env import NOT_IN_IMAGE, Pin, Profile, expectations
+from verify_env import NOT_IN_IMAGE, Pin, Profile, expectations
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))

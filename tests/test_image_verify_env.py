@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import verify_env
 from support import load_script
-from zopilot_server import verify_env
-from zopilot_server.verify_env import (
+from verify_env import (
     ConstraintsError,
     Profile,
     TorchBuild,

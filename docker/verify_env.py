@@ -1,9 +1,11 @@
 """Check that the installed packages are exactly the versions pinned in constraints.txt.
 
-``python -m zopilot_server.verify_env`` is the image's fail-fast gate: the Dockerfile runs
-it after every install step, and CI runs it against the dev environment (``make
-verify-env``). It exits 0 when everything matches, 1 with a table of mismatches, and 2
-when it cannot run (unreadable constraints file, a line that is not an exact pin).
+``python docker/verify_env.py`` is the image's fail-fast gate: the Dockerfile copies it to
+/opt/zopilot/verify_env.py and runs it after every install step, and CI runs it against
+the dev environment (``make verify-env``). It lives with the image's tooling, not in the
+server package, because it runs before the application is installed. It exits 0 when
+everything matches, 1 with a table of mismatches, and 2 when it cannot run (unreadable
+constraints file, a line that is not an exact pin).
 
 Profiles:
 
@@ -329,7 +331,7 @@ def _expect_args(specs: Iterable[str]) -> Expectations:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m zopilot_server.verify_env",
+        prog="verify_env.py",
         description=(
             "Verify installed package versions against constraints.txt (exit 0: all match, "
             "1: mismatches, 2: cannot check)."
