@@ -20,13 +20,13 @@ import zopilot_client as zc
 from support import InProcessServer, violated_fields
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
-from zopilot_server.documents.chunk_tokenizers import counter, token_starts
 from zopilot_server.documents.chunking import (
     ChunkingRefused,
     ChunkingRequest,
     chunk_markdown,
     page_marks,
 )
+from zopilot_server.documents.server.chunk_tokenizers import counter, token_starts
 
 ZOPILOT = str(Path(sys.executable).parent / "zopilot")
 TABLE_HEADER = "| Item | Price | Note |\n| --- | --- | --- |\n"

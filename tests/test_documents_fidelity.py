@@ -22,7 +22,10 @@ import pytest
 from support import InProcessServer
 from test_documents import ALL_FORMATS, Parse, make_parse
 from zopilot_client.pb import documents_pb2 as pb
-from zopilot_server.documents import html_render, office, outputs
+from zopilot_server.documents import html_render, outputs
+from zopilot_server.documents.readers.docx import docx_markdown
+from zopilot_server.documents.readers.markdown_tables import table
+from zopilot_server.documents.readers.pptx import pptx_markdown
 
 
 @pytest.fixture
@@ -243,7 +246,7 @@ def test_docx_merged_cells_keep_columns_aligned(tmp_path: Path) -> None:
     table.cell(0, 0).merge(table.cell(0, 1)).text = "merged"
     path = tmp_path / "merged.docx"
     document.save(str(path))
-    lines = office.docx_markdown(str(path)).markdown.splitlines()
+    lines = docx_markdown(str(path)).markdown.splitlines()
     assert lines == ["| merged |  | c02 |", "| --- | --- | --- |", "| c10 | c11 | c12 |"]
 
 
@@ -274,7 +277,7 @@ def test_images_that_are_not_extracted_are_warned_about(tmp_path: Path) -> None:
     document.add_paragraph("caption text")
     document.add_picture(io.BytesIO(build.png_image()))
     document.save(str(tmp_path / "pic.docx"))
-    result = office.docx_markdown(str(tmp_path / "pic.docx"))
+    result = docx_markdown(str(tmp_path / "pic.docx"))
     assert result.markdown == "caption text"
     assert result.warnings == ["docx: 1 image(s) not extracted (their text is not OCRed)"]
     deck = pptx.Presentation()
@@ -283,7 +286,7 @@ def test_images_that_are_not_extracted_are_warned_about(tmp_path: Path) -> None:
     group.shapes.add_picture(io.BytesIO(build.png_image()), Inches(1), Inches(1))
     slide.shapes.add_picture(io.BytesIO(build.png_image()), Inches(3), Inches(1))
     deck.save(str(tmp_path / "pic.pptx"))
-    assert office.pptx_markdown(str(tmp_path / "pic.pptx")).warnings == [
+    assert pptx_markdown(str(tmp_path / "pic.pptx")).warnings == [
         "pptx: 2 picture(s) not extracted (not OCRed)"
     ]
 
@@ -365,8 +368,10 @@ def test_pdf_ruled_table_becomes_a_markdown_table_in_place(parse: Parse) -> None
 def test_pdf_cells_aligned_without_rules_become_a_table(parse: Parse) -> None:
     formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_CSV, pb.OUTPUT_FORMAT_JSON]
     reply = parse(build.pdf_plain_columns(prose=True), "columns.pdf", formats=formats)
-    table = office.table(build.PDF_TABLE_ROWS)
-    assert reply.markdown == f"## Page 1\n\n{build.PLAIN_INTRO}\n\n{table}\n\n{build.PLAIN_OUTRO}"
+    rendered = table(build.PDF_TABLE_ROWS)
+    assert (
+        reply.markdown == f"## Page 1\n\n{build.PLAIN_INTRO}\n\n{rendered}\n\n{build.PLAIN_OUTRO}"
+    )
     assert list(csv.reader(io.StringIO(reply.csv))) == build.PDF_TABLE_ROWS
     assert json.loads(reply.json)["table_count"] == 1
 
@@ -380,14 +385,14 @@ def test_pdf_short_lines_that_do_not_align_stay_lines(parse: Parse) -> None:
 
 def test_pdf_frame_around_a_paragraph_is_not_a_table() -> None:
     import pymupdf
-    from zopilot_server.documents import extract
+    from zopilot_server.documents.readers.pdf.tables import pdf_page_text
 
     with pymupdf.open() as document:
         page = document.new_page()
         page.draw_rect(pymupdf.Rect(60, 50, 400, 120), color=(0, 0, 0))
         page.insert_text((72, 72), "Framed note: read me first")
         warnings: list[str] = []
-        assert extract.pdf_page_text(page, 1, warnings) == (page.get_text(), 0)
+        assert pdf_page_text(page, 1, warnings) == (page.get_text(), 0)
         assert warnings == []
 
 
@@ -395,7 +400,7 @@ def test_pdf_graph_paper_is_not_searched_for_tables() -> None:
     """A page ruled like graph paper (100 x 100 rules) would cost PyMuPDF's finder
     seconds: its text is kept as lines, with a warning naming the page."""
     import pymupdf
-    from zopilot_server.documents import extract
+    from zopilot_server.documents.readers.pdf.tables import pdf_page_text
 
     with pymupdf.open() as document:
         page = document.new_page()
@@ -407,7 +412,7 @@ def test_pdf_graph_paper_is_not_searched_for_tables() -> None:
         shape.commit()
         page.insert_text((72, 72), "Grid notes")
         warnings: list[str] = []
-        assert extract.pdf_page_text(page, 3, warnings) == (page.get_text(), 0)
+        assert pdf_page_text(page, 3, warnings) == (page.get_text(), 0)
         assert warnings == [
             "pdf page 3: its rules could form 10000 table cells (over 3000); tables were "
             "not looked for, their text is given as lines"
@@ -421,13 +426,13 @@ def test_pdf_table_text_is_neither_lost_nor_repeated() -> None:
     from collections import Counter
 
     import pymupdf
-    from zopilot_server.documents import extract
+    from zopilot_server.documents.readers.pdf.tables import pdf_page_text
 
     note = "overflow note " + " ".join(f"w{n}" for n in range(22))  # ends at x=498
     with pymupdf.open(stream=build.pdf_ruled_table()) as source:
         page = source[0]
         page.insert_text((76, 100 + 2 * 24 + 10), note, fontsize=9)
-        text, tables = extract.pdf_page_text(page, 1, [])
+        text, tables = pdf_page_text(page, 1, [])
         layer = page.get_text()
     assert tables == 1 and layer.count("w21") == 1
     assert Counter(text.replace("|", " ").replace("<br>", " ").split()) - Counter(
@@ -472,11 +477,11 @@ def test_pdf_chunks_carry_the_heading_path(parse: Parse) -> None:
 def test_pdf_header_row_drawn_above_the_rules_joins_its_table(parse: Parse) -> None:
     header = ["Name", "Count", "Unit price"]
     reply = parse(build.pdf_ruled_table(header_above=header), "above.pdf")
-    assert office.table([header, *build.PDF_TABLE_ROWS]) in reply.markdown
+    assert table([header, *build.PDF_TABLE_ROWS]) in reply.markdown
     assert "Unit price\n" not in reply.markdown  # not also a line
 
 
 def test_pdf_caption_above_the_rules_stays_a_line(parse: Parse) -> None:
     caption = "Table 1 lists what the stall sold on Saturday morning"
     reply = parse(build.pdf_ruled_table(caption=caption), "caption.pdf")
-    assert f"{caption}\n\n{office.table(build.PDF_TABLE_ROWS)}" in reply.markdown
+    assert f"{caption}\n\n{table(build.PDF_TABLE_ROWS)}" in reply.markdown

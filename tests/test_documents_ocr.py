@@ -302,6 +302,6 @@ def test_a_small_image_is_enlarged_before_it_is_read(stub: pb_grpc.DocumentsStub
     ],
 )
 def test_the_upscale_factor(size: tuple[int, int], factor: float) -> None:
-    from zopilot_server.documents.ocr import upscale_factor
+    from zopilot_server.documents.readers.ocr import upscale_factor
 
     assert upscale_factor(*size, max_pixels=MAX_PIXELS) == factor

@@ -8,9 +8,11 @@ from pathlib import Path
 import documents_builders as build
 import pytest
 from docstrange.result import MarkdownToJSONParser
-from zopilot_server.documents import detection, faults, fields, ocr_models, outputs
+from zopilot_server.documents import fields, ocr_models, outputs
 from zopilot_server.documents.domain import DocumentRejected, OutputFormat
-from zopilot_server.documents.extract import repair_docx_headings
+from zopilot_server.documents.readers.docstrange import repair_docx_headings
+from zopilot_server.documents.server import detection
+from zopilot_server.documents.worker import faults
 
 
 @pytest.mark.parametrize(
@@ -150,7 +152,7 @@ def test_ocr_model_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_workers_drop_credentials() -> None:
-    from zopilot_server.documents.sandbox import drop_secrets
+    from zopilot_server.documents.worker.sandbox import drop_secrets
 
     environ = {
         "PATH": "/bin",

@@ -464,7 +464,7 @@ def test_cell_budget_counts_every_sheet_and_lets_a_workbook_under_it_parse(
     ],
 )
 def test_cell_count_reads_the_used_range_openpyxl_would_fill(sheet: str, cells: int) -> None:
-    from zopilot_server.documents import limits
+    from zopilot_server.documents.worker import limits
 
     xml = f'<worksheet xmlns:x="x"><sheetData>{sheet}</sheetData></worksheet>'.encode()
     assert limits.sheet_cells(io.BytesIO(xml), declared=0, budget=10**15) == cells
@@ -511,7 +511,7 @@ def test_documents_fail_at_once_when_workers_cannot_start(
 
 
 def test_stale_scratch_dirs_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
-    from zopilot_server.documents import sandbox
+    from zopilot_server.documents.worker import sandbox
 
     stale = tmp_path / f"{sandbox.SCRATCH_PREFIX}killed"
     stale.mkdir()

@@ -13,7 +13,7 @@ from zopilot_client import Client
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc
 from zopilot_server.config import ServerConfig
-from zopilot_server.documents.csv_safety import neutralize_formulas
+from zopilot_server.documents.server.csv_safety import neutralize_formulas
 from zopilot_server.generation.api import special_tokens
 from zopilot_server.generation.api.validation import to_generation_request
 from zopilot_server.generation.loading.model_loader import load_model

@@ -15,8 +15,8 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 
-from .domain import DocumentRejected
-from .formats import (
+from ..domain import DocumentRejected
+from ..formats import (
     BY_EXTENSION,
     BY_MIME,
     BY_NAME,

@@ -1,7 +1,7 @@
 """Budgets a document must fit before a parser expands it (runs in the parser worker).
 
 A spreadsheet's cost is not its file size: openpyxl's read-only reader fills every row
-of a sheet's used range out to its full width, and office.py's table pads every row to
+of a sheet's used range out to its full width, and markdown_tables.py's table pads every row to
 the widest one, so a 4.7 KB XLSX whose cells are A1 and XFD1048576 (or whose
 ``<dimension>`` merely claims that range) asks for 17 billion cells. The worker's memory
 cap (--doc-worker-memory-mib) would stop it after gigabytes and seconds; the cell budget

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from .domain import OutputFormat, ParseJob, ParseOutcome
+from ..domain import OutputFormat, ParseJob, ParseOutcome
 
 PREFIX = "zopilot-fault-"
 FAULTS = ("hang", "crash", "bug", "network")

@@ -12,9 +12,9 @@ import asyncio
 import functools
 from typing import Any
 
-from ..errors import FailedPrecondition, InvalidArgument, Unavailable
-from .chunking import ChunkingRefused, ChunkingRequest, chunk_markdown
-from .domain import OutputFormat, ParseOutcome
+from ...errors import FailedPrecondition, InvalidArgument, Unavailable
+from ..chunking import ChunkingRefused, ChunkingRequest, chunk_markdown
+from ..domain import OutputFormat, ParseOutcome
 from .model_fields import EngineSource
 
 NAMED_TOKENIZERS_KEPT = 4

@@ -34,9 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .domain import DocumentRejected, OcrModelsMissing, ParseJob
+from ..domain import DocumentRejected, OcrModelsMissing, ParseJob
 
 ENGINE = "tesseract"
+# metadata["page_methods"] entry of a page this engine read.
+METHOD = f"{ENGINE}-ocr"
 RENDER_DPI = 200
 # A page whose mean word confidence is below this is tried again after orientation
 # detection (a rotated scan reads as low-confidence noise).

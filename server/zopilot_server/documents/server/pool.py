@@ -24,10 +24,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ..loop_bridge import settle
-from .domain import ParseJob, ParserBusy, ParserClosed, ParseTimeout, WorkersCannotStart
-from .sandbox import WorkerSettings, scrub_server_secrets
-from .worker import INLINE, Reply, worker_main
+from ...loop_bridge import settle
+from ..domain import ParseJob, ParserBusy, ParserClosed, ParseTimeout, WorkersCannotStart
+from ..worker.main import INLINE, Reply, worker_main
+from ..worker.sandbox import WorkerSettings, scrub_server_secrets
 
 log = logging.getLogger(__name__)
 

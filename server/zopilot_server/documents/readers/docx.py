@@ -1,65 +1,31 @@
-"""Our own markdown for DOCX, PPTX, XLSX and CSV, on the libraries docstrange uses.
+"""DOCX: our own markdown on python-docx (docstrange's DOCXProcessor loses content).
 
-docstrange 1.1.6's processors for these formats lose content (measured on real files):
-DOCX tables are cut to 20 rows and moved after every paragraph, and headers, footers,
-nested tables and text boxes are dropped; PPTX tables, group shapes and charts are
-dropped; XLSX/CSV go through pandas, which eats a one-row sheet as its header, invents
-``Unnamed: 0`` headers, turns ``NA`` / ``N/A`` / ``NULL`` into empty cells and ``17``
-into ``17.0``. The functions here walk the same files with python-docx, python-pptx,
-openpyxl and Python's csv module and write the markdown docstrange would write when
-nothing is lost: ``#`` headings, ``## Slide N`` / ``## Sheet: name`` sections and
-``| a | b |`` tables whose first row is the header.
-
-Table cells are escaped for markdown: ``|`` as ``\\|`` and a line break as ``<br>``;
-outputs.py turns them back into the cell's text for csv and text.
+docstrange 1.1.6's processors for the office formats lose content (measured on real
+files): DOCX tables are cut to 20 rows and moved after every paragraph, and headers,
+footers, nested tables and text boxes are dropped. This walks the same file with
+python-docx and writes the markdown docstrange would write when nothing is lost: ``#``
+headings, lists, and ``| a | b |`` tables whose first row is the header
+(markdown_tables.py).
 """
 
 from __future__ import annotations
 
-import csv
-import datetime
-import io
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-CSV_SNIFF_BYTES = 64 * 1024
+from ..domain import Extraction, ParseJob
+from . import docstrange
+from .markdown_tables import Office, table
+
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 
 
-@dataclass
-class Office:
-    """Markdown for one document plus the counts and warnings the client sees."""
-
-    markdown: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    sheet_count: int = 0
-    slide_count: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-def cell(text: str) -> str:
-    """One table cell's text, escaped so it cannot break the markdown row."""
-    lines = [" ".join(line.split()) for line in str(text).replace("\r\n", "\n").split("\n")]
-    return "<br>".join(line for line in lines if line).replace("|", "\\|")
-
-
-def table(rows: list[list[str]]) -> str:
-    """A markdown table, the first row as its header; short rows padded."""
-    width = max((len(row) for row in rows), default=0)
-    if width == 0:
-        return ""
-    lines = []
-    for number, row in enumerate(rows):
-        cells = [cell(value) for value in row] + [""] * (width - len(row))
-        lines.append("| " + " | ".join(cells) + " |")
-        if number == 0:
-            lines.append("| " + " | ".join(["---"] * width) + " |")
-    return "\n".join(lines)
-
-
-# --- DOCX ---------------------------------------------------------------------------
+def read(job: ParseJob, model_dir: Path) -> Extraction:
+    """The registry's reader for .docx: our walker, docstrange's processor for a file not
+    named for its type."""
+    return docstrange.walk_or_convert(job, "python-docx", lambda j: docx_markdown(j.path))
 
 
 def docx_markdown(path: str) -> Office:
@@ -357,208 +323,3 @@ def _docx_margins(document: Any) -> tuple[list[str], list[str]]:
             if text and text not in found:
                 found.append(text)
     return headers, footers
-
-
-# --- PPTX ---------------------------------------------------------------------------
-
-
-def pptx_markdown(path: str) -> Office:
-    """Every slide: text frames, tables, group members, chart titles, speaker notes."""
-    import pptx
-
-    deck = pptx.Presentation(path)
-    parts = []
-    for number, slide in enumerate(deck.slides, start=1):
-        parts.append(f"## Slide {number}")
-        parts.extend(_pptx_shapes(slide.shapes))
-        if slide.has_notes_slide:
-            notes = slide.notes_slide.notes_text_frame
-            if notes is not None and notes.text.strip():
-                parts.append(f"Notes: {' '.join(notes.text.split())}")
-    metadata = {"slide_count": len(deck.slides), "file_type": "pptx", "extractor": "python-pptx"}
-    office = Office("\n\n".join(parts), metadata, slide_count=len(deck.slides))
-    pictures = sum(_pptx_pictures(slide.shapes) for slide in deck.slides)
-    if pictures:
-        office.warnings.append(f"pptx: {pictures} picture(s) not extracted (not OCRed)")
-    return office
-
-
-def _pptx_pictures(shapes: Iterable[Any]) -> int:
-    from pptx.enum.shapes import MSO_SHAPE_TYPE
-
-    count = 0
-    for shape in shapes:
-        if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
-            count += _pptx_pictures(shape.shapes)
-        elif shape.shape_type == MSO_SHAPE_TYPE.PICTURE:
-            count += 1
-    return count
-
-
-def _pptx_shapes(shapes: Iterable[Any]) -> Iterator[str]:
-    from pptx.enum.shapes import MSO_SHAPE_TYPE
-
-    for shape in shapes:
-        if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
-            yield from _pptx_shapes(shape.shapes)
-            continue
-        if getattr(shape, "has_table", False) and shape.has_table:
-            rows = [[c.text for c in row.cells] for row in shape.table.rows]
-            if rows:
-                yield table(rows)
-            continue
-        if getattr(shape, "has_chart", False) and shape.has_chart:
-            chart = shape.chart
-            if chart.has_title and chart.chart_title.has_text_frame:
-                title = " ".join(chart.chart_title.text_frame.text.split())
-                if title:
-                    yield f"Chart: {title}"
-            continue
-        if getattr(shape, "has_text_frame", False) and shape.has_text_frame:
-            lines = [" ".join(p.text.split()) for p in shape.text_frame.paragraphs]
-            text = "\n".join(line for line in lines if line)
-            if text:
-                yield text
-
-
-# --- XLSX / CSV ---------------------------------------------------------------------
-
-
-def xlsx_markdown(path: str, max_cells: int = 0) -> Office:
-    """Every sheet's used range, the first row as the header, values as stored; a
-    workbook spanning more than ``max_cells`` cells is refused before it is read."""
-    import openpyxl
-
-    from .limits import check_xlsx_cells
-
-    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    try:
-        check_xlsx_cells(workbook, max_cells)
-        names = list(workbook.sheetnames)
-        parts, warnings = [], []
-        metadata: dict[str, Any] = {
-            "sheet_count": len(names),
-            "sheet_names": names,
-            "extractor": "openpyxl",
-        }
-        for name in names:
-            sheet = workbook[name]
-            values = sheet.iter_rows(values_only=True)
-            rows = trimmed([[sheet_value(v) for v in row] for row in values])
-            if not rows:
-                warnings.append(f"sheet {name!r} is empty and was skipped")
-                continue
-            parts.append(f"## Sheet: {name}\n\n{table(rows)}")
-            metadata[f"sheet_{name}_rows"] = len(rows) - 1
-            metadata[f"sheet_{name}_columns"] = len(rows[0])
-    finally:
-        workbook.close()
-    return Office("\n\n".join(parts), metadata, sheet_count=len(names), warnings=warnings)
-
-
-def sheet_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if isinstance(value, datetime.datetime) and value.time() == datetime.time():
-        return value.date().isoformat()
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    return str(value)
-
-
-def trimmed(rows: list[list[str]]) -> list[list[str]]:
-    """Rows without the empty rows and columns around the used range."""
-    rows = [row for row in rows if any(v.strip() for v in row)]
-    width = max((i + 1 for row in rows for i, v in enumerate(row) if v.strip()), default=0)
-    return [row[:width] for row in rows]
-
-
-def csv_markdown(path: str, display_name: str) -> Office:
-    """The CSV as one table, every cell exactly as written (csv module, no pandas)."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        text = handle.read()
-    try:
-        dialect: Any = csv.Sniffer().sniff(text[:CSV_SNIFF_BYTES], delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel
-    rows = trimmed(list(csv.reader(io.StringIO(text), dialect)))
-    columns = rows[0] if rows else []
-    metadata = {
-        "row_count": max(len(rows) - 1, 0),
-        "column_count": len(columns),
-        "columns": columns,
-        "extractor": "csv",
-    }
-    markdown = f"# CSV Data: {display_name}\n\n{table(rows) if rows else '*No data available*'}"
-    return Office(markdown, metadata, sheet_count=1)
-
-
-# --- HTML tables --------------------------------------------------------------------
-
-TABLE_TOKEN = "ZOPILOTTABLE{}X"
-_HTML_LINE_ENDS = frozenset({"br", "p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6"})
-
-
-def html_tables(path: str, out_path: str) -> list[str] | None:
-    """Take the outermost ``<table>``s out of an HTML file, as markdown tables.
-
-    docstrange's HTMLProcessor (markdownify) runs tables into each other and into the
-    text before them (so its JSON misses them), gives header-less tables an empty
-    header and leaves ``|`` in cells unescaped, which shifts columns. Each table is
-    replaced by a paragraph holding ``TABLE_TOKEN`` and the rest written to ``out_path``
-    for docstrange; extract.py puts our tables back in place of the tokens. None when
-    the file has no table (docstrange then reads the file as it is).
-    """
-    import lxml.html
-
-    with open(path, "rb") as handle:
-        content = handle.read()
-    if b"<table" not in content.lower():
-        return None
-    tree = lxml.html.document_fromstring(content, parser=lxml.html.HTMLParser(encoding="utf-8"))
-    outermost = [
-        t for t in tree.iter("table") if not any(a.tag == "table" for a in t.iterancestors())
-    ]
-    if not outermost:
-        return None
-    tables = []
-    for number, element in enumerate(outermost):
-        tables.append(table(_html_rows(element)))
-        marker = lxml.html.Element("p")
-        marker.text = TABLE_TOKEN.format(number)
-        marker.tail = element.tail
-        element.getparent().replace(element, marker)
-    with open(out_path, "wb") as handle:
-        handle.write(lxml.html.tostring(tree, encoding="utf-8"))
-    return tables
-
-
-def _html_rows(element: Any) -> list[list[str]]:
-    rows = []
-    for row in element.xpath("./tr|./thead/tr|./tbody/tr|./tfoot/tr"):
-        cells = []
-        for html_cell in row.xpath("./td|./th"):
-            cells.append(_html_cell_text(html_cell))
-            span = str(html_cell.get("colspan") or "1")
-            cells.extend([""] * (min(int(span), 100) - 1 if span.isdigit() else 0))
-        if cells:
-            rows.append(cells)
-    return rows
-
-
-def _html_cell_text(html_cell: Any) -> str:
-    """A cell's text; ``<br>`` and block elements end a line; nested tables flattened."""
-    for node in html_cell.iter():
-        if node is html_cell or not isinstance(node.tag, str):
-            continue
-        if node.tag in _HTML_LINE_ENDS:
-            node.tail = "\n" + (node.tail or "")
-        elif node.tag in {"td", "th"}:
-            node.tail = " / " + (node.tail or "")
-        elif node.tag in {"script", "style"}:
-            node.text = ""
-    return "".join(html_cell.itertext()).strip().strip("/").strip()

@@ -1,7 +1,7 @@
 """Structure a PDF's text layer does not state: headings, columns, tables without rules.
 
 A PDF draws glyphs; that a line is a heading, or that the page has two columns, is only
-visible in the fonts and the geometry. For a page without ruled tables (extract.py
+visible in the fonts and the geometry. For a page without ruled tables (tables.py
 handles those), this module reads PyMuPDF's blocks (paragraph-like groups of lines, each
 span with its font size and flags) and:
 
@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from . import office
+from .. import markdown_tables
 
 HEADING_MIN_RATIO = 1.15
 HEADING_MAX_LINES = 3
@@ -172,7 +172,7 @@ def structure(page_dict: dict[str, Any]) -> PageStructure | None:
         block, level = blocks[index], levels[index]
         if index in table:
             if index == min(table):
-                parts.append(office.table(rows or []))
+                parts.append(markdown_tables.table(rows or []))
             continue
         if level:
             parts.append(f"{'#' * level} {block.text}")

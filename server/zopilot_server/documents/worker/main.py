@@ -21,7 +21,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .domain import DocumentRejected, OcrModelsMissing, ParseJob
+from ..domain import DocumentRejected, OcrModelsMissing, ParseJob
 from .sandbox import WorkerSettings, limit_memory, prepare_worker
 
 log = logging.getLogger("zopilot_server.documents.worker")
@@ -37,14 +37,14 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
     """Entry point of a worker process."""
     guard = prepare_worker(settings)
     try:
-        from . import extract
+        from . import dispatch
     except Exception as exc:  # noqa: BLE001 - told to the server, which stops retrying
         with contextlib.suppress(OSError):  # the server is gone or stopped waiting
             send_message(conn, ("broken", os.getpid(), f"{type(exc).__name__}: {exc}"))
         return
 
     try:
-        extract.warm_up(settings.scratch_root)
+        dispatch.warm_up(settings.scratch_root)
     except Exception:  # noqa: BLE001 - a slower first document, not a broken worker
         log.warning("warm-up failed:\n%s", traceback.format_exc())
     # Everything imported so far lives as long as the worker: keep it out of the cyclic
@@ -92,9 +92,9 @@ def run_job(job: ParseJob, settings: WorkerSettings, guard: str) -> Reply:
             from . import faults
 
             return ("ok", faults.act(job, guard))
-        from . import extract
+        from . import dispatch
 
-        return ("ok", extract.parse(job, settings.model_dir))
+        return ("ok", dispatch.parse(job, settings.model_dir))
     except MemoryError:
         return _out_of_memory(settings)
     except DocumentRejected as exc:

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import ServerConfig
-from . import faults, ocr_models
-from .detection import Detected, detect
-from .domain import (
+from ...config import ServerConfig
+from .. import ocr_models
+from ..domain import (
     DocumentRejected,
     OcrModelsMissing,
     ParseJob,
@@ -29,8 +28,15 @@ from .domain import (
     ParserOutOfMemory,
     ParseTimeout,
 )
+from ..worker import faults
+from ..worker.sandbox import (
+    SCRATCH_PREFIX,
+    WorkerSettings,
+    claim_scratch_root,
+    remove_stale_scratch,
+)
+from .detection import Detected, detect
 from .pool import START_TIMEOUT_S, WorkerDied, WorkerPool
-from .sandbox import SCRATCH_PREFIX, WorkerSettings, claim_scratch_root, remove_stale_scratch
 from .validation import DocumentRequest
 
 log = logging.getLogger(__name__)

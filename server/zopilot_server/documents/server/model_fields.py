@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ServerConfig
-from ..generation.api.requests import FIT_MARK, ChatTurn, RequestLimits, build_request
-from ..generation.domain import (
+from ...config import ServerConfig
+from ...generation.api.requests import FIT_MARK, ChatTurn, RequestLimits, build_request
+from ...generation.domain import (
     ConstraintKind,
     ConstraintUnavailable,
     EngineClosed,
@@ -33,8 +33,8 @@ from ..generation.domain import (
     PromptTooLong,
     QueueFull,
 )
-from ..generation.engine import GenerationEngine, complete_generation
-from .domain import LABEL_MATCH_WARNING, FieldExtraction, OutputFormat, ParseOutcome
+from ...generation.engine import GenerationEngine, complete_generation
+from ..domain import LABEL_MATCH_WARNING, FieldExtraction, OutputFormat, ParseOutcome
 from .validation import DocumentRequest
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,11 @@ from typing import Any
 
 from zopilot_client.pb import documents_pb2 as pb
 
-from ..config import ServerConfig
-from ..errors import MAX_ID_CHARS, FieldViolation, InvalidArgument, Message, request_id_problem
-from ..json_schema_text import MAX_SCHEMA_DEPTH, SchemaTextProblem, parse_schema
-from .chunking import MAX_CHUNK_TOKENS, ChunkingRequest
-from .domain import FieldExtraction, OutputFormat
+from ...config import ServerConfig
+from ...errors import MAX_ID_CHARS, FieldViolation, InvalidArgument, Message, request_id_problem
+from ...json_schema_text import MAX_SCHEMA_DEPTH, SchemaTextProblem, parse_schema
+from ..chunking import MAX_CHUNK_TOKENS, ChunkingRequest
+from ..domain import FieldExtraction, OutputFormat
 
 MAX_FILENAME_CHARS = 1024
 MAX_REQUEST_ID_CHARS = MAX_ID_CHARS

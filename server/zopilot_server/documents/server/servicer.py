@@ -1,8 +1,9 @@
 """The zopilot.v1.Documents servicer: protobuf in, DocumentParser, protobuf out.
 
-All logic lives below (validation, detection, parser, pool, worker, extract); this
-module only translates and logs one line per request; error_table.STATUS_TABLE says what
-our domain errors mean as gRPC statuses (the RPC chain's ErrorMapping link applies it).
+All logic lives below (validation, detection, parser and pool beside it; worker/ and
+readers/ in the parser workers); this module only translates and logs one line per
+request; error_table.STATUS_TABLE says what our domain errors mean as gRPC statuses
+(the RPC chain's ErrorMapping link applies it).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import grpc
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 
-from ..config import ServerConfig
-from ..errors import loggable
+from ...config import ServerConfig
+from ...errors import loggable
+from ..domain import OutputFormat, ParseOutcome
 from .chunk_tokenizers import ChunkTokenizers, chunk_outcome
 from .csv_safety import neutralize_formulas
-from .domain import OutputFormat, ParseOutcome
 from .model_fields import EngineSource, ModelFieldFiller
 from .parser import DocumentParser
 from .validation import DocumentRequest, to_document_request
