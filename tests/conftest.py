@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 from support import InProcessServer, build_tiny_llama
+from tls_pki import Pki, make_pki
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading import default_model
@@ -84,3 +85,9 @@ def tiny_stub(tiny_server: InProcessServer) -> Iterator[generation_pb2_grpc.Gene
 def smollm2_stub(smollm2_server: InProcessServer) -> Iterator[generation_pb2_grpc.GenerationStub]:
     with grpc.insecure_channel(smollm2_server.target) as channel:
         yield generation_pb2_grpc.GenerationStub(channel)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test CA and certificates for 127.0.0.1 / localhost (tls_pki.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_processes import start_tiny_process
 from support import InProcessServer, wait_until
-from test_server_lifecycle import start_tiny_process
 from transformers import AutoTokenizer
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc as pb_grpc

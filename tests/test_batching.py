@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from server_processes import start_tiny_process
 from support import finish_spy, retry_delay_s, wait_until
-from test_server_lifecycle import start_tiny_process
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 

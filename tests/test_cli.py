@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 import zopilot_client as zc
+from cli_tools import ZOPILOT, run_cli
 from support import FakeServer, engine_idle, finish_spy, free_port, health_server_later
 from zopilot_client import cli
 from zopilot_server.generation.domain import FinishReason as ServerFinish
-
-ZOPILOT = str(Path(sys.executable).parent / "zopilot")
-
-
-def run_cli(
-    *args: str, target: str | None = None, stdin: str = "", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    command = [ZOPILOT, *args] + (["--target", target] if target else [])
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZOPILOT_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        command, input=stdin, capture_output=True, text=True, timeout=120, env=full_env
-    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) -> None:

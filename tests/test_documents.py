@@ -23,35 +23,15 @@ from typing import Any
 import documents_builders as build
 import grpc
 import pytest
+from documents_calls import ALL_FORMATS, Parse, make_parse
 from grpc_health.v1 import health_pb2
 from support import InProcessServer, violated_fields, wait_until
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
 from zopilot_server.config import ServerConfig
 
-ALL_FORMATS = [
-    pb.OUTPUT_FORMAT_MARKDOWN,
-    pb.OUTPUT_FORMAT_HTML,
-    pb.OUTPUT_FORMAT_TEXT,
-    pb.OUTPUT_FORMAT_JSON,
-    pb.OUTPUT_FORMAT_CSV,
-]
 FAULT_TIMEOUT_S = 3.0
 FAULT_MAX_BYTES = 64 * 1024
-Parse = Callable[..., pb.DocumentParseResponse]
-
-
-def make_parse(server: InProcessServer) -> Iterator[Parse]:
-    # Parsed spreadsheets can exceed gRPC's default 4 MiB receive limit on the client.
-    options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-    with grpc.insecure_channel(server.target, options=options) as channel:
-        stub = pb_grpc.DocumentsStub(channel)
-
-        def parse(content: bytes, filename: str, timeout: float = 60, **fields: Any) -> Any:
-            request = pb.DocumentParseRequest(content=content, filename=filename, **fields)
-            return stub.DocumentParse(request, timeout=timeout)
-
-        yield parse
 
 
 @pytest.fixture

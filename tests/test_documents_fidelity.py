@@ -19,8 +19,8 @@ from typing import Any
 
 import documents_builders as build
 import pytest
+from documents_calls import ALL_FORMATS, Parse, make_parse
 from support import InProcessServer
-from test_documents import ALL_FORMATS, Parse, make_parse
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_server.documents import html_render, outputs
 from zopilot_server.documents.readers.docx import docx_markdown

@@ -3,55 +3,15 @@ the label matching as the fallback and on request, and which one was used."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
-from typing import Any
 
-import docx
 import grpc
 import pytest
 import zopilot_client as zc
-from test_cli import run_cli
+from cli_tools import run_cli
+from documents_calls import INVOICE_SCHEMA, invoice_docx, parse
 from zopilot_client.pb import documents_pb2 as pb
-from zopilot_client.pb import documents_pb2_grpc as pb_grpc
-
-INVOICE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "invoice_number": {"type": "string"},
-        "customer": {"type": "string"},
-        "date": {"type": "string"},
-        "total": {"type": "number"},
-    },
-    "required": ["invoice_number", "customer", "date", "total"],
-}
-
-
-def invoice_docx() -> bytes:
-    """An invoice as a user would write it: labels, a bill-to line, an item table."""
-    document = docx.Document()
-    document.add_heading("Invoice", 1)
-    for line in ("Invoice number: INV-2024-017", "Date: 2024-03-05"):
-        document.add_paragraph(line)
-    document.add_paragraph("Bill to: Acme GmbH, Hauptstrasse 5, Berlin")
-    rows = [["Item", "Quantity", "Price"], ["Chairs", "12", "600.00"], ["Desks", "3", "650.00"]]
-    table = document.add_table(rows=len(rows), cols=3)
-    for r, row in enumerate(rows):
-        for c, value in enumerate(row):
-            table.cell(r, c).text = value
-    document.add_paragraph("Total: 1250.00 EUR")
-    buffer = io.BytesIO()
-    document.save(buffer)
-    return buffer.getvalue()
-
-
-def parse(server: Any, content: bytes, filename: str, **fields: Any) -> pb.DocumentParseResponse:
-    with grpc.insecure_channel(server.target) as channel:
-        request = pb.DocumentParseRequest(
-            content=content, filename=filename, formats=[pb.OUTPUT_FORMAT_JSON], **fields
-        )
-        return pb_grpc.DocumentsStub(channel).DocumentParse(request, timeout=300)
 
 
 def test_the_model_fills_the_schema_from_an_invoice(smollm2_server) -> None:

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from server_processes import read_until
 from support import retry_delay_s, wait_until
-from test_server_lifecycle import read_until
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 
@@ -175,8 +175,8 @@ def test_idle_calls_do_not_hold_the_drain_for_the_grace(tiny_model_dir, model_ca
     """Nothing to drain but a health Watch and a call whose request never completes:
     the drain stops at once (UNAVAILABLE to both) instead of waiting out a 60 s grace."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from test_server_lifecycle import start_tiny_process
-    from test_transport_limits import RawHttp2
+    from raw_http2 import RawHttp2
+    from server_processes import start_tiny_process
 
     process, port, _ = start_tiny_process(
         tiny_model_dir, model_cache_dir, "--grace-period-s", "60", "--no-doc-prestart"

@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from cli_tools import run_cli
 from support import InProcessServer
-from test_cli import run_cli
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading.model_loader import LoadedModel, load_model
 

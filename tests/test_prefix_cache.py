@@ -337,7 +337,7 @@ def test_prefix_cache_off_is_reported_and_never_hits(tiny_config: ServerConfig) 
 def test_a_document_asked_again_reuses_its_prefix(smollm2_server) -> None:
     """DocumentParse model field extraction puts the document before the schema, so a
     second schema on the same document prefills only the schema and the answer."""
-    from test_documents_model_fields import INVOICE_SCHEMA, invoice_docx, parse
+    from documents_calls import INVOICE_SCHEMA, invoice_docx, parse
 
     engine = smollm2_server.running.engine
     before = engine.load().prefix_hit_tokens

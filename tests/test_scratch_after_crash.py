@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from test_server_lifecycle import read_until, start_process
+from server_processes import read_until, start_process
 
 PREFIX = "zopilot-docs-"
 

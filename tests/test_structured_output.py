@@ -14,8 +14,8 @@ import grpc
 import jsonschema
 import pytest
 import zopilot_client as zc
+from cli_tools import run_cli
 from support import engine_idle, field_violations
-from test_cli import run_cli
 from zopilot_client.pb import generation_pb2 as pb
 
 ASK = "Describe one example as JSON."
