@@ -14,7 +14,7 @@
 # what differs. The application comes last: editing it rebuilds only steps 6 and later.
 #
 # Versions: constraints.txt is the one source. The *_VERSION ARGs of steps 2 and 3 default
-# to its pins (tests/test_image_dockerfile.py fails when they differ), so the heavy layers
+# to its pins (tests/integration/tooling/test_image_dockerfile.py fails when they differ), so the heavy layers
 # do not depend on the file and a transformers bump does not re-download CUDA; step 4
 # verifies every pin of constraints.txt, so overriding one of these ARGs alone fails the
 # build instead of shipping drift. Only the build tools of step 1, which constraints.txt

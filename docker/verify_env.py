@@ -52,8 +52,8 @@ PROFILE_ENV = "ZOPILOT_VERIFY_PROFILE"
 # only torch (the CPU build on disk); the others must then be absent.
 GPU_STACK = ("torch", "torchvision", "torchaudio")
 # Pinned for dev/CI only (`make proto` regenerates the stubs with it); requirements.txt
-# never pulls it into the image. tests/test_image_resolution.py proves this list against
-# a resolution of the image's install.
+# never pulls it into the image. tests/integration/tooling/test_image_resolution.py
+# proves this list against a resolution of the image's install.
 NOT_IN_IMAGE = ("grpcio-tools",)
 
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*==\s*(?P<version>\S+)$")

@@ -1,5 +1,6 @@
-"""Print the README's configuration table from ServerConfig (tests/test_readme.py keeps
-them in sync: a new setting without a README row fails the suite)."""
+"""Print the README's configuration table from ServerConfig
+(tests/integration/client/test_readme.py keeps them in sync: a new setting without a
+README row fails the suite)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Shared fixtures: model directories (tiny random Llama, real SmolLM2) and servers."""
+"""Shared fixtures: model directories (tiny random Llama, real SmolLM2), servers and the
+test PKI, for tests/unit/ and tests/integration/ alike.
+
+What goes where (unit: no server and no external tool; integration: the rest, by package
+area) is in tests/README.md; helpers two test files share live in modules beside this
+file, never in a test file.
+"""
 
 from __future__ import annotations
 

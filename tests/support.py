@@ -29,6 +29,9 @@ READY_TIMEOUT_S = 120
 
 DetailT = TypeVar("DetailT", bound=Message)
 
+# The repository root; the test folders import it from here (tests/ is on sys.path).
+REPO = Path(__file__).resolve().parents[1]
+
 
 class InProcessServer:
     """The real grpc.aio server, started in a background thread, ready when constructed.
@@ -372,9 +375,17 @@ def load_script(name: str) -> Any:
     """Import ``scripts/<name>.py`` (the scripts folder is not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    path = REPO / "scripts" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def cuda_out_of_memory() -> BaseException:
+    """The error torch raises when a CUDA allocation fails (raised here on CPU by tests
+    that inject faults into a step)."""
+    import torch
+
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

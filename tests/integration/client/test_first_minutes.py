@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 from cli_tools import run_cli
-from support import InProcessServer
+from support import REPO, InProcessServer
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading.model_loader import LoadedModel, load_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_empty_generation_tells_the_user_about_chat(smollm2_server: InProcessServer) -> None:
@@ -21,7 +18,8 @@ def test_empty_generation_tells_the_user_about_chat(smollm2_server: InProcessSer
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
     assert "produced no text" in result.stderr and "--chat" in result.stderr
-    # (With --chat the same prompt answers Paris: tests/test_cli.py covers chat turns.)
+    # (With --chat the same prompt answers Paris: tests/integration/client/test_cli.py
+    # covers chat turns.)
 
 
 def test_info_rounds_floats(tiny_server: InProcessServer) -> None:

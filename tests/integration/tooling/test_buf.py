@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BUF = shutil.which("buf", path=str(Path(sys.executable).parent))
 
 

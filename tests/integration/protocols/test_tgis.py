@@ -10,17 +10,14 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import grpc
 import pytest
 from grpc_tools import protoc
-from support import InProcessServer, engine_idle, field_violations
+from support import REPO, InProcessServer, engine_idle, field_violations
 from zopilot_client.pb import generation_pb2, generation_pb2_grpc
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from support import load_script
+from support import REPO, load_script
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "client" / "zopilot_client" / "pb"
 
 

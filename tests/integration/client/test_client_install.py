@@ -9,11 +9,10 @@ import shutil
 import subprocess
 import sys
 import venv
-from pathlib import Path
 
 import pytest
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # (grpc itself imports grpc_tools / grpc_health when they are installed: not ours to avoid.)
 HEAVY = ("torch", "transformers", "numpy", "docstrange", "zopilot_server")
 

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 from verify_env import NOT_IN_IMAGE, Pin, Profile, expectations
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from image_resolution import Resolution, compare_resolution, resolve_image  # noqa: E402
+from image_resolution import Resolution, compare_resolution, resolve_image
 
 CONSTRAINTS = REPO / "constraints.txt"
 REQUIREMENTS = REPO / "requirements.txt"

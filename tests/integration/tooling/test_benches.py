@@ -22,9 +22,8 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from support import REPO
 from zopilot_client.pb import generation_pb2 as pb
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def load_bench(name: str) -> ModuleType:

@@ -7,9 +7,10 @@ the map a newcomer reads first, and a map that leaves out a module misleads.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from support import REPO
+
+ROOT = REPO
 PACKAGE = ROOT / "server" / "zopilot_server"
 README = ROOT / "README.md"
 

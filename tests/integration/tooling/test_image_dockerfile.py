@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-import bake_model  # noqa: E402  (docker/, on the path by pyproject's pytest config)
-import image_checks  # noqa: E402
-from dockerfile_recipe import Recipe, expand, run_commands  # noqa: E402
+import bake_model
+import image_checks
+from dockerfile_recipe import Recipe, expand, run_commands
 
 FILES = ("Dockerfile", "requirements.txt", "constraints.txt", ".dockerignore")
 TEXT = {name: (REPO / name).read_text(encoding="utf-8") for name in FILES}

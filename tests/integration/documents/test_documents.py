@@ -285,7 +285,7 @@ def test_size_limit_names_the_limit_and_matches_the_transport(
 
 
 def test_ocr_without_models_uses_the_bundled_engine(fault_parse: Parse) -> None:
-    """No docstrange models: the bundled engine reads the pages (tests/test_documents_ocr.py
+    """No docstrange models: the bundled engine reads the pages (test_documents_ocr.py
     checks what it reads); these have no text, which the reply says."""
     for content, filename, pages in ((build.pdf_pages(1, text=False), "scan.pdf", 1),
                                      (build.png_image(), "photo.png", 1)):  # fmt: skip

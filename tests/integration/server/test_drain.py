@@ -18,11 +18,10 @@ from pathlib import Path
 
 import grpc
 from server_processes import read_until
-from support import retry_delay_s, wait_until
+from support import REPO, retry_delay_s, wait_until
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
 STREAMS = 6
 BATCH = 4  # so STREAMS - BATCH requests are queued when the signal comes
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from packaging.version import Version
-from support import greedy_reference, wait_until
+from support import cuda_out_of_memory, greedy_reference, wait_until
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.domain import GenerationRequest, OutOfMemory, RequestTooLong
 from zopilot_server.generation.engine import (
@@ -27,7 +27,6 @@ from zopilot_server.generation.engine import (
 from zopilot_server.generation.kv.kv_arena import KVArena
 from zopilot_server.generation.loading.compat import transformers_version
 from zopilot_server.generation.loading.model_loader import load_model
-from zopilot_server.generation.model.sampling import TokenChooser
 
 PROMPTS = [
     "What is the capital of France?",
@@ -251,10 +250,6 @@ class _Fault:
         delattr(self.target, self.name) if self.name in vars(self.target) else None
 
 
-def _oom() -> BaseException:
-    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-
 @pytest.mark.parametrize(
     "phase",
     ["decode forward", "token choice", "prefill forward"],
@@ -270,7 +265,7 @@ def test_a_fault_in_any_phase_ends_only_its_victim_and_survivors_text_is_exact(
         "token choice": (runner._chooser, "choose", 6),
         "prefill forward": (runner, "_logits", 1),
     }[phase]
-    fault = _Fault(target, name, _oom(), nth)
+    fault = _Fault(target, name, cuda_out_of_memory(), nth)
 
     async def run() -> list[Any]:
         return await asyncio.gather(
@@ -295,138 +290,6 @@ def test_a_fault_in_any_phase_ends_only_its_victim_and_survivors_text_is_exact(
     # The engine goes on: the next request works and nothing is left in the arena.
     assert _tokens(tiny, [requests[1]]) == [want[1]]
     assert wait_until(lambda: not runner.arena.slot_of)
-
-
-def _chooser_draws(request_kw: dict[str, Any], logits: list[float], draws: int = 400) -> list[int]:
-    """Tokens drawn for one row with the given sampling parameters, over many seeds."""
-    from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.model.sampling import new_row
-
-    chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
-    out = []
-    min_new = request_kw.pop("min_new_tokens", 0)
-    seen = request_kw.pop("seen", ())
-    for seed in range(draws):
-        sampling = SamplingParams(seed=seed, **request_kw)
-        request = GenerationRequest(
-            "r", tuple(seen), False, max_new_tokens=4, min_new_tokens=min_new, sampling=sampling
-        )
-        row = new_row(0, request, len(logits), torch.device("cpu"))
-        [step] = chooser.choose([row], torch.tensor([logits]))
-        out.append(step.token_id)
-    return out
-
-
-LOGITS = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5]
-
-
-def test_top_k_keeps_only_the_k_likeliest_tokens() -> None:
-    assert set(_chooser_draws({"temperature": 1.0}, LOGITS)) > {0, 1}
-    assert set(_chooser_draws({"temperature": 1.0, "top_k": 2}, LOGITS)) == {0, 1}
-
-
-def test_top_p_keeps_the_smallest_set_over_p() -> None:
-    # softmax(LOGITS): 0.36, 0.22, 0.13, 0.08, 0.05, 0.03 -> top_p 0.5 keeps tokens 0, 1
-    assert set(_chooser_draws({"temperature": 1.0, "top_p": 0.5}, LOGITS)) == {0, 1}
-    assert len(set(_chooser_draws({"temperature": 1.0, "top_p": 0.95}, LOGITS))) >= 4
-
-
-def test_temperature_sharpens_and_flattens() -> None:
-    cold = _chooser_draws({"temperature": 0.2}, LOGITS).count(0)
-    warm = _chooser_draws({"temperature": 1.0}, LOGITS).count(0)
-    hot = _chooser_draws({"temperature": 5.0}, LOGITS).count(0)
-    assert cold > warm > hot
-
-
-def test_repetition_penalty_lowers_seen_tokens() -> None:
-    free = _chooser_draws({"temperature": 1.0, "seen": (0,)}, LOGITS).count(0)
-    penalised = _chooser_draws(
-        {"temperature": 1.0, "repetition_penalty": 3.0, "seen": (0,)}, LOGITS
-    ).count(0)
-    assert penalised < free / 2
-
-
-def test_min_new_tokens_forbids_eos() -> None:
-    assert 0 in _chooser_draws({"temperature": 1.0}, LOGITS)
-    assert 0 not in _chooser_draws({"temperature": 1.0, "min_new_tokens": 2}, LOGITS)
-
-
-def test_a_failed_choice_restores_the_generators() -> None:
-    """A retried step draws what the failed one would have: seeds survive faults."""
-    from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.model.sampling import new_row
-
-    chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
-    request = GenerationRequest(
-        "r", (), False, max_new_tokens=4, sampling=SamplingParams(temperature=1.0, seed=3)
-    )
-    row = new_row(0, request, len(LOGITS), torch.device("cpu"))
-    twin = new_row(0, request, len(LOGITS), torch.device("cpu"))
-    original = chooser._pick
-
-    def pick_then_fail(rows: Any, scores: Any) -> Any:
-        original(rows, scores)  # the draw happens, then the step fails
-        raise _oom()
-
-    chooser._pick = pick_then_fail  # type: ignore[method-assign]
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        chooser.choose([row], torch.tensor([LOGITS]))
-    chooser._pick = original  # type: ignore[method-assign]
-    got = [chooser.choose([row], torch.tensor([LOGITS]))[0].token_id for _ in range(20)]
-    want = [chooser.choose([twin], torch.tensor([LOGITS]))[0].token_id for _ in range(20)]
-    assert got == want
-
-
-def test_model_info_and_metrics_report_the_arena(tiny_config: ServerConfig) -> None:
-    """What GetModelInfo and /metrics say is what the arena holds, idle and busy."""
-    import dataclasses
-
-    import grpc
-    from support import InProcessServer, free_port, metric_values
-    from zopilot_client.pb import generation_pb2 as pb
-    from zopilot_client.pb import generation_pb2_grpc
-
-    port = free_port()
-    server = InProcessServer(
-        dataclasses.replace(
-            tiny_config, metrics_port=port, max_batch_size=4, kv_cache_memory_mib=16
-        )
-    )
-
-    def gauges() -> dict[str, float]:
-        return metric_values(port, "zopilot_kv_cache")
-
-    try:
-        engine = server.running.engine
-        assert engine is not None
-        with grpc.insecure_channel(server.target) as channel:
-            stub = generation_pb2_grpc.GenerationStub(channel)
-            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).kv_cache
-            # tiny Llama: 2 layers x 2 KV heads x 16 dims x K and V x 4 bytes = 512 B a token
-            assert (info.mode, info.slots) == ("arena", 4)
-            assert info.tokens_per_slot == 2048  # the model's whole context fits 16 MiB
-            assert info.bytes == 4 * 2048 * 512 and info.serial_reason == ""
-            idle = gauges()
-            assert idle["zopilot_kv_cache_slots"] == 4 and idle["zopilot_kv_cache_slots_used"] == 0
-            assert idle["zopilot_kv_cache_bytes"] == info.bytes
-            assert idle["zopilot_kv_cache_tokens_budget"] == 4 * 2048
-            stream = stub.GenerateStream(
-                pb.GenerateRequest(prompt="Hello there", max_new_tokens=2000, ignore_eos=True),
-                timeout=60,
-            )
-            next(stream)
-            busy = gauges()
-            assert busy["zopilot_kv_cache_slots_used"] == 1
-            held = engine.scheduler._runner.arena.tokens_used
-            assert (
-                busy["zopilot_kv_cache_tokens_used"] >= 2
-                and held >= busy["zopilot_kv_cache_tokens_used"]
-            )
-            stream.cancel()
-        assert wait_until(lambda: gauges()["zopilot_kv_cache_slots_used"] == 0)
-        assert gauges()["zopilot_kv_cache_tokens_used"] == 0
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
@@ -477,65 +340,3 @@ def test_memory_stays_within_the_arena_under_a_mixed_load(
     finally:
         done.set()
         engine.close()
-
-
-def test_token_details_report_the_processed_distribution(tiny_model_dir: Path) -> None:
-    """logprobs and top-n alternatives are those of the scores after the processors and
-    before the warpers: the penalised, EOS-masked distribution, not the sampled one."""
-    from transformers import AutoTokenizer
-    from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.model.sampling import new_row
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    chooser = TokenChooser(tokenizer, eos_token_ids=[0])
-    sampling = SamplingParams(temperature=0.5, top_k=1, repetition_penalty=2.0, seed=1)
-    request = GenerationRequest(
-        "r", (1,), False, max_new_tokens=3, min_new_tokens=1, token_details=True,
-        top_n_tokens=2, sampling=sampling,
-    )  # fmt: skip
-    row = new_row(0, request, len(LOGITS), torch.device("cpu"))
-    [step] = chooser.choose([row], torch.tensor([LOGITS]))
-    # EOS (0) masked by min_new_tokens, token 1 penalised 1.5 -> 0.75: token 2 leads.
-    processed = torch.tensor([float("-inf"), 0.75, 1.0, 0.5, 0.0, -0.5])
-    want = torch.log_softmax(processed, -1)
-    assert step.token_id == 2  # top_k 1 after the temperature: the processed argmax
-    assert step.detail is not None and step.detail.id == 2
-    assert step.detail.logprob == pytest.approx(float(want[2]), abs=1e-5)
-    assert [t.id for t in step.detail.top_tokens] == [2, 1]
-    assert step.detail.top_tokens[1].logprob == pytest.approx(float(want[1]), abs=1e-5)
-
-
-def test_penalty_makes_a_negative_seen_score_more_negative() -> None:
-    scores = [-1.0, -1.0, -3.0, -3.0]
-    free = _chooser_draws({"temperature": 1.0, "seen": (0,)}, scores).count(0)
-    penalised = _chooser_draws(
-        {"temperature": 1.0, "repetition_penalty": 2.0, "seen": (0,)}, scores
-    ).count(0)
-    assert penalised < free * 0.6
-
-
-def test_greedy_and_seeded_rows_in_one_batch_choose_as_alone() -> None:
-    from zopilot_server.generation.domain import SamplingParams
-    from zopilot_server.generation.model.sampling import new_row
-
-    chooser = TokenChooser(tokenizer=None, eos_token_ids=[0])
-
-    def rows() -> list[Any]:
-        greedy = GenerationRequest("g", (), False, max_new_tokens=8)
-        seeded = GenerationRequest(
-            "s", (), False, max_new_tokens=8,
-            sampling=SamplingParams(temperature=1.3, top_p=0.9, top_k=4, seed=5),
-        )  # fmt: skip
-        return [
-            new_row(i, r, len(LOGITS), torch.device("cpu")) for i, r in enumerate((greedy, seeded))
-        ]
-
-    together, alone = rows(), rows()
-    batch = [
-        [s.token_id for s in chooser.choose(together, torch.tensor([LOGITS] * 2))]
-        for _ in range(30)
-    ]
-    solo = [chooser.choose([alone[1]], torch.tensor([LOGITS]))[0].token_id for _ in range(30)]
-    assert [b[0] for b in batch] == [0] * 30  # greedy: the argmax every time
-    assert [b[1] for b in batch] == solo
-    assert len(set(solo)) > 1

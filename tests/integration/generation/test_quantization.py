@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from packaging.version import Version
+from support import REPO
 from zopilot_server.config import ServerConfig, load_config
 from zopilot_server.generation.loading import compat, quantization
 from zopilot_server.generation.loading.quantization import (
@@ -24,8 +25,6 @@ from zopilot_server.generation.loading.quantization import (
     check_supported,
     quantization_info,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_versions(monkeypatch: pytest.MonkeyPatch, **versions: str | None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import verify_env
-from support import load_script
+from support import REPO, load_script
 from verify_env import (
     ConstraintsError,
     Profile,
@@ -23,7 +23,6 @@ from verify_env import (
     parse_constraints,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 CONSTRAINTS = (REPO / "constraints.txt").read_text(encoding="utf-8")
 IMAGE = expectations(CONSTRAINTS, Profile.IMAGE)
 CUDA_BUILD = TorchBuild("2.5.1+cu124", "12.4", ("NVIDIA H100",))

@@ -18,9 +18,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from support import REPO
 from zopilot_server.config import ServerConfig, build_parser, load_config
 
-ROOT = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+ROOT = REPO / "deploy" / "kubernetes"
 K8S_VERSION = "1.30.0"
 CRD_KINDS = {"ServiceMonitor", "ScaledObject"}
 PRESTOP_MARGIN_S = 10  # engine close + parser workers + slack after the grace period

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # pyenv's shim for python3.10 fails unless 3.10 is selected: prefer the real binary.
 _CANDIDATES = sorted(Path("/root/.pyenv/versions").glob("3.10.*/bin/python3.10"))
 PY310 = str(_CANDIDATES[-1]) if _CANDIDATES else shutil.which("python3.10")
@@ -18,7 +18,7 @@ PY310 = str(_CANDIDATES[-1]) if _CANDIDATES else shutil.which("python3.10")
 def test_sources_compile_under_python_310(tmp_path):
     sources = [
         str(p)
-        for folder in ("server", "client", "scripts", "bench")
+        for folder in ("server", "client", "scripts", "bench", "docker")
         for p in (REPO / folder).rglob("*.py")
     ]
     script = (
