@@ -26,6 +26,7 @@ from zopilot_server.generation.domain import Chunk, FinishReason
 from zopilot_server.generation.loading.model_loader import load_model
 
 READY_TIMEOUT_S = 120
+MIB = 1024 * 1024
 
 DetailT = TypeVar("DetailT", bound=Message)
 
@@ -93,6 +94,15 @@ def wait_until(
             return True
         time.sleep(interval)
     return predicate()
+
+
+def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
+    """The gRPC error ``call`` raises (the test fails if it raises none)."""
+    import pytest
+
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
 
 
 def rich_status(error: grpc.RpcError) -> Any:
