@@ -1,15 +1,22 @@
-"""DocumentParse as the tests call it: one fixture of every format, and a ``parse``
-callable bound to a server.
+"""DocumentParse as the tests call it and checks its replies: the output formats, a
+``parse`` callable bound to a server, the fault server's limits, the invoice of the
+model-filled fields, and checks that a server still serves, that an HTML output is safe
+and what a csv output holds.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
+import documents_builders as build
 import docx
 import grpc
+from grpc_health.v1 import health_pb2
 from support import InProcessServer
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
@@ -75,3 +82,49 @@ def parse(server: Any, content: bytes, filename: str, **fields: Any) -> pb.Docum
             content=content, filename=filename, formats=[pb.OUTPUT_FORMAT_JSON], **fields
         )
         return pb_grpc.DocumentsStub(channel).DocumentParse(request, timeout=300)
+
+
+class _Tags(HTMLParser):
+    """Every start tag and its attributes, as a browser's tokenizer would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+
+def assert_safe_html(page: str) -> list[tuple[str, dict[str, str]]]:
+    """No script / img / iframe / style tags, no on* handler, no javascript: URL."""
+    reader = _Tags()
+    reader.feed(page)
+    for tag, attrs in reader.tags:
+        assert tag not in {"script", "img", "iframe", "object", "embed", "style", "link"}, tag
+        for name, value in attrs.items():
+            assert not name.startswith("on"), (tag, name)
+            assert not value.strip().lower().startswith("javascript:"), (tag, value)
+            if name in {"src", "srcset", "background"}:
+                raise AssertionError(f"remote source in <{tag} {name}={value!r}>")
+    return reader.tags
+
+
+def csv_rows(text: str) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(text)))
+
+
+FAULT_TIMEOUT_S = 3.0
+
+
+FAULT_MAX_BYTES = 64 * 1024
+
+
+def requests_dir(server: InProcessServer) -> Path:
+    return server.running.documents.parser.requests_dir
+
+
+def assert_serves(parse: Parse, server: InProcessServer) -> None:
+    """The server still parses documents and reports SERVING."""
+    reply = parse(build.TEXT_NOTE, "after.txt")
+    assert "Meeting notes" in reply.markdown
+    assert server.health() == health_pb2.HealthCheckResponse.SERVING

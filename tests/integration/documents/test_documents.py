@@ -1,83 +1,25 @@
 """DocumentParse through the real server: real documents in, their content back out.
 
 Happy paths and bad input run on the shared tiny server. Isolation (timeouts, crashes,
-the network guard, the queue bound, size limits, OCR without models) runs on one
-dedicated server with a single worker and test-only fault injection enabled.
+the network guard, the queue bound, size limits, OCR without models) is in
+test_documents_workers.py.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import documents_builders as build
 import grpc
 import pytest
-from documents_calls import ALL_FORMATS, Parse, make_parse
-from grpc_health.v1 import health_pb2
-from support import InProcessServer, violated_fields, wait_until
+from documents_calls import ALL_FORMATS, Parse, assert_serves, requests_dir
+from support import InProcessServer, rpc_error, violated_fields
 from zopilot_client.pb import documents_pb2 as pb
-from zopilot_client.pb import documents_pb2_grpc as pb_grpc
-from zopilot_server.config import ServerConfig
-
-FAULT_TIMEOUT_S = 3.0
-FAULT_MAX_BYTES = 64 * 1024
-
-
-@pytest.fixture
-def parse(tiny_server: InProcessServer) -> Iterator[Parse]:
-    yield from make_parse(tiny_server)
-
-
-@pytest.fixture(scope="module")
-def fault_server(
-    tiny_config: ServerConfig, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InProcessServer]:
-    config = dataclasses.replace(
-        tiny_config,
-        doc_workers=1,
-        doc_max_queue=0,
-        doc_timeout_s=FAULT_TIMEOUT_S,
-        doc_max_bytes=FAULT_MAX_BYTES,
-        doc_fault_injection=True,
-        doc_model_dir=str(tmp_path_factory.mktemp("no-ocr-models")),
-    )
-    server = InProcessServer(config)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fault_parse(fault_server: InProcessServer) -> Iterator[Parse]:
-    yield from make_parse(fault_server)
-
-
-def rpc_error(call: Callable[[], Any]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value
-
-
-def requests_dir(server: InProcessServer) -> Path:
-    return server.running.documents.parser.requests_dir
-
-
-def assert_serves(parse: Parse, server: InProcessServer) -> None:
-    """The server still parses documents and reports SERVING."""
-    reply = parse(build.TEXT_NOTE, "after.txt")
-    assert "Meeting notes" in reply.markdown
-    assert server.health() == health_pb2.HealthCheckResponse.SERVING
-
 
 # --- content comes back -------------------------------------------------------------
 
@@ -268,102 +210,7 @@ def test_server_healthy_and_no_temp_files_after_bad_input(
     assert list(requests_dir(tiny_server).iterdir()) == []
 
 
-# --- isolation: limits, timeouts, crashes, network, OCR --------------------------------
-
-
-def test_size_limit_names_the_limit_and_matches_the_transport(
-    fault_parse: Parse, fault_server: InProcessServer
-) -> None:
-    error = rpc_error(lambda: fault_parse(b"x" * (FAULT_MAX_BYTES + 1), "big.txt"))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"the limit is {FAULT_MAX_BYTES} bytes" in error.details()
-    # Past the limit plus the 1 MiB envelope, gRPC itself refuses the message.
-    receive_limit = fault_server.config.max_receive_message_bytes
-    error = rpc_error(lambda: fault_parse(b"x" * (receive_limit + 1), "huge.txt"))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert_serves(fault_parse, fault_server)
-
-
-def test_ocr_without_models_uses_the_bundled_engine(fault_parse: Parse) -> None:
-    """No docstrange models: the bundled engine reads the pages (test_documents_ocr.py
-    checks what it reads); these have no text, which the reply says."""
-    for content, filename, pages in ((build.pdf_pages(1, text=False), "scan.pdf", 1),
-                                     (build.png_image(), "photo.png", 1)):  # fmt: skip
-        reply = fault_parse(content, filename)
-        assert reply.metadata.method == "tesseract-ocr"
-        assert reply.metadata.page_count == pages
-        assert "no text found in the document" in reply.warnings
-
-
-def _worker_pids(server: InProcessServer) -> list[int]:
-    pool = server.running.documents.parser.pool
-    assert wait_until(lambda: len(pool.worker_pids()) == 1 and pool.idle_count == 1)
-    return pool.worker_pids()
-
-
-def test_hung_parser_times_out_and_busy_pool_says_so(
-    fault_parse: Parse, fault_server: InProcessServer
-) -> None:
-    before = _worker_pids(fault_server)
-    pool = fault_server.running.documents.parser.pool
-    with concurrent.futures.ThreadPoolExecutor(1) as executor:
-        hung = executor.submit(fault_parse, b"x", "zopilot-fault-hang.txt")
-        assert wait_until(lambda: pool.idle_count == 0)
-        busy = rpc_error(lambda: fault_parse(b"x", "other.txt"))
-        assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        error = rpc_error(hung.result)
-    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "--doc-timeout-s" in error.details()
-    assert list(requests_dir(fault_server).iterdir()) == []
-    assert _worker_pids(fault_server) != before  # replaced
-    assert_serves(fault_parse, fault_server)
-
-
-def test_crashed_parser_is_replaced(fault_parse: Parse, fault_server: InProcessServer) -> None:
-    before = _worker_pids(fault_server)
-    error = rpc_error(lambda: fault_parse(b"x", "zopilot-fault-crash.txt"))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "parser crashed" in error.details()
-    assert list(requests_dir(fault_server).iterdir()) == []
-    assert _worker_pids(fault_server) != before
-    assert_serves(fault_parse, fault_server)
-
-
-def test_call_deadline_stops_the_parser(fault_parse: Parse, fault_server: InProcessServer) -> None:
-    before = _worker_pids(fault_server)
-    error = rpc_error(lambda: fault_parse(b"x", "zopilot-fault-hang.txt", timeout=1.0))
-    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    # The server notices the deadline on its own clock: wait for it to clean up.
-    assert wait_until(lambda: not list(requests_dir(fault_server).iterdir()))
-    assert _worker_pids(fault_server) != before
-    assert_serves(fault_parse, fault_server)
-
-
-def test_worker_network_fails_at_once(fault_parse: Parse) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-        reply = fault_parse(f"127.0.0.1:{port}".encode(), "zopilot-fault-network.txt", timeout=5)
-        listener.settimeout(0)
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nobody connected
-    report = dict(line.split(": ", 1) for line in reply.markdown.splitlines())
-    for attempt in ("tcp", "socket", "dns"):
-        assert report[attempt].startswith("blocked (NetworkDisabled"), report
-    if "netns" in report["guard"]:
-        assert report["raw"].startswith("blocked"), report
-
-
-def test_close_stops_workers_and_removes_scratch(tiny_config: ServerConfig) -> None:
-    server = InProcessServer(dataclasses.replace(tiny_config, doc_workers=1))
-    parser = server.running.documents.parser
-    with server.channel() as channel:
-        stub = pb_grpc.DocumentsStub(channel)
-        stub.DocumentParse(pb.DocumentParseRequest(content=b"hi", filename="a.txt"), timeout=60)
-    processes = parser.pool.worker_processes()
-    scratch = parser.scratch_root
-    server.stop()
-    assert scratch is not None and not scratch.exists()
-    assert processes and not any(p.is_alive() for p in processes)
+# --- the README's example ---------------------------------------------------------
 
 
 def test_readme_grpcurl_example(tiny_server: InProcessServer, tmp_path: Path) -> None:
@@ -385,26 +232,6 @@ def test_readme_grpcurl_example(tiny_server: InProcessServer, tmp_path: Path) ->
     assert reply["markdown"].startswith("# Quarterly Report")
     assert reply["csv"].splitlines()[0] == "Item,Total"
     assert reply["metadata"]["detectedType"] == "docx"
-
-
-def test_worker_killed_while_idle_is_replaced(
-    fault_parse: Parse, fault_server: InProcessServer
-) -> None:
-    (pid,) = _worker_pids(fault_server)
-    (process,) = fault_server.running.documents.parser.pool.worker_processes()
-    os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: not process.is_alive())
-    assert_serves(fault_parse, fault_server)  # the dead worker is noticed, not used
-    assert _worker_pids(fault_server) != [pid]
-
-
-def test_parser_bug_is_internal_and_the_server_keeps_serving(
-    fault_parse: Parse, fault_server: InProcessServer
-) -> None:
-    error = rpc_error(lambda: fault_parse(b"x", "zopilot-fault-bug.txt", request_id="bug-1"))
-    assert error.code() == grpc.StatusCode.INTERNAL
-    assert "bug-1" in error.details()
-    assert_serves(fault_parse, fault_server)
 
 
 def test_pdf_page_without_text_layer_is_named(parse: Parse) -> None:

@@ -4,7 +4,8 @@ Each fixture (tests/documents_builders.py) holds content docstrange 1.1.6's proc
 lose: DOCX tables past row 20, text around tables, nested tables, headers, footers and
 hyperlinks; PPTX tables, group shapes and chart titles; one-row and header-less sheets;
 CSV cells that hold a newline, NA / N/A / NULL and integers in a column with blanks.
-They go through the real server; the renderers' edge cases are checked unit-level.
+They go through the real server; the renderers' and readers' edge cases in process are
+in unit/documents/ (test_documents_outputs.py, test_documents_readers.py).
 """
 
 from __future__ import annotations
@@ -12,55 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
-from html.parser import HTMLParser
-from pathlib import Path
-from typing import Any
 
 import documents_builders as build
 import pytest
-from documents_calls import ALL_FORMATS, Parse, make_parse
-from support import InProcessServer
+from documents_calls import ALL_FORMATS, Parse, assert_safe_html, csv_rows
 from zopilot_client.pb import documents_pb2 as pb
-from zopilot_server.documents import html_render, outputs
-from zopilot_server.documents.readers.docx import docx_markdown
+from zopilot_server.documents import outputs
 from zopilot_server.documents.readers.markdown_tables import table
-from zopilot_server.documents.readers.pptx import pptx_markdown
-
-
-@pytest.fixture
-def parse(tiny_server: InProcessServer) -> Iterator[Parse]:
-    yield from make_parse(tiny_server)
-
-
-class _Tags(HTMLParser):
-    """Every start tag and its attributes, as a browser's tokenizer would see them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, {k: v or "" for k, v in attrs}))
-
-
-def assert_safe_html(page: str) -> list[tuple[str, dict[str, str]]]:
-    """No script / img / iframe / style tags, no on* handler, no javascript: URL."""
-    reader = _Tags()
-    reader.feed(page)
-    for tag, attrs in reader.tags:
-        assert tag not in {"script", "img", "iframe", "object", "embed", "style", "link"}, tag
-        for name, value in attrs.items():
-            assert not name.startswith("on"), (tag, name)
-            assert not value.strip().lower().startswith("javascript:"), (tag, value)
-            if name in {"src", "srcset", "background"}:
-                raise AssertionError(f"remote source in <{tag} {name}={value!r}>")
-    return reader.tags
-
-
-def csv_rows(text: str) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(text)))
-
 
 # --- through the RPC ---------------------------------------------------------------
 
@@ -164,68 +123,6 @@ def test_shift_jis_text_is_detected(parse: Parse) -> None:
     assert any("decoded as cp932" in w or "shift_jis" in w for w in reply.warnings)
 
 
-# --- unit level ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("markdown", "text"),
-    [
-        ("**bold** and *it* and __b__ and _u_", "bold and it and b and u"),
-        ("first_name, last_name and snake_case_word", "first_name, last_name and snake_case_word"),
-        ("2*3*4 = 24 and a * b * c", "2*3*4 = 24 and a * b * c"),
-        ("| _x_ | **y** |\n| --- | --- |\n| a_b | 2*3 |", "_x_\t**y**\na_b\t2*3"),
-        ("| a \\| b | c<br>d |", "a | b\tc d"),
-    ],
-)
-def test_text_strips_only_markdown_emphasis(markdown: str, text: str) -> None:
-    assert outputs.to_text(markdown) == text
-
-
-def test_csv_cells_unescape_pipes_and_line_breaks() -> None:
-    markdown = "| h1 | h2 |\n| --- | --- |\n| a \\| b | line 1<br>line 2 |"
-    assert csv_rows(outputs.to_csv(markdown, [])) == [["h1", "h2"], ["a | b", "line 1\nline 2"]]
-
-
-def test_json_keeps_text_before_the_first_heading() -> None:
-    markdown = "Lead paragraph.\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n# Later\n\nBody."
-    data: dict[str, Any] = json.loads(outputs.to_json(markdown, {}, []))
-    sections = data["document"]["sections"]
-    assert [s["title"] for s in sections] == ["Content", "Later"]
-    assert sections[0]["content"]["paragraphs"] == ["Lead paragraph."]
-    assert sections[0]["content"]["tables"][0]["rows"] == [["1", "2"]]
-    assert data["document"]["metadata"]["total_sections"] == 2
-
-
-@pytest.mark.parametrize(
-    "markdown",
-    [
-        "[click](javascript:alert(1)) and ![x](https://evil.example/p.png)",
-        '<a href="javascript:x" onclick="y">a</a><img src="http://e.example/i.png" onerror=z>',
-        "# <script>alert(1)</script>\n\n| <b onmouseover=x>c</b> |\n| --- |\n| <svg onload=y> |",
-        "```\n<script>alert(1)</script>\n```",
-    ],
-)
-def test_html_renderer_escapes_and_sanitizes(markdown: str) -> None:
-    page = outputs.to_html(markdown, "t")
-    assert_safe_html(page)
-    assert "<script" not in page and "<svg" not in page
-
-
-def test_html_renderer_keeps_structure_and_safe_links() -> None:
-    markdown = (
-        "# T\n\n- one\n- two\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n[docs](https://x.example/d)"
-    )
-    body = html_render.body(markdown)
-    assert "<h1>T</h1>" in body and "<ul><li>one</li><li>two</li></ul>" in body
-    assert "<table><thead><tr><th>a</th><th>b</th></tr></thead><tbody>" in body
-    assert "<p><table" not in body and "<p><thead" not in body
-    assert 'href="https://x.example/d"' in body and "noopener" in body
-    tags = assert_safe_html(
-        html_render.sanitize('<p onclick="x">k</p><a href="javascript:y">z</a>')
-    )
-    assert tags == [("p", {}), ("a", {"rel": "noopener noreferrer nofollow"})]
-
-
 def test_pdf_lines_starting_with_hash_are_not_headings(parse: Parse) -> None:
     formats = [pb.OUTPUT_FORMAT_MARKDOWN, pb.OUTPUT_FORMAT_TEXT, pb.OUTPUT_FORMAT_HTML]
     reply = parse(build.pdf_hash_lines(), "issues.pdf", formats=formats)
@@ -233,21 +130,6 @@ def test_pdf_lines_starting_with_hash_are_not_headings(parse: Parse) -> None:
     assert "#42 fixed the parser" in reply.text.splitlines()
     assert "# not a heading either" in reply.text.splitlines()
     assert "<h1>" not in reply.html and "<p>#42 fixed the parser" in reply.html
-
-
-def test_docx_merged_cells_keep_columns_aligned(tmp_path: Path) -> None:
-    import docx
-
-    document = docx.Document()
-    table = document.add_table(rows=2, cols=3)
-    for row in range(2):
-        for col in range(3):
-            table.cell(row, col).text = f"c{row}{col}"
-    table.cell(0, 0).merge(table.cell(0, 1)).text = "merged"
-    path = tmp_path / "merged.docx"
-    document.save(str(path))
-    lines = docx_markdown(str(path)).markdown.splitlines()
-    assert lines == ["| merged |  | c02 |", "| --- | --- | --- |", "| c10 | c11 | c12 |"]
 
 
 def test_html_tables_are_separate_whole_and_in_json(parse: Parse) -> None:
@@ -266,29 +148,6 @@ def test_html_tables_are_separate_whole_and_in_json(parse: Parse) -> None:
     assert len(found) == 3, sections
     assert_safe_html(reply.html)
     assert reply.metadata.method == "docstrange:HTMLProcessor"
-
-
-def test_images_that_are_not_extracted_are_warned_about(tmp_path: Path) -> None:
-    import docx
-    import pptx
-    from pptx.util import Inches
-
-    document = docx.Document()
-    document.add_paragraph("caption text")
-    document.add_picture(io.BytesIO(build.png_image()))
-    document.save(str(tmp_path / "pic.docx"))
-    result = docx_markdown(str(tmp_path / "pic.docx"))
-    assert result.markdown == "caption text"
-    assert result.warnings == ["docx: 1 image(s) not extracted (their text is not OCRed)"]
-    deck = pptx.Presentation()
-    slide = deck.slides.add_slide(deck.slide_layouts[6])
-    group = slide.shapes.add_group_shape()
-    group.shapes.add_picture(io.BytesIO(build.png_image()), Inches(1), Inches(1))
-    slide.shapes.add_picture(io.BytesIO(build.png_image()), Inches(3), Inches(1))
-    deck.save(str(tmp_path / "pic.pptx"))
-    assert pptx_markdown(str(tmp_path / "pic.pptx")).warnings == [
-        "pptx: 2 picture(s) not extracted (not OCRed)"
-    ]
 
 
 # --- docx list numbering, vertical merges, pdf tables ----------------------------------
@@ -381,65 +240,6 @@ def test_pdf_short_lines_that_do_not_align_stay_lines(parse: Parse) -> None:
     assert "|" not in reply.markdown
     values = [value for row in build.PDF_TABLE_ROWS for value in row]
     assert sorted(reply.markdown.split()[3:]) == sorted(values)
-
-
-def test_pdf_frame_around_a_paragraph_is_not_a_table() -> None:
-    import pymupdf
-    from zopilot_server.documents.readers.pdf.tables import pdf_page_text
-
-    with pymupdf.open() as document:
-        page = document.new_page()
-        page.draw_rect(pymupdf.Rect(60, 50, 400, 120), color=(0, 0, 0))
-        page.insert_text((72, 72), "Framed note: read me first")
-        warnings: list[str] = []
-        assert pdf_page_text(page, 1, warnings) == (page.get_text(), 0)
-        assert warnings == []
-
-
-def test_pdf_graph_paper_is_not_searched_for_tables() -> None:
-    """A page ruled like graph paper (100 x 100 rules) would cost PyMuPDF's finder
-    seconds: its text is kept as lines, with a warning naming the page."""
-    import pymupdf
-    from zopilot_server.documents.readers.pdf.tables import pdf_page_text
-
-    with pymupdf.open() as document:
-        page = document.new_page()
-        shape = page.new_shape()
-        for i in range(100):
-            shape.draw_line((50, 50 + i * 7), (550, 50 + i * 7))
-            shape.draw_line((50 + i * 5, 50), (50 + i * 5, 750))
-        shape.finish(color=(0, 0, 0))
-        shape.commit()
-        page.insert_text((72, 72), "Grid notes")
-        warnings: list[str] = []
-        assert pdf_page_text(page, 3, warnings) == (page.get_text(), 0)
-        assert warnings == [
-            "pdf page 3: its rules could form 10000 table cells (over 3000); tables were "
-            "not looked for, their text is given as lines"
-        ]
-
-
-def test_pdf_table_text_is_neither_lost_nor_repeated() -> None:
-    """A cell's text that runs past the table's right rule: every word of the page
-    comes out exactly as often as in the text layer (the words past the rule as a line
-    after the table)."""
-    from collections import Counter
-
-    import pymupdf
-    from zopilot_server.documents.readers.pdf.tables import pdf_page_text
-
-    note = "overflow note " + " ".join(f"w{n}" for n in range(22))  # ends at x=498
-    with pymupdf.open(stream=build.pdf_ruled_table()) as source:
-        page = source[0]
-        page.insert_text((76, 100 + 2 * 24 + 10), note, fontsize=9)
-        text, tables = pdf_page_text(page, 1, [])
-        layer = page.get_text()
-    assert tables == 1 and layer.count("w21") == 1
-    assert Counter(text.replace("|", " ").replace("<br>", " ").split()) - Counter(
-        {"---": 3}
-    ) == Counter(layer.split())
-    assert "| Item | Qty | Price |" in text.splitlines()
-    assert text.splitlines()[-3].endswith("w21")  # past the rule (x=432): a line after the table
 
 
 def test_pdf_headings_come_from_font_size_and_weight(parse: Parse) -> None:
