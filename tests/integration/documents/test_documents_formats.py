@@ -15,6 +15,7 @@ from typing import Any
 import documents_builders as build
 import grpc
 import pytest
+import reader_builders as readers_build
 from support import InProcessServer, violated_fields
 from zopilot_client.pb import documents_pb2 as pb
 from zopilot_client.pb import documents_pb2_grpc as pb_grpc
@@ -50,20 +51,22 @@ def _kept(expected: str, got: str) -> float:
 
 FORMATS = [
     # builder, filename, detected type, method, what must be in the markdown
-    (build.odt_document, "a.odt", "odt", "zopilot:odf", ["# Harvest", "- item alpha", TABLE]),
-    (build.ods_workbook, "a.ods", "ods", "zopilot:odf",
+    (readers_build.odt_document, "a.odt", "odt", "zopilot:odf",
+     ["# Harvest", "- item alpha", TABLE]),
+    (readers_build.ods_workbook, "a.ods", "ods", "zopilot:odf",
      ["## Sheet: Fruit", TABLE, "## Sheet: Costs", "| Rent | 500 |"]),
-    (build.odp_deck, "a.odp", "odp", "zopilot:odf", ["## Slide 1", "## Slide 2", "Closing slide"]),
-    (build.epub_book, "a.epub", "epub", "zopilot:epub+docstrange:HTMLProcessor",
+    (readers_build.odp_deck, "a.odp", "odp", "zopilot:odf",
+     ["## Slide 1", "## Slide 2", "Closing slide"]),
+    (readers_build.epub_book, "a.epub", "epub", "zopilot:epub+docstrange:HTMLProcessor",
      ["Chapter One", "Chapter Two", TABLE]),
-    (build.eml_message, "a.eml", "eml", "zopilot:email",
+    (readers_build.eml_message, "a.eml", "eml", "zopilot:email",
      ["# Harvest numbers", "From: Ana <ana@example.com>", "Café tables"]),
-    (build.xls_workbook, "a.xls", "xls", "zopilot:xlrd",
+    (readers_build.xls_workbook, "a.xls", "xls", "zopilot:xlrd",
      ["## Sheet: Fruit", TABLE, "| 2024-12-02 | TRUE |"]),
-    (build.rtf_document, "a.rtf", "rtf", "zopilot:rtf", ["Harvest", "Café €", TABLE]),
-    (build.xml_document, "a.xml", "xml", "zopilot:xml",
+    (readers_build.rtf_document, "a.rtf", "rtf", "zopilot:rtf", ["Harvest", "Café €", TABLE]),
+    (readers_build.xml_document, "a.xml", "xml", "zopilot:xml",
      ["summary: Quarterly", "fruit (name=Apples, tonnes=120)", "fruit (name=Pears): 45 tonnes"]),
-    (build.json_records, "a.json", "json", "zopilot:json", [TABLE]),
+    (readers_build.json_records, "a.json", "json", "zopilot:json", [TABLE]),
 ]  # fmt: skip
 
 
@@ -76,26 +79,26 @@ def test_each_format_keeps_its_words_and_tables(stub, builder, filename, kind, m
     for piece in expected:
         assert piece in response.markdown, (piece, response.markdown)
     tables_only = kind in ("ods", "xls", "json")
-    cells = " ".join(cell for row in build.TABLE_ROWS for cell in row)
+    cells = " ".join(cell for row in readers_build.TABLE_ROWS for cell in row)
     known = cells if tables_only else build.FORMAT_WORDS
     assert _kept(known, response.text) >= 0.98, response.text
 
 
 def test_sheets_and_slides_are_counted(stub):
-    assert _parse(stub, build.ods_workbook(), "a.ods").metadata.sheet_count == 2
-    assert _parse(stub, build.xls_workbook(), "a.xls").metadata.sheet_count == 2
-    assert _parse(stub, build.odp_deck(), "a.odp").metadata.slide_count == 2
+    assert _parse(stub, readers_build.ods_workbook(), "a.ods").metadata.sheet_count == 2
+    assert _parse(stub, readers_build.xls_workbook(), "a.xls").metadata.sheet_count == 2
+    assert _parse(stub, readers_build.odp_deck(), "a.odp").metadata.slide_count == 2
 
 
 def test_ods_chunks_number_their_sheets(stub):
-    response = _parse(stub, build.ods_workbook(), "a.ods",
+    response = _parse(stub, readers_build.ods_workbook(), "a.ods",
                       chunking=pb.ChunkingOptions(max_tokens=16))  # fmt: skip
     rent = [c for c in response.chunks if "Rent" in c.text]
     assert rent and rent[0].page_start == 2
 
 
 def test_an_emails_attachments_are_listed_not_parsed(stub):
-    response = _parse(stub, build.eml_message(), "m.eml")
+    response = _parse(stub, readers_build.eml_message(), "m.eml")
     listed = [w for w in response.warnings if "attachment" in w]
     assert listed == [
         "eml: attachment 'report.pdf' (application/pdf, 13 bytes) is listed, not parsed"
@@ -104,14 +107,14 @@ def test_an_emails_attachments_are_listed_not_parsed(stub):
 
 
 def test_an_html_only_email_goes_through_the_html_reader(stub):
-    response = _parse(stub, build.eml_message(html=True), "m.eml", formats=[3])
+    response = _parse(stub, readers_build.eml_message(html=True), "m.eml", formats=[3])
     assert response.metadata.method == "zopilot:email+docstrange:HTMLProcessor"
     assert _kept(build.FORMAT_WORDS, response.text) >= 0.98
     assert "<p>" not in response.text
 
 
 def test_epub_scripts_are_not_text(stub):
-    response = _parse(stub, build.epub_book(), "b.epub")
+    response = _parse(stub, readers_build.epub_book(), "b.epub")
     assert "alert" not in response.markdown
 
 
@@ -234,7 +237,7 @@ def test_deeply_nested_rtf_and_mime_do_not_crash_the_server(stub):
         assert "nested" in response.markdown
     except grpc.RpcError as error:
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _parse(stub, build.eml_message(), "ok.eml").markdown  # still serving
+    assert _parse(stub, readers_build.eml_message(), "ok.eml").markdown  # still serving
 
 
 def test_attachments_are_parsed_when_asked(stub):
@@ -248,7 +251,7 @@ def test_attachments_are_parsed_when_asked(stub):
                            filename="report.docx")  # fmt: skip
     message.add_attachment(b"%PDF-1.4 broken", maintype="application", subtype="pdf",
                            filename="broken.pdf")  # fmt: skip
-    message.add_attachment(build.eml_message(), maintype="message", subtype="rfc822")
+    message.add_attachment(readers_build.eml_message(), maintype="message", subtype="rfc822")
     content = message.as_bytes()
     listed = _parse(stub, content, "m.eml")
     assert "## Attachment" not in listed.markdown
