@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from support import InProcessServer, build_tiny_llama
-from tls_pki import Pki, make_pki
 from zopilot_client.pb import generation_pb2_grpc
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading import default_model
+
+if TYPE_CHECKING:
+    from tls_pki import Pki
 
 REPO = Path(__file__).resolve().parents[1]
 # Converted models are cached across runs (the conversion takes ~15 s); CI starts empty.
@@ -96,4 +98,7 @@ def smollm2_stub(smollm2_server: InProcessServer) -> Iterator[generation_pb2_grp
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """The test CA and certificates for 127.0.0.1 / localhost (tls_pki.py)."""
+    # Imported here: tests_quant/ loads this file in a venv without ``cryptography``.
+    from tls_pki import make_pki
+
     return make_pki(tmp_path_factory.mktemp("pki"))
