@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 from support import InProcessServer, build_tiny_llama
-from zopilot_client.pb import generation_pb2_grpc
+from zopilot_client.pb import documents_pb2_grpc, generation_pb2_grpc
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading import default_model
 
@@ -87,6 +87,13 @@ def make_server(tiny_config: ServerConfig) -> Iterator[Callable[..., InProcessSe
 def tiny_stub(tiny_server: InProcessServer) -> Iterator[generation_pb2_grpc.GenerationStub]:
     with grpc.insecure_channel(tiny_server.target) as channel:
         yield generation_pb2_grpc.GenerationStub(channel)
+
+
+@pytest.fixture
+def docs(tiny_server: InProcessServer) -> Iterator[documents_pb2_grpc.DocumentsStub]:
+    """A Documents stub on the tiny server (the server's and the documents' tests)."""
+    with tiny_server.channel() as channel:
+        yield documents_pb2_grpc.DocumentsStub(channel)
 
 
 @pytest.fixture

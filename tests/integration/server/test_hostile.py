@@ -56,12 +56,6 @@ def stub(tiny_server: InProcessServer) -> Iterator[pb_grpc.GenerationStub]:
         yield pb_grpc.GenerationStub(channel)
 
 
-@pytest.fixture
-def docs(tiny_server: InProcessServer) -> Iterator[dpb_grpc.DocumentsStub]:
-    with tiny_server.channel() as channel:
-        yield dpb_grpc.DocumentsStub(channel)
-
-
 # --- item 7: malformed protobuf ------------------------------------------------------
 
 
