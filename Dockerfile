@@ -14,7 +14,7 @@
 # what differs. The application comes last: editing it rebuilds only steps 6 and later.
 #
 # Versions: constraints.txt is the one source. The *_VERSION ARGs of steps 2 and 3 default
-# to its pins (tests/test_image_dockerfile.py fails when they differ), so the heavy layers
+# to its pins (tests/integration/tooling/test_image_dockerfile.py fails when they differ), so the heavy layers
 # do not depend on the file and a transformers bump does not re-download CUDA; step 4
 # verifies every pin of constraints.txt, so overriding one of these ARGs alone fails the
 # build instead of shipping drift. Only the build tools of step 1, which constraints.txt
@@ -62,7 +62,7 @@ RUN apt-get update \
  && install -d -o zopilot -g zopilot /var/cache/zopilot
 
 # The verifier is stdlib + packaging only, so it runs as a plain script from here on.
-COPY server/zopilot_server/verify_env.py /opt/zopilot/verify_env.py
+COPY docker/verify_env.py /opt/zopilot/verify_env.py
 
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m pip install "pip==${PIP_VERSION}" \
@@ -130,7 +130,7 @@ COPY client/ /opt/zopilot/src/client/
 COPY server/ /opt/zopilot/src/server/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation \
       /opt/zopilot/src/client /opt/zopilot/src/server \
- && python -m zopilot_server.verify_env --profile image --constraints constraints.txt \
+ && python /opt/zopilot/verify_env.py --profile image --constraints constraints.txt \
       --require-cuda --quiet --require-ocr \
  && zopilot-server --help > /dev/null \
  && zopilot --help > /dev/null

@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 PYTEST_ARGS ?=
 
-.PHONY: help install run test proto proto-baseline lint format check docs clean
+.PHONY: help install run test test-unit proto proto-baseline lint format check docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
@@ -29,8 +29,8 @@ $(STAMP): $(INSTALL_INPUTS)
 	bash scripts/install_dev.sh $(VENV)
 	touch $@
 
-# The Node client of tests/test_node_client.py (the API contract outside Python): the
-# exact versions of tests/node/package-lock.json from the npm registry. --ignore-scripts:
+# The Node client of tests/integration/client/test_node_client.py (the API contract
+# outside Python): the exact versions of tests/node/package-lock.json from the npm registry. --ignore-scripts:
 # nothing needs an install script (protobufjs' only prints a version note).
 $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 	@command -v npm >/dev/null || { echo "install: the Node client test needs Node >= 18 and npm" >&2; exit 1; }
@@ -44,13 +44,19 @@ test: install ## run all tests (then the quantization suite in its own venv: tes
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-quant
 
+# The fast loop: tests/unit/ starts no server and runs no external tool (fakes, tiny
+# models in process); tests/README.md says what goes where.
+test-unit: install ## run the unit tests only (no server processes; the fast loop)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
 # The generated stubs are committed so the client installs without grpcio-tools;
-# tests/test_proto_stubs.py fails when they are stale (scripts/gen_proto.py says how).
+# tests/integration/tooling/test_proto_stubs.py fails when they are stale
+# (scripts/gen_proto.py says how).
 proto: install ## regenerate client/zopilot_client/pb and server/zopilot_server/protocols/pb from protos/
 	$(PY) scripts/gen_proto.py client server
 
-# `buf breaking` (tests/test_buf.py, in `make test`) compares protos/ with this committed
-# image of the published contract, so a clean (even shallow) clone has it. Refresh it on
+# `buf breaking` (tests/integration/tooling/test_buf.py, in `make test`) compares protos/
+# with this committed image of the published contract, so a clean (even shallow) clone has it. Refresh it on
 # purpose once a change is meant to ship; it refuses a breaking change unless ALLOW_BREAKING=1.
 PROTO_BASELINE := protos/baseline/zopilot_v1.json
 proto-baseline: install ## record protos/ as the contract that buf breaking checks against
@@ -71,12 +77,14 @@ format: install ## ruff fix + format
 check: lint test ## everything a reviewer runs
 
 # The docs site (mkdocs.yml, docs/). `make test` runs the same strict build in
-# tests/test_docs.py: a broken link or anchor, or a page missing from nav, fails.
+# tests/integration/client/test_docs.py: a broken link or anchor, or a page missing from
+# nav, fails.
 docs: install ## build the docs site into site/ (mkdocs --strict)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
-# --- The CUDA image (docs/docker.md). CI has no Docker: `make test` runs the
-# image checks (tests/test_image_*.py) and verify-env; docker-build needs a Docker engine.
+# --- The CUDA image (docs/docker.md). CI has no Docker: `make test` runs the image
+# checks (tests/integration/tooling/test_image_*.py) and verify-env; docker-build needs
+# a Docker engine.
 IMAGE ?= zopilotgpu:latest
 DOCKER_BUILD_ARGS ?=
 .PHONY: docker-build docker-verify verify-env image-check
@@ -85,13 +93,13 @@ docker-build: ## build the verified CUDA image $(IMAGE); DOCKER_BUILD_ARGS adds 
 	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
 
 docker-verify: ## re-check $(IMAGE) at run time, on the GPU (docker run --gpus all)
-	docker run --rm --gpus all --entrypoint python $(IMAGE) -m zopilot_server.verify_env --require-gpu --require-ocr
+	docker run --rm --gpus all --entrypoint python $(IMAGE) /opt/zopilot/verify_env.py --require-gpu --require-ocr
 
 # The dev profile checks the constraints this venv was installed with: the output of the
 # one script that swaps the CUDA torch stack for the CPU torch (pipefail: its failure counts).
 verify-env: install ## check .venv against constraints.txt (dev profile: CPU torch, no torchvision)
 	set -o pipefail; $(PY) scripts/dev_constraints.py constraints.txt \
-		| $(PY) -m zopilot_server.verify_env --profile dev --constraints - --require-ocr
+		| $(PY) docker/verify_env.py --profile dev --constraints - --require-ocr
 
 image-check: install ## the image checks CI runs without Docker (static + pip dry-run)
 	$(PY) scripts/image_checks.py

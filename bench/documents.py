@@ -14,8 +14,8 @@ per-round ratios, which shrugs off a round slowed by some other process, and
 ``overhead_ms_per_doc``, what one request costs more through gRPC. A second
 figure, ``concurrent``, runs as many client threads as the server has workers.
 Compare ratios from one run, not numbers across runs. The in-process side is
-docstrange's own processor even where the worker now runs our walkers (office.py for
-docx, pptx, xlsx, csv), so ``ratio`` also says what the walkers cost against it.
+docstrange's own processor even where the worker now runs our walkers (readers/docx.py,
+pptx.py, xlsx.py, csv_data.py), so ``ratio`` also says what the walkers cost against it.
 
 ``fidelity`` (issue 12): for every fixture, the share of an independent extractor's
 words (a multiset: a word twice must come back twice) found in our ``text`` output,
@@ -27,8 +27,9 @@ words for pdf (the same library our pdf path uses: that figure checks our render
 the extraction). ``--fidelity-only`` skips the throughput rounds.
 
 ``pdf_tables``: in process, ms per PDF reading every page with table detection
-(``extract.pdf_page_text``) and without it (``page.get_text()``), and their ratio, on a
-plain 3-page PDF, a page with one ruled table and 10 pages of 20-row tables;
+(``pdf_page_text``, documents/readers/pdf/tables.py) and without it
+(``page.get_text()``), and their ratio, on a plain 3-page PDF, a page with one ruled
+table and 10 pages of 20-row tables;
 ``--pdf-tables-only`` prints just that, without starting the server.
 
 ``ocr`` (``--ocr-pages``, 0 skips it): the bundled OCR engine through the RPC, with no
@@ -184,10 +185,10 @@ def fidelity(stub: documents_pb2_grpc.DocumentsStub, work_dir: Path) -> dict[str
 
 def in_process_parser(doc_type: str) -> Callable[[str], str]:
     """The same docstrange processor (or PyMuPDF path) the worker runs, minus isolation."""
-    from zopilot_server.documents import extract
+    from zopilot_server.documents.readers import docstrange
 
     if doc_type != "pdf":
-        return lambda path: extract.run_processor(doc_type, path).content
+        return lambda path: docstrange.run_processor(doc_type, path).content
 
     def pdf_text(path: str) -> str:
         import pymupdf
@@ -213,13 +214,13 @@ def table_pdf(pages: int, rows: int) -> bytes:
 
 def pdf_table_cost(rounds: int) -> dict[str, Any]:
     """What table detection costs on top of the plain text layer, in process: per
-    fixture, ms per document reading every page with ``extract.pdf_page_text`` (tables
+    fixture, ms per document reading every page with ``pdf_page_text`` (tables
     as markdown) and with ``page.get_text()`` (what the worker did before), and their
     ratio. A page without vector drawings skips detection, so plain text should stay
     near 1.0."""
     import documents_builders as build
     import pymupdf
-    from zopilot_server.documents import extract
+    from zopilot_server.documents.readers.pdf.tables import pdf_page_text
 
     fixtures = {
         "plain_3_pages": build.pdf_pages(3),
@@ -232,7 +233,7 @@ def pdf_table_cost(rounds: int) -> dict[str, Any]:
         with pymupdf.open(stream=content, filetype="pdf") as document:
             for number, page in enumerate(document, start=1):
                 if tables:
-                    found += extract.pdf_page_text(page, number, [])[1]
+                    found += pdf_page_text(page, number, [])[1]
                 else:
                     page.get_text()
         return found

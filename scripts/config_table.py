@@ -1,8 +1,8 @@
 """The configuration table of docs/configuration.md, generated from ServerConfig.
 
-tests/test_docs.py keeps the page in sync: a new setting without a row fails the suite.
-`python scripts/config_table.py` prints the table; `--write` replaces the one between the
-page's markers, so nobody pastes it by hand.
+tests/integration/client/test_docs.py keeps the page in sync: a new setting without a
+row fails the suite. `python scripts/config_table.py` prints the table; `--write`
+replaces the one between the page's markers, so nobody pastes it by hand.
 """
 
 from __future__ import annotations

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
-from zopilot_server.verify_env import normalize
+
+# The image's verifier lives with the image's tooling (docker/), run there as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
+from verify_env import normalize
 
 _SEPARATORS = {"&&", "||", ";", "|", "if", "then", "else", "elif", "fi", "do", "done"}
 
@@ -111,7 +115,7 @@ def pip_install_args(command: Sequence[str]) -> list[str] | None:
 
 
 def is_verification(command: Sequence[str]) -> bool:
-    return any(w.endswith("verify_env.py") or w == "zopilot_server.verify_env" for w in command)
+    return any(w.endswith("verify_env.py") for w in command)
 
 
 def option(args: Sequence[str], *names: str) -> list[str]:

@@ -37,7 +37,10 @@ from dockerfile_recipe import (
 from image_resolution import resolve_image
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
-from zopilot_server.verify_env import (
+
+# The image's verifier lives with the image's tooling (docker/), run there as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
+from verify_env import (
     GPU_STACK,
     Profile,
     cuda_from_tag,

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockerfile_recipe import Recipe, option, requirement_name
-from zopilot_server.verify_env import (
+
+# The image's verifier lives with the image's tooling (docker/), run there as a script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
+from verify_env import (
     GPU_STACK,
     Pin,
     Profile,

@@ -1,18 +1,29 @@
-"""Shared fixtures: model directories (tiny random Llama, real SmolLM2) and servers."""
+"""Shared fixtures: model directories (tiny random Llama, real SmolLM2), servers and the
+test PKI, for tests/unit/ and tests/integration/ alike.
+
+What goes where (unit: no server and no external tool; integration: the rest, by package
+area) is in tests/README.md; helpers two test files share live in modules beside this
+file, never in a test file.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from support import InProcessServer, build_tiny_llama, tiny_architecture_config
-from zopilot_client.pb import generation_pb2_grpc
+from model_builders import tiny_architecture_config
+from support import InProcessServer, build_tiny_llama
+from zopilot_client.pb import documents_pb2_grpc, generation_pb2_grpc
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.loading import default_model
+
+if TYPE_CHECKING:
+    from tls_pki import Pki
 
 REPO = Path(__file__).resolve().parents[1]
 # Converted models are cached across runs (the conversion takes ~15 s); CI starts empty.
@@ -81,6 +92,13 @@ def tiny_stub(tiny_server: InProcessServer) -> Iterator[generation_pb2_grpc.Gene
 
 
 @pytest.fixture
+def docs(tiny_server: InProcessServer) -> Iterator[documents_pb2_grpc.DocumentsStub]:
+    """A Documents stub on the tiny server (the server's and the documents' tests)."""
+    with tiny_server.channel() as channel:
+        yield documents_pb2_grpc.DocumentsStub(channel)
+
+
+@pytest.fixture
 def smollm2_stub(smollm2_server: InProcessServer) -> Iterator[generation_pb2_grpc.GenerationStub]:
     with grpc.insecure_channel(smollm2_server.target) as channel:
         yield generation_pb2_grpc.GenerationStub(channel)
@@ -108,3 +126,40 @@ def model_dirs(
         return made[name]
 
     return build
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test CA and certificates for 127.0.0.1 / localhost (tls_pki.py)."""
+    # Imported here: tests_quant/ loads this file in a venv without ``cryptography``.
+    from tls_pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tgis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, ModuleType]]:
+    """A TGIS client generated at test time from protos/fmaas (not the server's stubs)."""
+    import importlib
+    import sys
+
+    from grpc_tools import protoc
+    from support import REPO
+
+    out = tmp_path_factory.mktemp("tgis-client")
+    args = [
+        "grpc_tools.protoc",
+        f"-I{REPO / 'protos' / 'fmaas'}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        "generation.proto",
+    ]
+    assert protoc.main(args) == 0
+    sys.path.insert(0, str(out))
+    try:
+        yield (
+            importlib.import_module("generation_pb2"),
+            importlib.import_module("generation_pb2_grpc"),
+        )
+    finally:
+        sys.path.remove(str(out))

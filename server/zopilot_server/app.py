@@ -24,7 +24,7 @@ from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2,
 from . import metrics, reflection, security, tracing
 from .auth import ApiKey, ApiKeyAuth, HealthWatchLimit
 from .config import ServerConfig
-from .documents.servicer import DocumentsServicer
+from .documents.server.servicer import DocumentsServicer
 from .generation.api.servicer import GenerationServicer
 from .generation.engine import GenerationEngine, arena_budget, batch_limits
 from .generation.loading.model_loader import LoadedModel, load_model

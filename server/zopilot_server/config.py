@@ -226,7 +226,7 @@ class ServerConfig:
     doc_prestart: bool = _opt(
         "start the parser workers at startup (otherwise on the first DocumentParse)", True
     )
-    # bundled OCR (documents/ocr.py), used when docstrange's OCR models are not installed
+    # bundled OCR (documents/readers/ocr.py), used when docstrange's OCR models are not installed
     doc_ocr_max_pages: int = _opt("pages one document may need OCR on; more is refused", 50)
     doc_ocr_max_pixels: int = _opt(
         "pixels per image (or rendered page) for OCR; larger images are refused", 40_000_000

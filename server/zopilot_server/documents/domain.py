@@ -48,12 +48,12 @@ class ParseJob:
     json_schema: dict[str, object] | None = None
     display_name: str = "document"
     request_id: str = ""
-    # Bundled OCR limits (ocr.py): pages read per document, pixels per image.
+    # Bundled OCR limits (readers/ocr.py): pages read per document, pixels per image.
     ocr_max_pages: int = 50
     ocr_max_pixels: int = 40_000_000
-    xlsx_max_cells: int = 2_000_000  # --doc-max-cells (limits.py); 0 = no limit
+    xlsx_max_cells: int = 2_000_000  # --doc-max-cells (worker/limits.py); 0 = no limit
     parse_attachments: bool = False  # e-mail: parse attachments too (readers/eml.py)
-    # Test-only fault to act out (see faults.py); empty unless --doc-fault-injection.
+    # Test-only fault to act out (see worker/faults.py); empty unless --doc-fault-injection.
     fault: str = ""
 
 
@@ -80,7 +80,7 @@ class ParseOutcome:
 @dataclass
 class Extraction:
     """A reader's markdown for one document, and what it learnt on the way (formats.py:
-    every reader returns one; extract.parse renders the outputs from it)."""
+    every reader returns one; worker/dispatch.py renders the outputs from it)."""
 
     markdown: str
     method: str

@@ -2,8 +2,8 @@
 
 A row says how a type is recognised (extensions, MIME types, magic bytes, the member that
 identifies a zip container), which limits guard it before and while it is read, and
-which reader turns it into markdown inside a parser worker. Detection (detection.py),
-the worker's dispatch (extract.py) and the README's format list all read this table, so
+which reader turns it into markdown inside a parser worker. Detection (server/detection.py),
+the worker's dispatch (worker/dispatch.py) and the README's format list all read this table, so
 a new format is one reader module and one row here.
 
 Readers are named as ``"module:function"`` and imported in the worker only when a
@@ -74,28 +74,29 @@ _ODF = "application/vnd.oasis.opendocument."
 _ZIP = frozenset({Limit.EXPANSION, Limit.XML})
 _OCR = frozenset({Limit.OCR})
 TYPES: tuple[DocType, ...] = (
-    DocType("pdf", Family.PDF, (".pdf",), ("application/pdf",), "extract:read_pdf",
+    DocType("pdf", Family.PDF, (".pdf",), ("application/pdf",), "readers.pdf.text:read",
             (b"%PDF-",), limits=_OCR),
     DocType("docx", Family.ZIP, (".docx",), (_OOXML + "wordprocessingml.document",),
-            "extract:read_office", zip_marker="word/document.xml", limits=_ZIP),
+            "readers.docx:read", zip_marker="word/document.xml", limits=_ZIP),
     DocType("xlsx", Family.ZIP, (".xlsx",), (_OOXML + "spreadsheetml.sheet",),
-            "extract:read_office", zip_marker="xl/workbook.xml", limits=_ZIP | {Limit.CELLS}),
+            "readers.xlsx:read", zip_marker="xl/workbook.xml", limits=_ZIP | {Limit.CELLS}),
     DocType("pptx", Family.ZIP, (".pptx",), (_OOXML + "presentationml.presentation",),
-            "extract:read_office", zip_marker="ppt/presentation.xml", limits=_ZIP),
-    DocType("csv", Family.TEXT, (".csv",), ("text/csv", "application/csv"), "extract:read_office"),
+            "readers.pptx:read", zip_marker="ppt/presentation.xml", limits=_ZIP),
+    DocType("csv", Family.TEXT, (".csv",), ("text/csv", "application/csv"),
+            "readers.csv_data:read"),
     DocType("html", Family.TEXT, (".html", ".htm"), ("text/html", "application/xhtml+xml"),
-            "extract:read_office"),
-    DocType("txt", Family.TEXT, (".txt", ".text"), ("text/plain",), "extract:read_office"),
-    DocType("png", Family.IMAGE, (".png",), ("image/png",), "extract:read_image",
+            "readers.html_page:read"),
+    DocType("txt", Family.TEXT, (".txt", ".text"), ("text/plain",), "readers.text:read"),
+    DocType("png", Family.IMAGE, (".png",), ("image/png",), "readers.images:read",
             (b"\x89PNG\r\n\x1a\n",), limits=_OCR),
-    DocType("jpg", Family.IMAGE, (".jpg", ".jpeg"), ("image/jpeg",), "extract:read_image",
+    DocType("jpg", Family.IMAGE, (".jpg", ".jpeg"), ("image/jpeg",), "readers.images:read",
             (b"\xff\xd8\xff",), limits=_OCR),
-    DocType("gif", Family.IMAGE, (".gif",), ("image/gif",), "extract:read_image",
+    DocType("gif", Family.IMAGE, (".gif",), ("image/gif",), "readers.images:read",
             (b"GIF87a", b"GIF89a"), limits=_OCR),
-    DocType("bmp", Family.IMAGE, (".bmp",), ("image/bmp",), "extract:read_image", limits=_OCR),
-    DocType("tiff", Family.IMAGE, (".tiff", ".tif"), ("image/tiff",), "extract:read_image",
+    DocType("bmp", Family.IMAGE, (".bmp",), ("image/bmp",), "readers.images:read", limits=_OCR),
+    DocType("tiff", Family.IMAGE, (".tiff", ".tif"), ("image/tiff",), "readers.images:read",
             (b"II*\x00", b"MM\x00*"), limits=_OCR),
-    DocType("webp", Family.IMAGE, (".webp",), ("image/webp",), "extract:read_image", limits=_OCR),
+    DocType("webp", Family.IMAGE, (".webp",), ("image/webp",), "readers.images:read", limits=_OCR),
     DocType("md", Family.TEXT, (".md", ".markdown"), ("text/markdown", "text/x-markdown"),
             "readers.markdown:read"),
     DocType("json", Family.TEXT, (".json",), ("application/json",), "readers.json_data:read"),

@@ -134,7 +134,7 @@ def body(markdown: str) -> str:
             out.append("<hr>")
         elif not stripped:
             flush()
-        else:  # "\#" starts a text line that only looks like a heading (extract.py)
+        else:  # "\#" starts a text line that only looks like a heading (readers/pdf/text.py)
             paragraph.append(stripped[1:] if stripped.startswith("\\#") else stripped)
         index += 1
     flush()

@@ -4,7 +4,7 @@ Scanned PDFs and images need docstrange's layout and table models (docling) plus
 EasyOCR's detector and English recogniser. docstrange would download them on first use
 (S3 without a timeout, then the Hugging Face hub) and leave empty folders behind when
 that fails; our workers have no network, so we check for the files up front: when any
-is missing, the bundled engine (ocr.py) reads the pages instead; files that are present
+is missing, the bundled engine (readers/ocr.py) reads the pages instead; files that are present
 but do not load answer FAILED_PRECONDITION with the command below. The layout under the
 model dir:
 

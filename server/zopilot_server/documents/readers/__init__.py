@@ -1,2 +1,4 @@
-"""Readers of the formats without a docstrange processor, one module per format
-(formats.py names them); each runs in a parser worker and returns an Extraction."""
+"""One reader per format (formats.py names them as ``"module:function"``); each runs in
+a parser worker and returns an Extraction. Shared here: markdown_tables.py (tables and
+sheet values), common.py (the hardened XML parser), docstrange.py (the adapter) and
+ocr.py (the bundled OCR engine). A reader never imports the worker's dispatch."""

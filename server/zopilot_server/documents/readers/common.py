@@ -4,7 +4,7 @@ Every XML a reader parses (ODF content, EPUB packages and chapters, .xml documen
 goes through ``parse_xml``: no DTD loading, no entity expansion, no network, libxml2's
 default depth and size guards (no ``huge_tree``), so an XXE payload reads as nothing
 and a billion-laughs document does not expand. Zip members are read after detection
-checked the container's declared expansion (detection.py).
+checked the container's declared expansion (server/detection.py).
 """
 
 from __future__ import annotations

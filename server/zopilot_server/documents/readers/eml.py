@@ -3,7 +3,7 @@
 Python's email package reads the message (MIME, transfer encodings, each part's
 declared charset). The markdown is the subject as a heading, the From / To / Cc / Date
 lines, then the body: the text/plain alternative when there is one, otherwise the HTML
-one through the HTML reader (extract.read_office). Attachments are not parsed: each is
+one through the HTML reader (html_page.py). Attachments are not parsed: each is
 named in a warning with its type and size, and in metadata ``attachments``, unless the
 request sets ``parse_attachments``: then each goes through detection and its type's
 reader (same limits, one level deep) into a ``## Attachment: name`` section.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..domain import DocumentRejected, Extraction, ParseJob
+from . import html_page
 from .common import words
 
 HEADERS = ("From", "To", "Cc", "Date")
@@ -86,10 +87,8 @@ def _body(
     html_path = os.path.join(os.path.dirname(job.path), "eml-body.html")
     with open(html_path, "w", encoding="utf-8") as handle:
         handle.write(text)
-    from .. import extract
-
     try:
-        extraction = extract.read_office(
+        extraction = html_page.read(
             dataclasses.replace(job, path=html_path, doc_type="html"), model_dir
         )
     finally:
@@ -114,7 +113,8 @@ def _parsed_attachments(
 ) -> list[str]:
     """Each attachment through detection and its type's reader, as a markdown section;
     one that cannot be parsed is named in a warning with the reason."""
-    from .. import detection, formats
+    from .. import formats
+    from ..server import detection
 
     sections = []
     for number, part in enumerate(message.iter_attachments()):

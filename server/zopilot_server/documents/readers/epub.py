@@ -1,11 +1,11 @@
 """EPUB books (.epub): the spine's XHTML chapters, in reading order, as one HTML page.
 
-The container (a zip, checked by detection.py) names its package document in
+The container (a zip, checked by server/detection.py) names its package document in
 ``META-INF/container.xml``; the package's spine lists the chapters. Each chapter is
 parsed with the hardened XML parser (or, when it is not well-formed, lxml's HTML
 parser, which never loads entities either), stripped of namespaces, scripts and styles,
 and the bodies are joined into one HTML file that goes through the same HTML reader as
-an uploaded ``.html`` (extract.read_office: tables read by lxml, the text by
+an uploaded ``.html`` (html_page.py: tables read by lxml, the text by
 docstrange's HTMLProcessor). Not extracted: images, and resources the book encrypts.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..domain import DocumentRejected, Extraction, ParseJob
+from . import html_page
 from .common import localname, member, parse_xml, words
 
 _CONTAINER = "urn:oasis:names:tc:opendocument:xmlns:container"
@@ -50,11 +51,9 @@ def read(job: ParseJob, model_dir: Path) -> Extraction:
     html_path = os.path.join(os.path.dirname(job.path), "epub-chapters.html")
     with open(html_path, "w", encoding="utf-8") as handle:
         handle.write(page)
-    from .. import extract
-
     html_job = dataclasses.replace(job, path=html_path, doc_type="html")
     try:
-        extraction = extract.read_office(html_job, model_dir)
+        extraction = html_page.read(html_job, model_dir)
     finally:
         os.unlink(html_path)
     extraction.method = "zopilot:epub+" + extraction.method

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import office
 from ..domain import DocumentRejected, Extraction, ParseJob
+from . import markdown_tables
 
 MAX_TABLE_COLUMNS = 256
 
@@ -31,7 +31,7 @@ def read(job: ParseJob, model_dir: Path) -> Extraction:
     metadata: dict[str, Any] = {"extractor": "json", "top_level": type(data).__name__}
     if rows is not None:
         metadata["row_count"] = len(rows) - 1
-        return Extraction(office.table(rows), "zopilot:json", metadata)
+        return Extraction(markdown_tables.table(rows), "zopilot:json", metadata)
     pretty = json.dumps(data, indent=2, ensure_ascii=False)
     fence = "```"
     while fence in pretty:

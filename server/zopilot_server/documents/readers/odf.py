@@ -1,9 +1,9 @@
 """OpenDocument text, spreadsheets and presentations (.odt, .ods, .odp), from content.xml.
 
-No ODF library is needed: the container is a zip (checked by detection.py like OOXML)
+No ODF library is needed: the container is a zip (checked by server/detection.py like OOXML)
 and its ``content.xml`` is parsed with the hardened XML parser. The markdown follows the
-OOXML walkers' (office.py): ``#`` headings from ``text:h`` outline levels, ``- `` list
-items (nested ones indented), whole tables with the first row as the header,
+OOXML walkers' (docx.py, pptx.py, xlsx.py): ``#`` headings from ``text:h`` outline
+levels, ``- `` list items (nested ones indented), whole tables with the first row as the header,
 ``## Sheet: name`` per spreadsheet table and ``## Slide N`` per presentation page with
 its speaker notes as ``Notes: ...``.
 
@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import office
 from ..domain import DocumentRejected, Extraction, ParseJob
-from ..limits import CELLS_FLAG
+from ..worker.limits import CELLS_FLAG
+from . import markdown_tables
 from .common import localname, member, parse_xml, words
 
 _TEXT = "urn:oasis:names:tc:opendocument:xmlns:text:1.0"
@@ -48,11 +48,11 @@ def read_ods(job: ParseJob, model_dir: Path) -> Extraction:
     for sheet in body.iter(f"{{{_TABLE}}}table"):
         name = sheet.get(f"{{{_TABLE}}}name") or f"Sheet{len(names) + 1}"
         names.append(name)
-        rows = office.trimmed(_table_rows(sheet, budget, name))
+        rows = markdown_tables.trimmed(_table_rows(sheet, budget, name))
         if not rows:
             warnings.append(f"sheet {name!r} is empty and was skipped")
             continue
-        parts.append(f"## Sheet: {name}\n\n{office.table(rows)}")
+        parts.append(f"## Sheet: {name}\n\n{markdown_tables.table(rows)}")
     extraction = _extraction(job, "\n\n".join(parts), losses + warnings)
     extraction.metadata.update(sheet_count=len(names), sheet_names=names)
     extraction.sheet_count = len(names)
@@ -129,9 +129,9 @@ def _blocks(element: Any, depth: int, budget: _Budget) -> Iterator[str]:
         elif name == "list":
             yield "\n".join(_list_items(child, depth))
         elif name == "table":
-            rows = office.trimmed(_table_rows(child, budget, "a table"))
+            rows = markdown_tables.trimmed(_table_rows(child, budget, "a table"))
             if rows:
-                yield office.table(rows)
+                yield markdown_tables.table(rows)
         else:  # sections, frames, text boxes, shapes, index bodies: their content
             yield from _blocks(child, depth, budget)
 

@@ -16,8 +16,8 @@ import codecs
 import re
 from pathlib import Path
 
-from .. import office
 from ..domain import DocumentRejected, Extraction, ParseJob
+from . import markdown_tables
 from .common import words
 
 _TOKEN = re.compile(
@@ -94,7 +94,7 @@ def _deformat(text: str) -> tuple[str, int]:
     def flush_table() -> None:
         nonlocal tables
         if rows:
-            blocks.append(office.table(rows[:]))
+            blocks.append(markdown_tables.table(rows[:]))
             rows.clear()
             tables += 1
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import office
 from ..domain import DocumentRejected, Extraction, ParseJob
-from ..limits import CELLS_FLAG
+from ..worker.limits import CELLS_FLAG
+from . import markdown_tables
 
 
 def read(job: ParseJob, model_dir: Path) -> Extraction:
@@ -44,14 +44,14 @@ def read(job: ParseJob, model_dir: Path) -> Extraction:
                     f"the workbook spans more than {job.xlsx_max_cells} cells (at sheet "
                     f"{name[:40]!r}); the limit is {CELLS_FLAG} {job.xlsx_max_cells}",
                 )
-            rows = office.trimmed(
+            rows = markdown_tables.trimmed(
                 [[_value(cell, book.datemode) for cell in sheet.row(r)] for r in range(sheet.nrows)]
             )
             book.unload_sheet(index)
             if not rows:
                 warnings.append(f"sheet {name!r} is empty and was skipped")
                 continue
-            parts.append(f"## Sheet: {name}\n\n{office.table(rows)}")
+            parts.append(f"## Sheet: {name}\n\n{markdown_tables.table(rows)}")
             metadata[f"sheet_{name}_rows"] = len(rows) - 1
     finally:
         book.release_resources()
@@ -66,13 +66,13 @@ def _value(cell: Any, datemode: int) -> str:
     kind, value = cell.ctype, cell.value
     if kind == xlrd.XL_CELL_DATE:
         try:
-            return office.sheet_value(xlrd.xldate_as_datetime(value, datemode))
+            return markdown_tables.sheet_value(xlrd.xldate_as_datetime(value, datemode))
         except (ValueError, OverflowError, xlrd.xldate.XLDateError):
             return str(value)
     if kind == xlrd.XL_CELL_BOOLEAN:
-        return office.sheet_value(bool(value))
+        return markdown_tables.sheet_value(bool(value))
     if kind == xlrd.XL_CELL_ERROR:
         return xlrd.error_text_from_code.get(value, "#ERR")
     if kind in (xlrd.XL_CELL_EMPTY, xlrd.XL_CELL_BLANK):
         return ""
-    return office.sheet_value(value)
+    return markdown_tables.sheet_value(value)

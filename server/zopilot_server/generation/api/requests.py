@@ -1,7 +1,7 @@
 """GenerationRequests built in-process, without protobuf: the API other modules call.
 
 The gRPC path (validation.py) turns a GenerateRequest message into a GenerationRequest;
-an in-process caller (documents/model_fields.py) has chat turns and limits instead, and
+an in-process caller (documents/server/model_fields.py) has chat turns and limits instead, and
 comes here. Both share the pieces below (chat rendering, tokenizing, deadlines), so a
 turn list gives the same tokens either way. Errors are the domain's own (PromptTooLong,
 InvalidConstraint, ConstraintUnavailable), which error_table.py maps to statuses.

@@ -1,0 +1,1 @@
+"""The server process's side of DocumentParse: it never imports a reader."""

@@ -1,0 +1,1 @@
+"""A parser worker process: entry point, sandbox, limits, faults and dispatch."""
