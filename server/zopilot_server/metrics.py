@@ -252,7 +252,11 @@ _DOCUMENT_PARSE = "/zopilot.v1.Documents/DocumentParse"
 _OBSERVED_PREFIX = "/zopilot.v1."
 # The other protocols on this port (protocols/): their calls' outcomes count too, under
 # their service-qualified method names ("fmaas.GenerationService/Generate" is not ours).
-_PROTOCOL_PREFIXES = ("/inference.GRPCInferenceService/", "/fmaas.GenerationService/")
+_PROTOCOL_PREFIXES = (
+    "/inference.GRPCInferenceService/",
+    "/fmaas.GenerationService/",
+    "/vllm.grpc.engine.VllmEngine/",
+)
 
 
 def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
