@@ -41,6 +41,14 @@ def gateway(
     logs = tmp_path_factory.mktemp("gateway")
     ports = [free_port(), free_port()]
     replicas = [_replica(p, model_cache_dir, logs / f"replica{p}.log") for p in ports]
+    # smg starts once both serve: a probe that meets a loading replica (healthy false)
+    # counts as a failure, and one failure marks a worker down here (quick failover).
+    deadline = time.monotonic() + 240
+    for port, replica in zip(ports, replicas, strict=True):
+        log = logs / f"replica{port}.log"
+        while "ready: health SERVING" not in log.read_text(errors="replace"):
+            assert replica.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
     http = free_port()
     smg = subprocess.Popen(
         [SMG, "launch", "--backend", "vllm", "--policy", "round_robin",
