@@ -215,6 +215,26 @@ class _LoadCollector(Collector):
             family = GaugeMetricFamily(name, doc, labels=[MODEL])
             family.add_metric([_model_name], float(value))
             yield family
+        if engine is not None and engine.prefix_block_tokens:
+            yield _cache_config_info(engine)
+
+
+def _cache_config_info(engine: Any) -> GaugeMetricFamily:
+    """vLLM's ``cache_config_info`` (value 1, the facts in labels), which the Gateway API
+    Inference Extension's endpoint picker reads to size its prefix scorer: block_size is
+    the prefix cache's block, num_gpu_blocks the whole blocks the arena's slots hold (a
+    slot's tail shorter than a block caches nothing). Absent while the model loads and
+    with the prefix cache off, so a picker falls back to its own configuration."""
+    block = engine.prefix_block_tokens
+    blocks = engine.kv_slots * (engine.kv_tokens_per_slot // block)
+    family = GaugeMetricFamily(
+        "zopilot_cache_config_info",
+        "KV cache configuration (vLLM's cache_config_info): prefix-cache block tokens and "
+        "how many such blocks the KV arena holds",
+        labels=[MODEL, "block_size", "num_gpu_blocks"],
+    )
+    family.add_metric([_model_name, str(block), str(blocks)], 1.0)
+    return family
 
 
 _LOAD = _LoadCollector()

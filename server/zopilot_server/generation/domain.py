@@ -177,6 +177,8 @@ class EngineLoad:
     kv_bytes: int = 0
     prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache, in total
     prefix_hit_tokens: int = 0  # of those, served from it
+    kv_tokens_per_slot: int = 0
+    prefix_block_tokens: int = 0  # the prefix cache's block; 0 while it is off
 
 
 class QueueFull(Exception):

@@ -247,6 +247,8 @@ class Scheduler:
                 kv_bytes=self.arena.bytes,
                 prefix_query_tokens=self._prefix_queries,
                 prefix_hit_tokens=self._prefix_hits,
+                kv_tokens_per_slot=self.arena.tokens_per_slot,
+                prefix_block_tokens=self.arena.prefix_block_tokens,
             )
 
     # -- shutdown --------------------------------------------------------------------------
