@@ -269,6 +269,7 @@ class MetricsHttpServer:
 _GENERATION_STREAM = "/zopilot.v1.Generation/GenerateStream"
 _GENERATION_UNARY = "/zopilot.v1.Generation/Generate"
 _DOCUMENT_PARSE = "/zopilot.v1.Documents/DocumentParse"
+_VLLM_GENERATE = "/vllm.grpc.engine.VllmEngine/Generate"
 _OBSERVED_PREFIX = "/zopilot.v1."
 # The other protocols on this port (protocols/): their calls' outcomes count too, under
 # their service-qualified method names ("fmaas.GenerationService/Generate" is not ours).
@@ -341,6 +342,28 @@ def _record(method: str, code: str, response: Any, started: float) -> None:
         and response.HasField("usage")
     ):
         _observe_generation(response, started)
+    elif method == _VLLM_GENERATE and response is not None and response.HasField("complete"):
+        _observe_vllm_complete(response.complete, started)
+
+
+def _vllm_finish_label(complete: Any) -> str:
+    """vLLM's finish reason in zopilot.v1's label values, so one dashboard sums both:
+    "stop" is a stop string (stop_sequence) or else EOS / a stop token id (eos_token)."""
+    reason = complete.finish_reason
+    if reason == "stop":
+        return "stop_sequence" if complete.HasField("matched_stop_str") else "eos_token"
+    return {"length": "length", "abort": "cancelled"}.get(reason, reason or "unknown")
+
+
+def _observe_vllm_complete(complete: Any, started: float) -> None:
+    """A VllmEngine generation, from its GenerateComplete: finish reason, prompt and
+    generated tokens, call duration. It carries no timings, so queue time, TTFT and
+    inter-token latency stay zopilot.v1's."""
+    model = _model_name
+    REQUEST_SUCCESS.labels(model, _vllm_finish_label(complete)).inc()
+    PROMPT_TOKENS.labels(model).inc(complete.prompt_tokens)
+    GENERATION_TOKENS.labels(model).inc(complete.completion_tokens)
+    E2E_LATENCY.labels(model).observe(time.perf_counter() - started)
 
 
 def _method_label(method: str) -> str:
