@@ -105,6 +105,10 @@ def gateway(policy: str, targets: list[str], log: Path) -> Iterator[tuple[Any, s
     process = subprocess.Popen(
         [SMG, "launch", "--backend", "vllm", "--policy", policy, "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warn", "--worker-startup-timeout-secs", "120",
+         # A CPU replica on a shared 2-core machine can take seconds per prefill: smg's
+         # default liveness (2 s without contact, 3 s without progress) vetoes it as
+         # "wedged" and, under cache_aware, never routes to it again in the run.
+         "--worker-stall-secs", "60", "--worker-wedge-secs", "300",
          "--worker-urls", *(f"grpc://{t}" for t in targets)],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
