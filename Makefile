@@ -122,6 +122,12 @@ $(QSTAMP): $(INSTALL_INPUTS) constraints-quant.txt requirements-quant.txt
 test-quant: install-quant ## bitsandbytes 8-bit/4-bit served for real on CPU (tests_quant/)
 	$(QVENV)/bin/python -m pytest tests_quant $(QUANT_PYTEST_ARGS)
 
+# --- Behind a gateway (docs/gateway.md): smg (pinned in requirements-dev.txt) in front of
+# REPLICAS servers, OpenAI HTTP on 127.0.0.1:GATEWAY_PORT; POLICY=round_robin to compare.
+.PHONY: gateway
+gateway: install ## REPLICAS (2) servers + smg (POLICY cache_aware) with OpenAI HTTP on 127.0.0.1:8080
+	bash scripts/gateway.sh $(VENV)
+
 .PHONY: bench-documents
 
 bench-stream: install ## GenerateStream tokens/s + TTFT: gRPC vs in-process generate (JSON)

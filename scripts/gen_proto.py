@@ -11,10 +11,16 @@ register into a private descriptor pool (``zopilot_server.protocols.pb.POOL``) i
 protobuf's default one: tritonclient (or a client generated from the published TGIS
 proto) defines the same message names, and two files defining one name in the default
 pool make the second import fail, in any process that loads both (our own tests do).
+
+protos/vllm (``vllm.grpc.engine``, smg-grpc-proto) is vendored unmodified: its
+``vllm_engine.proto`` imports ``"common.proto"`` from its own folder, so it is generated
+with that folder as the include root, and the generated imports are made package-relative
+(as the published wheel does), into the same private pool.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +33,8 @@ DESCRIPTOR_SET = "zopilot_v1.binpb"
 PROTOCOLS = ("inference", "fmaas")  # protos/<package>/*.proto, served by the server only
 PROTOCOLS_VIRTUAL = "zopilot_server/protocols/pb"
 PROTOCOLS_DESCRIPTOR_SET = "protocols.binpb"
+VLLM = "vllm"  # protos/vllm, generated with its own folder as the include root
+_ABSOLUTE_IMPORT = re.compile(r"^import (\w+_pb2) as ", re.MULTILINE)
 _DEFAULT_POOL = "_descriptor_pool.Default()"
 _PRIVATE_POOL = "_protocols_pb.POOL"
 
@@ -72,15 +80,39 @@ def generate_protocols(out_root: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    generated = [pb_root / PROTOCOLS_DESCRIPTOR_SET]
-    for package in PROTOCOLS:
+    generated = [pb_root / PROTOCOLS_DESCRIPTOR_SET, *_generate_vllm(pb_root)]
+    for package in (*PROTOCOLS, VLLM):
         for path in sorted((pb_root / package).iterdir()):
-            if path.name == "__init__.py" or not path.is_file():
+            if path.name == "__init__.py" or not path.is_file() or path.suffix == ".binpb":
                 continue
             if path.name.endswith("_pb2.py"):
                 _use_private_pool(path)
+            if package == VLLM and path.suffix == ".py":
+                path.write_text(_ABSOLUTE_IMPORT.sub(r"from . import \1 as ", path.read_text()))
             generated.append(path)
     return generated
+
+
+def _generate_vllm(pb_root: Path) -> list[Path]:
+    """protos/vllm into ``pb_root/vllm`` (include root: protos/vllm itself, so the file
+    names are the published ones); return its descriptor set."""
+    source = REPO / "protos" / VLLM
+    out = pb_root / VLLM
+    out.mkdir(parents=True, exist_ok=True)
+    descriptor_set = out / "vllm.binpb"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{source}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        "--include_source_info",
+        f"--descriptor_set_out={descriptor_set}",
+        *sorted(p.name for p in source.glob("*.proto")),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    return [descriptor_set]
 
 
 def _use_private_pool(path: Path) -> None:

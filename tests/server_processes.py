@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +55,36 @@ def start_tiny_process(
     log = read_until(process, r"ready: health SERVING")
     port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
     return process, port, log
+
+
+@contextmanager
+def slow_server(
+    tmp_path: Path, tiny_model_dir: Path, model_cache_dir: Path, *flags: str, batch: int = 4
+) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    """The real server process (tests/slow_step_server.py) whose steps take as long as
+    the number written into the yielded file says; ``batch`` rows at most."""
+    flag = tmp_path / "step-seconds"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "ZOPILOT_MODEL": str(tiny_model_dir),
+        "ZOPILOT_CACHE_DIR": str(model_cache_dir),
+    }
+    script = str(REPO / "tests" / "slow_step_server.py")
+    args = ["--port", "0", "--max-batch-size", str(batch), "--no-doc-prestart", *flags]
+    process = subprocess.Popen(
+        [sys.executable, script, str(flag), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        log = read_until(process, r"ready: health SERVING")
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+        yield process, port, flag
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

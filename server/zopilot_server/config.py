@@ -20,7 +20,7 @@ from typing import Any
 ENV_PREFIX = "ZOPILOT_"
 # What a LoRA adapter may be called (--lora NAME=PATH, LoadAdapter).
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-PROTOCOLS = ("zopilot", "kserve", "tgis")
+PROTOCOLS = ("zopilot", "kserve", "tgis", "vllm")
 MIB = 1024 * 1024
 # Streams a connection may hold beyond what admission holds: health Watch streams,
 # Tokenize / GetModelInfo calls, and refused calls still ending.
@@ -97,8 +97,9 @@ class ServerConfig:
     protocols: str = _opt(
         "comma-separated APIs to serve besides health and reflection: zopilot (zopilot.v1), "
         "kserve (KServe v2 / Triton inference.GRPCInferenceService), tgis "
-        "(fmaas.GenerationService)",
-        "zopilot,kserve,tgis",
+        "(fmaas.GenerationService), vllm (vllm.grpc.engine.VllmEngine: the worker "
+        "contract of gateways such as smg)",
+        "zopilot,kserve,tgis,vllm",
     )
     served_model_name: str = _opt(
         "the model name KServe / Triton and TGIS clients send (also in GetModelInfo); "

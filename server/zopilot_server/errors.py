@@ -164,6 +164,8 @@ class Message(str, enum.Enum):
     )
     TOO_MANY_BYTES = "is {value} bytes; the limit is {limit} (--max-constraint-bytes)"
     EMPTY_AFTER_TOKENIZE = "tokenizes to zero tokens"
+    TOKEN_OUT_OF_VOCAB = "token id {value} at index {index} is outside the vocabulary [0, {limit})"
+    TOKENS_XOR_TEXT = "set token ids or text, not both"
     PROMPT_TOO_LONG = (
         "prompt has {tokens} tokens; with max_new_tokens {max_new} that exceeds the model "
         "context of {context} tokens. Shorten it, lower max_new_tokens or set "

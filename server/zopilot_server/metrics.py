@@ -246,6 +246,26 @@ class _LoadCollector(Collector):
             family = GaugeMetricFamily(name, doc, labels=[MODEL])
             family.add_metric([_model_name], float(value))
             yield family
+        if engine is not None and engine.prefix_block_tokens:
+            yield _cache_config_info(engine)
+
+
+def _cache_config_info(engine: Any) -> GaugeMetricFamily:
+    """vLLM's ``cache_config_info`` (value 1, the facts in labels), which the Gateway API
+    Inference Extension's endpoint picker reads to size its prefix scorer: block_size is
+    the prefix cache's block, num_gpu_blocks the whole blocks the arena's slots hold (a
+    slot's tail shorter than a block caches nothing). Absent while the model loads and
+    with the prefix cache off, so a picker falls back to its own configuration."""
+    block = engine.prefix_block_tokens
+    blocks = engine.kv_slots * (engine.kv_tokens_per_slot // block)
+    family = GaugeMetricFamily(
+        "zopilot_cache_config_info",
+        "KV cache configuration (vLLM's cache_config_info): prefix-cache block tokens and "
+        "how many such blocks the KV arena holds",
+        labels=[MODEL, "block_size", "num_gpu_blocks"],
+    )
+    family.add_metric([_model_name, str(block), str(blocks)], 1.0)
+    return family
 
 
 def _lora_requests_info(engine: Any) -> GaugeMetricFamily:
@@ -299,10 +319,15 @@ class MetricsHttpServer:
 _GENERATION_STREAM = "/zopilot.v1.Generation/GenerateStream"
 _GENERATION_UNARY = "/zopilot.v1.Generation/Generate"
 _DOCUMENT_PARSE = "/zopilot.v1.Documents/DocumentParse"
+_VLLM_GENERATE = "/vllm.grpc.engine.VllmEngine/Generate"
 _OBSERVED_PREFIX = "/zopilot.v1."
 # The other protocols on this port (protocols/): their calls' outcomes count too, under
 # their service-qualified method names ("fmaas.GenerationService/Generate" is not ours).
-_PROTOCOL_PREFIXES = ("/inference.GRPCInferenceService/", "/fmaas.GenerationService/")
+_PROTOCOL_PREFIXES = (
+    "/inference.GRPCInferenceService/",
+    "/fmaas.GenerationService/",
+    "/vllm.grpc.engine.VllmEngine/",
+)
 
 
 def _code_name(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
@@ -370,6 +395,28 @@ def _record(method: str, code: str, response: Any, started: float) -> None:
         and response.HasField("usage")
     ):
         _observe_generation(response, started)
+    elif method == _VLLM_GENERATE and response is not None and response.HasField("complete"):
+        _observe_vllm_complete(response.complete, started)
+
+
+def _vllm_finish_label(complete: Any) -> str:
+    """vLLM's finish reason in zopilot.v1's label values, so one dashboard sums both:
+    "stop" is a stop string (stop_sequence) or else EOS / a stop token id (eos_token)."""
+    reason = complete.finish_reason
+    if reason == "stop":
+        return "stop_sequence" if complete.HasField("matched_stop_str") else "eos_token"
+    return {"length": "length", "abort": "cancelled"}.get(reason, reason or "unknown")
+
+
+def _observe_vllm_complete(complete: Any, started: float) -> None:
+    """A VllmEngine generation, from its GenerateComplete: finish reason, prompt and
+    generated tokens, call duration. It carries no timings, so queue time, TTFT and
+    inter-token latency stay zopilot.v1's."""
+    model = _model_name
+    REQUEST_SUCCESS.labels(model, _vllm_finish_label(complete)).inc()
+    PROMPT_TOKENS.labels(model).inc(complete.prompt_tokens)
+    GENERATION_TOKENS.labels(model).inc(complete.completion_tokens)
+    E2E_LATENCY.labels(model).observe(time.perf_counter() - started)
 
 
 def _method_label(method: str) -> str:

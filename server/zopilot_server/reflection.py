@@ -25,13 +25,18 @@ from .protocols import pb as protocols_pb
 DESCRIPTOR_SET = "zopilot_v1.binpb"
 # The other protocols' stubs live in their own descriptor pool (protocols/pb/__init__.py).
 PROTOCOLS_DESCRIPTOR_SET = ("zopilot_server.protocols.pb", "protocols.binpb")
+VLLM_DESCRIPTOR_SET = ("zopilot_server.protocols.pb.vllm", "vllm.binpb")
 METHOD = "ServerReflectionInfo"
 
 
 def documented_files() -> dict[str, bytes]:
     """Serialized FileDescriptorProtos with comments, by file name."""
     files = {}
-    for package, name in (("zopilot_client.pb", DESCRIPTOR_SET), PROTOCOLS_DESCRIPTOR_SET):
+    for package, name in (
+        ("zopilot_client.pb", DESCRIPTOR_SET),
+        PROTOCOLS_DESCRIPTOR_SET,
+        VLLM_DESCRIPTOR_SET,
+    ):
         data = resources.files(package).joinpath(name).read_bytes()
         descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(data)
         files.update({f.name: f.SerializeToString() for f in descriptor_set.file})

@@ -31,6 +31,7 @@ _TRACED = (
     "/inference.GRPCInferenceService/ModelInfer",
     "/fmaas.GenerationService/Generate",
     "/fmaas.GenerationService/GenerateStream",
+    "/vllm.grpc.engine.VllmEngine/Generate",
 )
 
 

@@ -105,6 +105,9 @@ class GenerationRequest:
     stop_sequences: tuple[str, ...] = ()
     include_stop_sequence: bool = False
     ignore_eos: bool = False
+    # Token ids that end the generation like EOS does (not output); ignore_eos leaves
+    # them in force (vLLM's stop_token_ids).
+    stop_token_ids: frozenset[int] = frozenset()
     token_details: bool = False
     top_n_tokens: int = 0
     # Absolute time.monotonic() by which generation must have ended (time_limit_ms or
@@ -172,6 +175,8 @@ class Completion:
     timings: Timings
     seed: int
     stop_sequence: str = ""
+    # The stop token id that ended it (one of the request's stop_token_ids), or None.
+    stop_token_id: int | None = None
     # The request had a constraint and ended before its output completed it.
     incomplete: bool = False
 
@@ -205,6 +210,8 @@ class EngineLoad:
     running_adapters: tuple[str, ...] = ()
     waiting_adapters: tuple[str, ...] = ()
     max_loras: int = 0
+    kv_tokens_per_slot: int = 0
+    prefix_block_tokens: int = 0  # the prefix cache's block; 0 while it is off
 
 
 class QueueFull(Exception):

@@ -11,6 +11,7 @@ arena (kv_arena.py) and chooses tokens (sampling.py), and each request's TokenSt
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -152,6 +153,9 @@ class GenerationEngine:
     def drain(self, grace_s: float) -> None:
         self.scheduler.drain(grace_s)
 
+    def flush_prefix_cache(self) -> concurrent.futures.Future[int]:
+        return self.scheduler.flush_prefix_cache()
+
     def close(self, timeout_s: float = 30.0) -> None:
         self.scheduler.close(timeout_s)
 
@@ -199,16 +203,21 @@ def _arena_size(loaded: LoadedModel, limits: BatchLimits, budget: ArenaBudget) -
 
 
 async def stream_chunks(
-    engine: GenerationEngine, request: GenerationRequest
+    engine: GenerationEngine,
+    request: GenerationRequest,
+    on_submit: Callable[[Job], None] | None = None,
 ) -> AsyncIterator[Chunk]:
     """Submit ``request`` and yield its Chunks without blocking the event loop.
 
     Chunks cross from the scheduler thread through a ChunkChannel. Leaving the iteration
     early (the client cancelled: the handler task is cancelled) cancels the job, which
-    takes its row out of the batch within one decoding step.
+    takes its row out of the batch within one decoding step. ``on_submit`` gets the job
+    (a protocol's Abort-by-id cancels it; the stream then ends with CANCELLED).
     """
     channel = ChunkChannel(asyncio.get_running_loop())
     job = engine.submit(request, channel.put)
+    if on_submit is not None:
+        on_submit(job)
     interval = engine.stream_interval_s
     try:
         while True:

@@ -39,7 +39,7 @@ from ..errors import (
 from ..generation.domain import Chunk, Completion, FinishReason, GenerationRequest
 from ..generation.engine import complete_generation, stream_chunks
 from . import sampling
-from .mapping import NotFound, ProtocolAdapter
+from .mapping import NotFound, ProtocolAdapter, server_version
 from .pb.inference import grpc_service_pb2 as kpb
 from .pb.inference import grpc_service_pb2_grpc as kpb_grpc
 from .tensors import TensorSpec, decode_inputs, raw_output
@@ -126,7 +126,7 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer, ProtocolAdapter):
     async def ServerMetadata(
         self, request: kpb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> kpb.ServerMetadataResponse:
-        return kpb.ServerMetadataResponse(name=SERVER_NAME, version=_version(), extensions=[])
+        return kpb.ServerMetadataResponse(name=SERVER_NAME, version=server_version(), extensions=[])
 
     async def ModelReady(
         self, request: kpb.ModelReadyRequest, context: grpc.aio.ServicerContext
@@ -490,15 +490,6 @@ def _error(request_id: str, error: ServiceError) -> kpb.ModelStreamInferResponse
         error_message=f"{prefix}{error.code.name}: {error.message}",
         infer_response=kpb.ModelInferResponse(id=request_id),
     )
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("zopilot-server")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
-        return "0"
 
 
 __all__ = ["SERVICE", "KServeServicer", "stream_request_limit"]

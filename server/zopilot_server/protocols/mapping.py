@@ -9,7 +9,7 @@ only the field names in the error are translated back into the client's protocol
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 from zopilot_client.pb import generation_pb2 as pb
@@ -57,10 +57,12 @@ class ProtocolAdapter:
         request: pb.GenerateRequest,
         context: grpc.aio.ServicerContext,
         field_names: Mapping[str, str],
+        *,
+        input_ids: Sequence[int] | None = None,
     ) -> tuple[GenerationEngine, GenerationRequest]:
         """zopilot.v1's validation; violations name the client's own fields."""
         try:
-            return await self._generation.domain_request(request, context)
+            return await self._generation.domain_request(request, context, input_ids=input_ids)
         except InvalidArgument as error:
             raise renamed(error, field_names) from None
 
@@ -78,3 +80,13 @@ def renamed(error: InvalidArgument, field_names: Mapping[str, str]) -> InvalidAr
     return InvalidArgument(
         [FieldViolation(rename(v.field), v.description) for v in error.violations]
     )
+
+
+def server_version() -> str:
+    """The installed zopilot-server version ("0" running from a checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("zopilot-server")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "0"

@@ -18,9 +18,10 @@ import grpc
 from ..config import ServerConfig
 from ..errors import lenient
 from ..generation.api.servicer import GenerationServicer
-from . import kserve, tgis
+from . import kserve, tgis, vllm_engine
 from .pb.fmaas import generation_pb2_grpc as tgis_grpc
 from .pb.inference import grpc_service_pb2_grpc as kserve_grpc
+from .pb.vllm import vllm_engine_pb2_grpc as vllm_grpc
 
 SELF_PARSING_STREAMS = frozenset({"/inference.GRPCInferenceService/ModelStreamInfer"})
 
@@ -31,6 +32,11 @@ _SERVICERS: dict[str, tuple[str, type[Any], Callable[[Any, Any], None]]] = {
         kserve_grpc.add_GRPCInferenceServiceServicer_to_server,
     ),
     "tgis": (tgis.SERVICE, tgis.TgisServicer, tgis_grpc.add_GenerationServiceServicer_to_server),
+    "vllm": (
+        vllm_engine.SERVICE,
+        vllm_engine.VllmEngineServicer,
+        vllm_grpc.add_VllmEngineServicer_to_server,
+    ),
 }
 
 

@@ -400,3 +400,31 @@ def test_usage_metrics_and_model_info_report_speculation(spec_server: InProcessS
 def test_bad_speculation_flags_are_refused_at_start(flags: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServerConfig(**flags).validated()
+
+
+def test_the_vllm_worker_contract_reports_drafted_and_accepted_tokens(
+    spec_server: InProcessServer,
+) -> None:
+    """Gateways read speculation from VllmEngine's GenerateComplete (vLLM's names)."""
+    from smg_grpc_proto.generated import vllm_engine_pb2_grpc as vpb_grpc
+    from vllm_calls import complete_of, generate, greedy
+
+    with grpc.insecure_channel(spec_server.target) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        message = pb.GenerateRequest(
+            messages=[pb.ChatMessage(role="user", content=COPY)],
+            max_new_tokens=40,
+            skip_speculation=True,
+            return_token_details=True,
+        )
+        plain = stub.Generate(message, timeout=120)
+        tokenizer = spec_server.running.engine.loaded.tokenizer  # the gateway templates
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": COPY}], add_generation_prompt=True
+        )
+        complete = complete_of(
+            generate(vpb_grpc.VllmEngineStub(channel), ids, greedy(max_tokens=40))
+        )
+    assert list(complete.output_ids)[: len(plain.tokens)] == [t.id for t in plain.tokens]
+    assert complete.spec_draft_tokens > 0
+    assert 0 < complete.spec_accepted_tokens <= complete.spec_draft_tokens

@@ -6,7 +6,6 @@ grace on demand, and busy-loop processes on every core while it drains."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,44 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from server_processes import read_until
-from support import REPO, retry_delay_s, wait_until
+from server_processes import read_until, slow_server
+from support import retry_delay_s, wait_until
 from zopilot_client.pb import generation_pb2 as pb
 from zopilot_client.pb import generation_pb2_grpc
 
 STREAMS = 6
 BATCH = 4  # so STREAMS - BATCH requests are queued when the signal comes
-
-
-@contextmanager
-def slow_server(
-    tmp_path: Path, tiny_model_dir: Path, model_cache_dir: Path, *flags: str
-) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
-    flag = tmp_path / "step-seconds"
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "ZOPILOT_MODEL": str(tiny_model_dir),
-        "ZOPILOT_CACHE_DIR": str(model_cache_dir),
-    }
-    script = str(REPO / "tests" / "slow_step_server.py")
-    args = ["--port", "0", "--max-batch-size", str(BATCH), "--no-doc-prestart", *flags]
-    process = subprocess.Popen(
-        [sys.executable, script, str(flag), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=REPO,
-    )
-    try:
-        log = read_until(process, r"ready: health SERVING")
-        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", log).group(1))
-        yield process, port, flag
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 class Streams:

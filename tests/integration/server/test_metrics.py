@@ -7,43 +7,17 @@ the difference between a scrape before and a scrape after the calls.
 from __future__ import annotations
 
 import dataclasses
-import socket
-import urllib.request
 from collections.abc import Callable
 
 import documents_builders as build
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import InProcessServer, wait_until
+from metrics_scrape import scrape, value
+from support import InProcessServer, free_port, wait_until
 from zopilot_client.pb import documents_pb2, documents_pb2_grpc, generation_pb2, generation_pb2_grpc
 from zopilot_server import metrics
 from zopilot_server.config import ServerConfig
 from zopilot_server.generation.domain import EngineLoad
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        assert reply.status == 200
-        text = reply.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of the samples named ``name`` whose labels include ``labels``."""
-    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
 @pytest.fixture

@@ -286,3 +286,31 @@ def test_lora_bench_reports_ratio_and_memory(model_cache_dir):
     name = next(iter(report["adapter_bytes"]))
     assert report["adapter_over_base"][name] == pytest.approx(2 * per_layer / report["base_bytes"])
     assert all(r["finish_reasons"] == [1] * 8 for r in report["lora"])
+
+
+@pytest.mark.slow
+def test_gateway_bench_compares_policies_through_smg(model_cache_dir):
+    report = run_bench(
+        "gateway.py", "--model", "tiny", "--conversations", "2", "--turns", "2",
+        "--system-requests", "2", "--tokens", "4", "--overhead-tokens", "8",
+        "--overhead-repeats", "1", cache_dir=model_cache_dir,
+    )  # fmt: skip
+    policies = report["policies"]
+    assert set(policies) == {"cache_aware", "round_robin"}
+    for policy in policies.values():
+        assert policy["multiturn"]["requests"] == 4 and policy["system"]["requests"] == 2
+        for workload in policy.values():
+            assert 0 <= workload["prefix_hit_rate"] <= 1
+            assert sum(workload["prompt_tokens_per_replica"]) == workload["prompt_tokens_looked_up"]
+            assert workload["prompt_tokens_looked_up"] > 0 and workload["ttft_p50_s"] > 0
+    # Later turns re-send the history: cache_aware finds part of it cached.
+    assert policies["cache_aware"]["multiturn"]["prefix_hit_rate"] > 0
+    multiturn = report["comparison"]["multiturn"]
+    aware, robin = (policies[p]["multiturn"] for p in ("cache_aware", "round_robin"))
+    assert multiturn["ttft_p50_ratio"]["value"] == pytest.approx(
+        aware["ttft_p50_s"] / robin["ttft_p50_s"], rel=1e-2
+    )
+    overhead = report["gateway_overhead"]
+    assert overhead["tokens_per_s_ratio"] == pytest.approx(
+        overhead["through_smg_tokens_per_s"] / overhead["direct_tokens_per_s"], rel=1e-2
+    )

@@ -18,12 +18,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from support import REPO
-from zopilot_server.config import ServerConfig, build_parser, load_config
+from kubernetes_render import CRD_KINDS, K8S_VERSION, ROOT, container, server_config
 
-ROOT = REPO / "deploy" / "kubernetes"
-K8S_VERSION = "1.30.0"
-CRD_KINDS = {"ServiceMonitor", "ScaledObject"}
 PRESTOP_MARGIN_S = 10  # engine close + parser workers + slack after the grace period
 
 
@@ -77,20 +73,6 @@ def overlay_deployment(name: str) -> dict[str, Any]:
         assert (doc["kind"], doc["metadata"]["name"]) == ("Deployment", "zopilot")
         deployment = _merge(deployment, doc)
     return deployment
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (only,) = deployment["spec"]["template"]["spec"]["containers"]
-    return only
-
-
-def server_config(deployment: dict[str, Any]) -> ServerConfig:
-    """The ServerConfig the pod's environment produces (every variable must be a flag)."""
-    env = {e["name"]: e["value"] for e in container(deployment)["env"]}
-    flags = {a.dest for a in build_parser({})._actions}
-    for name in env:
-        assert name.startswith("ZOPILOT_") and name[8:].lower() in flags, name
-    return load_config([], env=env)
 
 
 @pytest.mark.parametrize("resource", base_resources(), ids=lambda r: r["kind"])

@@ -27,7 +27,7 @@ def test_env_fallback_and_flag_precedence():
 
 
 def test_protocols_and_served_model_name():
-    assert load_config([], env={}).protocol_set == {"zopilot", "kserve", "tgis"}
+    assert load_config([], env={}).protocol_set == {"zopilot", "kserve", "tgis", "vllm"}
     config = load_config(["--protocols", "tgis, kserve"], env={"ZOPILOT_SERVED_MODEL_NAME": "m/1"})
     assert config.protocol_set == {"tgis", "kserve"} and config.served_model_name == "m/1"
 

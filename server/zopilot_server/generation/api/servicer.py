@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import PurePath
 
 import grpc
@@ -55,11 +55,16 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return self.engine
 
     async def domain_request(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        input_ids: Sequence[int] | None = None,
     ) -> tuple[GenerationEngine, GenerationRequest]:
         """The engine and the validated GenerationRequest for ``request`` (INVALID_ARGUMENT
         otherwise). The other protocols' adapters translate into a GenerateRequest and
-        come through here, so every rule and limit is the same for all of them."""
+        come through here, so every rule and limit is the same for all of them;
+        ``input_ids`` is a prompt a gateway tokenized already (vllm_engine.py)."""
         engine = self.ready_engine()
         # Template rendering and tokenizing take time in proportion to the input (about
         # 0.6 s per MiB): in a thread, so health checks and other streams keep flowing.
@@ -71,6 +76,7 @@ class GenerationServicer(pb_grpc.GenerationServicer):
             constraints=engine.constraints,
             grpc_time_remaining=context.time_remaining(),
             adapters=engine.adapters,
+            input_ids=input_ids,
         )
         log.debug("request %s: %d input tokens", domain.request_id, len(domain.input_ids))
         return engine, domain

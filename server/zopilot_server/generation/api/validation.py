@@ -10,6 +10,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Sequence
 
 from zopilot_client.pb import generation_pb2 as pb
 
@@ -84,8 +85,13 @@ def to_generation_request(
     constraints: ConstraintCompiler | None = None,
     grpc_time_remaining: float | None = None,
     adapters: AdapterRegistry | None = None,
+    input_ids: Sequence[int] | None = None,
 ) -> GenerationRequest:
     """Validate ``message`` and build the GenerationRequest the engine runs.
+
+    ``input_ids``: the prompt already tokenized (a gateway tokenizes and applies the chat
+    template itself); ``message`` then carries no prompt and no messages, and every id
+    must be in the vocabulary. Violations about the input name ``prompt``.
 
     Runs in a worker thread (the servicer's ``asyncio.to_thread``): tokenizing and
     compiling a constraint take time in proportion to their size."""
@@ -97,19 +103,24 @@ def to_generation_request(
     max_new = _check_limits(message, config, v)
     _check_stop_sequences(message, config, v)
     constraint_source = _constraint_source(message, config, v)
-    max_chars = input_chars_limit(config, loaded)
-    _check_input_chars(message, max_chars, v)
     if message.adapter and not ADAPTER_NAME.fullmatch(message.adapter):
         v.add("adapter", "adapter names are 1..64 letters, digits, '.', '_' or '-'")
-    v.raise_if_any()
-    adapter = _adapter(message.adapter, adapters)
-    text = _render_input(message, loaded, v)
-    v.raise_if_any()
-
-    input_field = "messages" if message.messages else "prompt"
-    ids = _encode_input(message, loaded, config, text, v)
-    if not ids:
-        v.add(input_field, Message.EMPTY_AFTER_TOKENIZE)
+    if input_ids is not None:
+        input_field = "prompt"
+        ids = _checked_ids(message, input_ids, loaded, v)
+        v.raise_if_any()
+        adapter = _adapter(message.adapter, adapters)
+    else:
+        max_chars = input_chars_limit(config, loaded)
+        _check_input_chars(message, max_chars, v)
+        v.raise_if_any()
+        adapter = _adapter(message.adapter, adapters)
+        text = _render_input(message, loaded, v)
+        v.raise_if_any()
+        input_field = "messages" if message.messages else "prompt"
+        ids = _encode_input(message, loaded, config, text, v)
+        if not ids:
+            v.add(input_field, Message.EMPTY_AFTER_TOKENIZE)
     ids, truncated = truncate_left(ids, message.truncate_input_tokens)
     if len(ids) + max_new > loaded.max_context_length:
         v.add(
@@ -155,6 +166,22 @@ def _adapter(name: str, adapters: AdapterRegistry | None) -> LoraAdapter | None:
     if adapters is None:
         raise AdapterRejected("this server has no adapter registry", fits=False)
     return adapters.get(name)
+
+
+def _checked_ids(
+    message: pb.GenerateRequest, ids: Sequence[int], loaded: LoadedModel, v: _Violations
+) -> list[int]:
+    """Pre-tokenized input: present, alone, and every id one the model has."""
+    if message.prompt or message.messages:
+        v.add("prompt", Message.TOKENS_XOR_TEXT)
+    if not ids:
+        v.add("prompt", Message.REQUIRED)
+    vocab = max(getattr(loaded.model.config, "vocab_size", 0) or 0, len(loaded.tokenizer))
+    for index, token in enumerate(ids):
+        if not 0 <= token < vocab:
+            v.add("prompt", Message.TOKEN_OUT_OF_VOCAB, value=token, index=index, limit=vocab)
+            break  # one is enough: a million bad ids say nothing more
+    return list(ids)
 
 
 def _constraint_source(

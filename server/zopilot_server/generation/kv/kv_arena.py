@@ -190,6 +190,11 @@ class KVArena:
         self.length[key] += len(tokens)
         self.prefix.extend(self.slot_of[key], tokens)
 
+    def flush_prefix_cache(self) -> int:
+        """Drop the prefix cache the free slots hold (running rows keep theirs); returns
+        the blocks dropped."""
+        return self.prefix.drop(self.free_slots())
+
     def release(self, key: int) -> None:
         slot = self.slot_of.pop(key, None)
         self.length.pop(key, None)

@@ -149,6 +149,16 @@ class PrefixIndex:
             self._truncate(slot, 0)
             state.private = False
 
+    def drop(self, slots: Sequence[int]) -> int:
+        """Forget what ``slots`` hold (free slots: a gateway's FlushCache); returns the
+        whole blocks forgotten. Never a running row's slot: its index must follow its
+        columns."""
+        dropped = 0
+        for slot in slots:
+            dropped += len(self._slots[slot].keys)
+            self._truncate(slot, 0)
+        return dropped
+
     def _truncate(self, slot: int, keep: int) -> None:
         state = self._slots[slot]
         blocks = keep // BLOCK_TOKENS

@@ -135,6 +135,9 @@ class ModelRunner(_ModelCalls):
     def kv_tokens_used(self) -> int:
         return self.arena.tokens_used
 
+    def flush_prefix_cache(self) -> int:
+        return self.arena.flush_prefix_cache()
+
     def add(self, specs: Sequence[RowSpec]) -> dict[int, int]:
         """New rows take free slots (kv_arena.KVArena.assign); returns the prompt tokens
         each one's slot already holds (prefix reuse), which need no prefill."""
@@ -313,6 +316,9 @@ class SerialRunner(_ModelCalls):
     @property
     def kv_tokens_used(self) -> int:
         return sum(self._length.values())
+
+    def flush_prefix_cache(self) -> int:
+        return 0  # no prefix cache on the model's own cache
 
     def add(self, specs: Sequence[RowSpec]) -> dict[int, int]:
         if len(self.rows) + len(specs) > 1:

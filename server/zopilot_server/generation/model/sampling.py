@@ -194,6 +194,10 @@ class TokenChooser:
             if early:
                 rows_idx = torch.tensor(early, device=device)[:, None]
                 scores[rows_idx, torch.tensor(self._eos, device=device)] = float("-inf")
+        for i, r in enumerate(rows):  # stop token ids wait for min_new_tokens too (as vLLM)
+            if r.request.stop_token_ids and r.produced < r.request.min_new_tokens:
+                stops = torch.tensor(sorted(r.request.stop_token_ids), device=device)
+                scores[i, stops[stops < scores.shape[-1]]] = float("-inf")
         constrained = [i for i, r in enumerate(rows) if r.constraint is not None]
         if constrained:
             forbidden = torch.stack(

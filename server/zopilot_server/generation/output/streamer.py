@@ -63,6 +63,7 @@ class TokenStreamer(TextIteratorStreamer):
         self.started_at = time.monotonic()
         self.first_token_at: float | None = None
         self._matched_stop = ""
+        self._matched_token: int | None = None
         self._completed = False
         # Tokens arrive in the scheduler thread; the drain deadline may complete the
         # stream from a timer thread while a step runs (scheduler.Scheduler.drain).
@@ -98,6 +99,10 @@ class TokenStreamer(TextIteratorStreamer):
             # Under a constraint the runner allows EOS only where the output is complete.
             constrained = self.request.constraint is not None
             self.control.finish(FinishReason.CONSTRAINT if constrained else FinishReason.EOS_TOKEN)
+            return
+        if token_id in self.request.stop_token_ids:
+            self._matched_token = token_id
+            self.control.finish(FinishReason.EOS_TOKEN)
             return
         self.generated_tokens += 1
         if detail is not None:
@@ -152,6 +157,7 @@ class TokenStreamer(TextIteratorStreamer):
         return Completion(
             finish_reason=reason,
             stop_sequence=self._matched_stop,
+            stop_token_id=self._matched_token,
             seed=self.request.sampling.seed,
             incomplete=self.request.constraint is not None
             and reason is not FinishReason.CONSTRAINT,

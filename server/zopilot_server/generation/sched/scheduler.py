@@ -23,6 +23,7 @@ TokenStreamer (``put_token`` / ``end``), which detects EOS and stop sequences.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -82,6 +83,7 @@ class Runner(Protocol):
     def reuse(self, key: int) -> int: ...
     def remove(self, keys: Collection[int]) -> None: ...
     def release_memory(self) -> None: ...
+    def flush_prefix_cache(self) -> int: ...
 
 
 StreamerFactory = Callable[[RequestRecord], Streamer]
@@ -201,6 +203,9 @@ class Scheduler:
         self._step_s = 0.0  # moving average of one iteration, for shutdown timing
         self._recent_seconds = 1.0  # moving average of request durations, for retry hints
         self._step_observers: list[Callable[[int], None]] = []
+        # FlushCache calls waiting for the scheduler thread (the only one that may touch
+        # the runner's prefix index): each gets the blocks dropped.
+        self._flushes: list[concurrent.futures.Future[int]] = []
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
 
@@ -268,6 +273,8 @@ class Scheduler:
                 accepted_draft_tokens=self._accepted,
                 running_adapters=_adapter_names(self._rows.values()),
                 waiting_adapters=_adapter_names(self._pending),
+                kv_tokens_per_slot=self.arena.tokens_per_slot,
+                prefix_block_tokens=self.arena.prefix_block_tokens,
             )
 
     # -- shutdown --------------------------------------------------------------------------
@@ -320,11 +327,15 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._rows and not self._stop:
+                while not (self._pending or self._rows or self._stop or self._flushes):
                     self._cond.wait()
+                flushes, self._flushes = self._flushes, []
                 if self._stop and not self._rows:
+                    for flush in flushes:
+                        flush.cancel()
                     return
                 admitted = self._admit_locked()
+            self._flush(flushes)
             started = time.monotonic()
             try:
                 self._start(admitted)
@@ -337,6 +348,25 @@ class Scheduler:
                         job.sink(GenerationFailed(job.request.request_id, exc))
                 self._fail_all(exc)
             self._step_s = _average(self._step_s, time.monotonic() - started)
+
+    def flush_prefix_cache(self) -> concurrent.futures.Future[int]:
+        """Drop the prefix cache of the free slots between two steps (any thread); the
+        future gives the blocks dropped (cancelled if the engine stops first)."""
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with self._cond:
+            if self._stop:
+                future.cancel()
+                return future
+            self._flushes.append(future)
+            self._cond.notify()
+        return future
+
+    def _flush(self, flushes: list[concurrent.futures.Future[int]]) -> None:
+        for flush in flushes:
+            try:
+                flush.set_result(self._runner.flush_prefix_cache())
+            except Exception as exc:  # noqa: BLE001 - the caller's status, not the loop's
+                flush.set_exception(exc)
 
     def _admit_locked(self) -> list[RequestRecord]:
         """Take waiting jobs (FIFO) while a slot is free and the work cap allows."""
