@@ -128,8 +128,14 @@ EXPECTED: dict[str, Callable[[str], None]] = {
 }
 
 
+# Snippets that need more than the tiny server run in the test of what they show.
+RUN_ELSEWHERE = {"gateway-openai": "tests/integration/protocols/test_gateway_smg.py"}
+
+
 def test_every_snippet_has_an_expectation():
-    assert sorted(python_snippets(_texts())) == sorted(EXPECTED)
+    assert sorted(python_snippets(_texts())) == sorted([*EXPECTED, *RUN_ELSEWHERE])
+    for where in RUN_ELSEWHERE.values():
+        assert (REPO / where).exists()
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +259,24 @@ OTHER_TOOLS_FLAGS = {
 }  # fmt: skip
 
 
+# The Gateway API Inference Extension endpoint picker's flags docs/gateway.md maps our
+# metrics onto (its binary is not on PyPI: checked by name against its docs, 2026-12-08).
+EPP_FLAGS = {
+    "--total-queued-requests-metric", "--total-running-requests-metric",
+    "--kv-cache-usage-percentage-metric", "--cache-info-metric", "--model-server-metrics-port",
+}  # fmt: skip
+
+
+def _smg_flags() -> set[str]:
+    """smg's own flags, from the pinned binary's --help (docs/gateway.md shows its command
+    lines)."""
+    smg = Path(sys.executable).with_name("smg")
+    assert smg.exists(), "smg is a dev dependency (requirements-dev.txt): run `make install`"
+    result = subprocess.run([str(smg), "launch", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return set(re.findall(r"--[a-z][a-z0-9-]*", result.stdout))
+
+
 def _known_flags() -> set[str]:
     """Server and CLI flags (with their --no- forms), and every "--flag" literal of our
     Python (benches, scripts, the image's verifier)."""
@@ -274,7 +298,7 @@ def _known_flags() -> set[str]:
 
 
 def test_flags_in_docs_exist():
-    known = _known_flags() | OTHER_TOOLS_FLAGS
+    known = _known_flags() | OTHER_TOOLS_FLAGS | EPP_FLAGS | _smg_flags()
     unknown = {
         f"{flag} ({page})"
         for page, text in _texts().items()

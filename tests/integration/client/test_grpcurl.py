@@ -28,6 +28,7 @@ def test_list_shows_every_service(tiny_server):
         "zopilot.v1.Documents",
         "inference.GRPCInferenceService",  # KServe v2 / Triton (--protocols)
         "fmaas.GenerationService",  # TGIS
+        "vllm.grpc.engine.VllmEngine",  # the gateway worker contract
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

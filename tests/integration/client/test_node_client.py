@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import zopilot_client as zc
-from support import InProcessServer
+from support import REPO, InProcessServer
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = REPO / "tests" / "node"
 NODE = shutil.which("node")
 
 

@@ -116,6 +116,27 @@ def test_chat_completion_through_the_gateway(gateway: dict[str, Any]) -> None:
     assert "Paris" in ask(client, stream=True)
 
 
+def test_the_docs_openai_snippet_streams_an_answer_through_the_gateway(
+    gateway: dict[str, Any],
+) -> None:
+    """docs/gateway.md's python block, run as written against this gateway's address."""
+    import re
+
+    from support import REPO
+
+    page = (REPO / "docs" / "gateway.md").read_text()
+    code = re.search(r"<!-- snippet: gateway-openai -->\n```python\n(.*?)^```$", page, re.S | re.M)
+    assert code, "docs/gateway.md lost its gateway-openai snippet"
+    base_url = str(gateway["client"].base_url).rstrip("/")
+    assert "http://127.0.0.1:8080/v1" in code[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code[1].replace("http://127.0.0.1:8080/v1", base_url)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Paris" in result.stdout
+
+
 def test_a_stopped_replica_leaves_the_other_serving(gateway: dict[str, Any]) -> None:
     client = gateway["client"]
     for _ in range(2):  # round robin: both replicas answered
