@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -21,8 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_render import CRD_KINDS, K8S_VERSION, ROOT, container, server_config
+from support import REPO
 
-CRD_FILE = Path(__file__).parent / "schemas" / "inferencepools-crd-v1.6.0.yaml"
+CRD_FILE = REPO / "tests" / "schemas" / "inferencepools-crd-v1.6.0.yaml"
 GATEWAY_LABELS = {"app.kubernetes.io/name": "zopilot-gateway"}
 
 
@@ -95,7 +95,7 @@ def test_smg_discovers_the_replicas_grpc_port_by_label(gateway: list[dict[str, A
     # The image is the smg release the tests run (requirements-dev.txt pins it).
     image = container(smg)["image"]
     assert image == f"docker.io/lightseekorg/smg:{importlib.metadata.version('smg')}"
-    pins = (Path(__file__).resolve().parents[1] / "requirements-dev.txt").read_text()
+    pins = (REPO / "requirements-dev.txt").read_text()
     assert f"smg=={importlib.metadata.version('smg')}" in pins.split()
 
 
