@@ -152,11 +152,10 @@ def test_allowances_respect_the_budget_the_flag_and_tokens_left() -> None:
     assert DraftPolicy(0).allowances(_rows(2), decode_s=0.1, token_s=0.0, budget=64) == ()
 
 
-def test_draft_stats_count_totals_and_estimate_the_per_token_rate() -> None:
+def test_draft_stats_estimate_the_per_token_rate() -> None:
     stats = DraftStats()
     for _ in range(30):
         stats.verified(4, 1)  # one accepted, the second rejected: rate 1/2
-    assert (stats.drafted, stats.accepted) == (120, 30)
     assert stats.rate == pytest.approx(0.5, abs=0.05)
 
 
@@ -350,12 +349,11 @@ def test_tokens_past_max_new_tokens_inside_a_draft_are_dropped_and_counted_once(
             else:
                 produced += 1
         load = scheduler.load()
-        assert load.draft_tokens == job.drafts.drafted > 0
-        assert load.accepted_draft_tokens == job.drafts.accepted == job.drafts.drafted
-        assert (job.control.draft_tokens, job.control.accepted_draft_tokens) == (
-            job.drafts.drafted,
-            job.drafts.accepted,
-        )
+        assert load.draft_tokens == job.control.draft_tokens > 0
+        # Every draft of this runner is accepted; the totals count each step once.
+        assert load.accepted_draft_tokens == job.control.accepted_draft_tokens
+        assert job.control.accepted_draft_tokens == job.control.draft_tokens
+        assert job.control.draft_tokens == sum(a.get(0, 0) for a in runner.allowances)
     finally:
         scheduler.close(5)
 

@@ -625,10 +625,8 @@ class Scheduler:
 
     def _verified(self, row: RequestRecord, step: Step) -> None:
         row.drafts.verified(step.drafted, step.accepted)
-        row.control.draft_tokens, row.control.accepted_draft_tokens = (
-            row.drafts.drafted,
-            row.drafts.accepted,
-        )
+        row.control.draft_tokens += step.drafted
+        row.control.accepted_draft_tokens += step.accepted
         self._drafted += step.drafted
         self._accepted += step.accepted
 

@@ -35,10 +35,8 @@ IDLE_DECAY = 0.95
 
 @dataclass
 class DraftStats:
-    """One request's speculative decoding: totals (its Usage) and its acceptance rate."""
+    """One request's acceptance rate (its totals, for Usage, are on its RunControl)."""
 
-    drafted: int = 0
-    accepted: int = 0
     _tried: float = 0.0  # draft positions verified (decayed): accepted + the first rejected
     _agreed: float = 0.0  # of those, accepted (decayed)
 
@@ -48,8 +46,6 @@ class DraftStats:
         return (self._agreed + PRIOR_RATE * PRIOR_WEIGHT) / (self._tried + PRIOR_WEIGHT)
 
     def verified(self, drafted: int, accepted: int) -> None:
-        self.drafted += drafted
-        self.accepted += accepted
         self._tried = DECAY * self._tried + accepted + (accepted < drafted)
         self._agreed = DECAY * self._agreed + accepted
 
